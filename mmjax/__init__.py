@@ -1,0 +1,52 @@
+"""mmjax: a JAX/Flax NNX model zoo for multimodal learning."""
+
+from typing import Any
+
+from flax import nnx
+
+from mmjax import models as _models  # registers the built-in components
+from mmjax.config import ConfigDict, load_config_file, model_config_from, set_value
+from mmjax.data.builders import avdigits as _avdigits  # registers the AV-Digits builder
+from mmjax.errors import CheckpointError, ConfigError, DataError, InputError, MmjaxError
+from mmjax.models import MultimodalModel, build_model
+from mmjax.predict import Predictor, load_predictor
+from mmjax.registry import DATASETS, ENCODERS, FUSIONS, MODELS
+from mmjax.train.loop import evaluate, train
+
+__version__ = "0.1.0"
+
+
+def list_models() -> list[str]:
+    """Names accepted by `create_model`."""
+    return MODELS.names()
+
+
+def create_model(name: str, *, seed: int = 0, **overrides: Any) -> MultimodalModel:
+    """Build registered model `name`; overrides are dotted keys or sections of its config,
+    e.g. `create_model("avdigits_late", **{"fusion.hidden": 256})`."""
+    section = ConfigDict(MODELS.get(name)())
+    section.lock()
+    for key, value in overrides.items():
+        set_value(section, key, value)
+    return build_model(model_config_from(section), rngs=nnx.Rngs(seed))
+
+
+__all__ = [
+    "DATASETS",
+    "ENCODERS",
+    "FUSIONS",
+    "MODELS",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "InputError",
+    "MmjaxError",
+    "MultimodalModel",
+    "Predictor",
+    "create_model",
+    "evaluate",
+    "list_models",
+    "load_config_file",
+    "load_predictor",
+    "train",
+]

@@ -1,0 +1,136 @@
+"""The `mmjax` command: a thin layer over the Python API."""
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+import mmjax
+from mmjax.config import apply_overrides, load_config_file, set_value
+from mmjax.data import sources
+from mmjax.errors import MmjaxError
+
+
+def _train(args: argparse.Namespace) -> None:
+    config = apply_overrides(load_config_file(args.config), args.set)
+    if args.data_dir:
+        set_value(config, "data.root", args.data_dir)
+    results = mmjax.train(config, args.workdir, stop_after=args.stop_after, progress=not args.quiet)
+    print(json.dumps(results, indent=2))
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from mmjax.train.loop import evaluate_workdir
+
+    splits = tuple(args.split) if args.split else None
+    results = evaluate_workdir(args.workdir, splits, data_root=args.data_dir or "")
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"{'split':<12} {'accuracy':>9} {'loss':>8} {'examples':>9}")
+    for split, r in results.items():
+        print(f"{split:<12} {r['accuracy']:>9.4f} {r['loss']:>8.4f} {r['examples']:>9d}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from mmjax.data.audio_io import prepare_waveform, read_wav
+    from mmjax.data.image_io import load_image
+
+    predictor = mmjax.load_predictor(args.workdir)
+    inputs = {}
+    if args.image:
+        inputs["image"] = load_image(args.image, predictor.sample_shapes["image"])
+    if args.audio:
+        wave, rate = read_wav(args.audio)
+        spec = predictor.dataset["modalities"]["audio"]
+        inputs["audio"] = prepare_waveform(
+            wave, rate, sample_rate=spec["sample_rate"], length=spec["shape"][0]
+        )
+    if not inputs:
+        raise MmjaxError(f"predict needs at least one input file; the model takes {predictor.modalities}")
+    probs = predictor.predict(**inputs)
+    if args.json:
+        print(json.dumps({"probabilities": probs.tolist(), "prediction": int(np.argmax(probs))}))
+        return
+    for label, p in enumerate(probs):
+        print(f"{label:>3} {p:7.4f} {'#' * int(round(p * 40))}")
+    print(f"prediction: {int(np.argmax(probs))}")
+
+
+def _data_prepare(args: argparse.Namespace) -> None:
+    root = sources.data_root(args.data_dir or "")
+    info = mmjax.DATASETS.get(args.name)(root, small=args.small)
+    sizes = ", ".join(f"{s} {v['num_records']}" for s, v in info["splits"].items())
+    print(f"prepared {args.name} in {root / args.name}: {sizes}")
+
+
+def _zoo_list(args: argparse.Namespace) -> None:
+    listing = {
+        "models": mmjax.MODELS.names(),
+        "encoders": mmjax.ENCODERS.names(),
+        "fusions": mmjax.FUSIONS.names(),
+        "datasets": mmjax.DATASETS.names(),
+    }
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return
+    for kind, names in listing.items():
+        print(f"{kind}: {', '.join(names)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmjax", description=mmjax.__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train (or resume) an experiment")
+    train.add_argument("--config", required=True, help="configs/NAME.py[:arg]")
+    train.add_argument("--workdir", required=True)
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--data-dir", help="dataset root (default $MMJAX_DATA or ~/.cache/mmjax)")
+    train.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a workdir's latest checkpoint")
+    evaluate.add_argument("--workdir", required=True)
+    evaluate.add_argument("--split", action="append", help="split name (repeatable)")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(run=_eval)
+
+    predict = commands.add_parser("predict", help="class probabilities for input files")
+    predict.add_argument("--workdir", required=True)
+    predict.add_argument("--image", help="image file (PNG, JPEG, ... or .npy)")
+    predict.add_argument("--audio", help="PCM WAV file")
+    predict.add_argument("--json", action="store_true")
+    predict.set_defaults(run=_predict)
+
+    data = commands.add_parser("data", help="dataset preparation")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    prepare = data_commands.add_parser("prepare", help="build a dataset's ArrayRecord shards")
+    prepare.add_argument("name")
+    prepare.add_argument("--data-dir")
+    prepare.add_argument("--small", action="store_true", help="a small build, for tests")
+    prepare.set_defaults(run=_data_prepare)
+
+    zoo = commands.add_parser("zoo", help="the registered components")
+    zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)
+    listing = zoo_commands.add_parser("list")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=_zoo_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except MmjaxError as err:
+        print(f"mmjax: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

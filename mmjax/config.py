@@ -1,0 +1,303 @@
+"""Configs: `configs/*.py` files give ConfigDicts; `--set` overrides them; typed views feed code.
+
+Configuration flows one way: config file -> ConfigDict (+ overrides) -> frozen dataclasses ->
+constructors. Every mistake (unknown key, wrong type, unknown component) is a ConfigError that
+names the key and what is valid there.
+"""
+
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from mmjax.errors import ConfigError
+from mmjax.registry import Registry
+
+ConfigDict = ml_collections.ConfigDict
+
+
+def load_config_file(spec: str) -> ConfigDict:
+    """Load `path/to/config.py[:arg]`: the file's `get_config(arg)` result, locked."""
+    path, _, arg = spec.partition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path!r} does not exist (expected configs/NAME.py)")
+    module_spec = importlib.util.spec_from_file_location(f"mmjax_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} defines no get_config(arg) function")
+    cfg = module.get_config(arg or None)
+    if not isinstance(cfg, ConfigDict):
+        raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    cfg.lock()
+    return cfg
+
+
+def _did_you_mean(key: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _parse_literal(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _coerce(value: Any, like: Any, key: str) -> Any:
+    """Return `value` converted to the type of `like` (the current value), or fail naming `key`."""
+    if isinstance(like, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(like, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(like, float):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(like, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(like, tuple | list):
+        if isinstance(value, str):
+            value = tuple(v.strip() for v in value.split(",") if v.strip())
+        if isinstance(value, tuple | list):
+            if like and value:
+                return tuple(_coerce(v, like[0], f"{key}[{i}]") for i, v in enumerate(value))
+            return tuple(value)
+    else:
+        return value
+    raise ConfigError(
+        f"config key {key!r} expects a {type(like).__name__} (current value {like!r}), "
+        f"got {value!r}"
+    )
+
+
+def set_value(cfg: ConfigDict, key: str, value: Any) -> None:
+    """Set dotted `key` in `cfg` to `value` (a string is parsed as a literal first)."""
+    parts = key.split(".")
+    node = cfg
+    for depth, part in enumerate(parts):
+        where = ".".join(parts[: depth + 1])
+        keys = list(node.keys())
+        if part not in keys:
+            parent = ".".join(parts[:depth]) or "<top level>"
+            raise ConfigError(
+                f"unknown config key {where!r}{_did_you_mean(part, keys)}; "
+                f"valid keys under {parent}: {', '.join(sorted(keys))}"
+            )
+        if depth < len(parts) - 1:
+            node = node[part]
+            if not isinstance(node, ConfigDict):
+                raise ConfigError(f"config key {where!r} is a value, not a section")
+    current = node[parts[-1]]
+    if isinstance(current, ConfigDict):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"config key {key!r} is a section; set one of its keys instead")
+        for sub, sub_value in value.items():
+            set_value(cfg, f"{key}.{sub}", sub_value)
+        return
+    if isinstance(value, str) and not isinstance(current, str):
+        value = _parse_literal(value)
+    with node.unlocked():
+        node[parts[-1]] = _coerce(value, current, key)
+
+
+def apply_overrides(cfg: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
+    """Apply `path.to.key=value` strings (the CLI's `--set`) to `cfg` in place; return it."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects path.to.key=value, got {item!r}")
+        set_value(cfg, key.strip(), text)
+    return cfg
+
+
+def _check_type(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_mapping(hint, value, where)
+    if origin is tuple:
+        if isinstance(value, list | tuple):
+            (item_hint, *_) = typing.get_args(hint) or (Any,)
+            return tuple(_check_type(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value))
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _check_type(value, option, where)
+            except ConfigError:
+                continue
+    elif hint is Any:
+        return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(hint, type) and isinstance(value, hint):
+        return value
+    raise ConfigError(f"config key {where!r} expects {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def from_mapping(cls: type, mapping: Mapping[str, Any] | ConfigDict, where: str) -> Any:
+    """Build frozen dataclass `cls` from `mapping`; unknown keys and bad types are ConfigErrors."""
+    if isinstance(mapping, ConfigDict):
+        mapping = mapping.to_dict()
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"config key {where!r} must be a section, got {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in mapping if k not in names]
+    if unknown:
+        key = unknown[0]
+        raise ConfigError(
+            f"unknown config key {where + '.' + key!r}{_did_you_mean(key, names)}; "
+            f"valid keys under {where}: {', '.join(sorted(names))}"
+        )
+    values = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in mapping.items()}
+    try:
+        return cls(**values)
+    except TypeError as err:  # a required field was left out
+        raise ConfigError(f"config section {where!r}: {err}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """A registered component chosen by name, with its own typed config."""
+
+    name: str
+    cfg: Any
+
+
+def component_from_mapping(registry: Registry, mapping: Any, where: str) -> Component:
+    """Resolve `{"name": ..., **fields}` against `registry`; the class's `Config` types fields."""
+    if isinstance(mapping, ConfigDict):
+        mapping = mapping.to_dict()
+    if not isinstance(mapping, Mapping) or "name" not in mapping:
+        raise ConfigError(f"config section {where!r} needs a 'name' key ({registry.kind} name)")
+    fields = dict(mapping)
+    name = fields.pop("name")
+    try:
+        factory = registry.get(name)
+    except ConfigError as err:
+        raise ConfigError(f"{where}.name: {err}") from None
+    return Component(name, from_mapping(factory.Config, fields, where))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Encoders per modality, the fusion head and the classifier size."""
+
+    encoders: tuple[tuple[str, Component], ...]
+    fusion: Component
+    num_classes: int
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(m for m, _ in self.encoders)
+
+
+def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
+    """Typed ModelConfig from a `model` config section."""
+    from mmjax.registry import ENCODERS, FUSIONS
+
+    if isinstance(section, ConfigDict):
+        section = section.to_dict()
+    known = {"encoders", "fusion", "num_classes"}
+    for key in section:
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key 'model.{key}'; valid keys under model: {', '.join(sorted(known))}"
+            )
+    encoders = section.get("encoders") or {}
+    if not encoders:
+        raise ConfigError("config key 'model.encoders' must name at least one modality")
+    return ModelConfig(
+        encoders=tuple(
+            (modality, component_from_mapping(ENCODERS, spec, f"model.encoders.{modality}"))
+            for modality, spec in sorted(encoders.items())
+        ),
+        fusion=component_from_mapping(FUSIONS, section.get("fusion"), "model.fusion"),
+        num_classes=_check_type(section.get("num_classes"), int, "model.num_classes"),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay; optional global-norm clipping."""
+
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    b1: float = 0.9
+    b2: float = 0.999
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where it lives, and the noise added to each modality."""
+
+    name: str = "avdigits"
+    root: str = ""  # empty: $MMJAX_DATA or ~/.cache/mmjax
+    image_noise: float = 0.0  # std of Gaussian noise on images in [0, 1]
+    audio_snr_db: float = 100.0  # signal-to-noise ratio of white noise added to audio
+    modality_dropout: float = 0.0  # training-time probability of masking each modality
+    workers: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Loop lengths and cadences; batch sizes are global (over all devices and hosts)."""
+
+    seed: int = 0
+    batch_size: int = 64
+    steps: int = 1000
+    log_every: int = 25
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    eval_batch_size: int = 100
+    eval_splits: tuple[str, ...] = ("test",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything `mmjax.train` needs, typed."""
+
+    model: ModelConfig
+    optim: OptimConfig
+    data: DataConfig
+    train: TrainConfig
+
+
+def experiment_from(cfg: ConfigDict | Mapping[str, Any]) -> ExperimentConfig:
+    """Typed ExperimentConfig from a whole experiment ConfigDict."""
+    if isinstance(cfg, ConfigDict):
+        cfg = cfg.to_dict()
+    known = {"model", "optim", "data", "train"}
+    for key in cfg:
+        if key not in known:
+            raise ConfigError(
+                f"unknown config key {key!r}; valid top-level keys: {', '.join(sorted(known))}"
+            )
+    return ExperimentConfig(
+        model=model_config_from(cfg.get("model", {})),
+        optim=from_mapping(OptimConfig, cfg.get("optim", {}), "optim"),
+        data=from_mapping(DataConfig, cfg.get("data", {}), "data"),
+        train=from_mapping(TrainConfig, cfg.get("train", {}), "train"),
+    )

@@ -1,0 +1,45 @@
+"""Shared experiment defaults that the files in configs/ build on."""
+
+import dataclasses
+
+import ml_collections
+
+from mmjax.config import DataConfig, OptimConfig, TrainConfig
+from mmjax.errors import ConfigError
+from mmjax.registry import MODELS
+
+# AV-Digits' default corruption: strong enough that neither modality alone is reliable.
+AVDIGITS_IMAGE_NOISE = 0.4
+AVDIGITS_AUDIO_SNR_DB = 0.0
+
+
+def avdigits_config(model: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """An AV-Digits experiment for the registered model `model`; arg "tiny" shrinks it for tests."""
+    train = TrainConfig(
+        batch_size=64,
+        steps=1500,
+        log_every=50,
+        checkpoint_every=500,
+        eval_batch_size=100,
+        eval_splits=("val", "test", "test_human"),
+    )
+    cfg = ml_collections.ConfigDict(
+        {
+            "model": MODELS.get(model)(),
+            "optim": dataclasses.asdict(OptimConfig(learning_rate=2e-3, warmup_steps=100)),
+            "data": dataclasses.asdict(
+                DataConfig(
+                    name="avdigits",
+                    image_noise=AVDIGITS_IMAGE_NOISE,
+                    audio_snr_db=AVDIGITS_AUDIO_SNR_DB,
+                )
+            ),
+            "train": dataclasses.asdict(train),
+        }
+    )
+    if arg == "tiny":
+        cfg.train.steps, cfg.train.batch_size, cfg.train.log_every = 20, 16, 5
+        cfg.train.checkpoint_every, cfg.train.eval_batch_size = 10, 20
+    elif arg:
+        raise ConfigError(f"unknown config argument {arg!r}; expected nothing or 'tiny'")
+    return cfg

@@ -1,0 +1,64 @@
+"""Named models: each a registered factory returning the `model` config section it stands for."""
+
+from typing import Any
+
+from mmjax.registry import MODELS
+
+_SMALL_CNN = {"name": "small_cnn", "in_channels": 1, "channels": (32, 64), "dim": 64}
+_CNN_LSTM = {"name": "cnn_lstm", "channels": (16, 32), "hidden": 64}
+
+
+@MODELS.register("avdigits_late")
+def avdigits_late() -> dict[str, Any]:
+    """AV-Digits: small CNN on the 8x8 digit, CNN-LSTM on the spoken digit, late concat + MLP."""
+    return {
+        "encoders": {"image": dict(_SMALL_CNN), "audio": dict(_CNN_LSTM)},
+        "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
+        "num_classes": 10,
+    }
+
+
+@MODELS.register("avdigits_early")
+def avdigits_early() -> dict[str, Any]:
+    """AV-Digits: image patches and log-mel frames concatenated early into one Transformer."""
+    return {
+        "encoders": {
+            "image": {"name": "image_patches", "in_channels": 1, "patch": 2, "dim": 64},
+            "audio": {"name": "audio_frames", "stride": 4, "dim": 64},
+        },
+        "fusion": {"name": "early_concat", "dim": 64, "layers": 2, "heads": 4, "dropout": 0.1},
+        "num_classes": 10,
+    }
+
+
+@MODELS.register("avdigits_image")
+def avdigits_image() -> dict[str, Any]:
+    """AV-Digits image-only baseline (same image tower as avdigits_late)."""
+    return {
+        "encoders": {"image": dict(_SMALL_CNN)},
+        "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
+        "num_classes": 10,
+    }
+
+
+@MODELS.register("avdigits_audio")
+def avdigits_audio() -> dict[str, Any]:
+    """AV-Digits audio-only baseline (same audio tower as avdigits_late)."""
+    return {
+        "encoders": {"audio": dict(_CNN_LSTM)},
+        "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
+        "num_classes": 10,
+    }
+
+
+@MODELS.register("resnet18_bilstm_late")
+def resnet18_bilstm_late() -> dict[str, Any]:
+    """Image + caption classifier: ResNet-18 (CIFAR stem) and a BiLSTM, late concat + MLP."""
+    return {
+        "encoders": {
+            "image": {"name": "resnet18", "in_channels": 3, "width": 64, "stem": "cifar"},
+            "text": {"name": "bilstm", "vocab_size": 10000, "embed_dim": 128, "hidden": 128},
+        },
+        "fusion": {"name": "late_concat", "hidden": 256, "dropout": 0.1},
+        "num_classes": 10,
+    }

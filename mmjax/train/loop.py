@@ -1,0 +1,205 @@
+"""The trainer: build mesh -> state -> data -> resume -> jitted steps -> checkpoints -> eval."""
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from mmjax.config import ConfigDict, ExperimentConfig, experiment_from
+from mmjax.data import pipeline, sources
+from mmjax.errors import CheckpointError, ConfigError
+from mmjax.models import validate_batch
+from mmjax.parallel import check_batch_size, data_mesh, put_batch
+from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.metrics import MetricsLog
+from mmjax.train.state import init_state, state_shardings
+from mmjax.train.step import make_eval_step, make_train_step
+
+EXPERIMENT_FILE = "experiment.json"
+
+
+def _as_dict(config: ConfigDict | dict[str, Any]) -> dict[str, Any]:
+    # A JSON round trip gives the exact form a checkpoint stores (tuples become lists).
+    raw = config.to_dict() if isinstance(config, ConfigDict) else dict(config)
+    return json.loads(json.dumps(raw))
+
+
+def sample_shapes(info: dict[str, Any], modalities: tuple[str, ...]) -> dict[str, tuple]:
+    """Per-sample input shapes of the model's modalities, from a dataset's info."""
+    return {m: tuple(info["modalities"][m]["shape"]) for m in modalities}
+
+
+def _write_experiment(workdir: Path, config: dict[str, Any], info: dict[str, Any]) -> None:
+    """Record what the workdir's checkpoints are, for `eval` and `predict` (never overwritten)."""
+    path = workdir / EXPERIMENT_FILE
+    record = {
+        "config": config,
+        "dataset": {
+            "name": info["name"],
+            "num_classes": info["num_classes"],
+            "modalities": info["modalities"],
+        },
+    }
+    if path.exists():
+        if json.loads(path.read_text())["config"]["model"] != config["model"]:
+            raise CheckpointError(
+                f"{workdir} holds a run of another model (see {path}); "
+                "use a new --workdir, nothing there was changed"
+            )
+        return
+    if jax.process_index() == 0:
+        path.write_text(json.dumps(record, indent=2))
+
+
+def evaluate(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    exp: ExperimentConfig,
+    split: str,
+    mesh: jax.sharding.Mesh,
+) -> dict[str, float]:
+    """Accuracy and mean loss of the model in `state` over every record of `split`."""
+    eval_step = make_eval_step(graphdef, state_shardings(state, mesh), mesh)
+    modalities = exp.model.modalities
+    totals = {"loss_sum": 0.0, "correct": 0.0}
+    examples = 0
+    for batch, rows in pipeline.eval_batches(exp.data, modalities, split, exp.train.eval_batch_size):
+        valid = np.arange(len(batch["label"])) < rows
+        out = jax.device_get(eval_step(state, put_batch(batch, mesh), put_batch({"v": valid}, mesh)["v"]))
+        for key in totals:
+            totals[key] += float(out[key])
+        examples += rows
+    if not examples:
+        raise ConfigError(f"split {split!r} of {exp.data.name!r} has no records to evaluate")
+    return {
+        "accuracy": totals["correct"] / examples,
+        "loss": totals["loss_sum"] / examples,
+        "examples": examples,
+    }
+
+
+def _available_splits(info: dict[str, Any], wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    have = [s for s in wanted if info["splits"].get(s, {}).get("num_records", 0) > 0]
+    return have, [s for s in wanted if s not in have]
+
+
+def train(
+    config: ConfigDict | dict[str, Any],
+    workdir: str | Path,
+    *,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume) the experiment `config` in `workdir`; return the results dict.
+
+    `stop_after` ends this call after that many total steps with a checkpoint, as a
+    preempted job would; calling `train` again on the workdir resumes exactly.
+    """
+    started = time.perf_counter()
+    config = _as_dict(config)
+    exp = experiment_from(config)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = data_mesh()
+    check_batch_size(exp.train.batch_size, mesh, "train.batch_size")
+    check_batch_size(exp.train.eval_batch_size, mesh, "train.eval_batch_size")
+    info = sources.load_info(sources.data_root(exp.data.root), exp.data.name)
+    modalities = exp.model.modalities
+    for m in modalities:
+        if m not in info["modalities"]:
+            raise ConfigError(
+                f"model.encoders.{m}: dataset {exp.data.name!r} has no {m!r} modality "
+                f"(it has {', '.join(sorted(info['modalities']))})"
+            )
+    eval_splits, missing_splits = _available_splits(info, exp.train.eval_splits)
+    _write_experiment(workdir, config, info)
+
+    graphdef, state = init_state(exp, mesh)
+    shardings = state_shardings(state, mesh)
+    data_iter = iter(pipeline.train_dataset(exp.data, modalities, exp.train.batch_size, exp.train.seed))
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
+    log = MetricsLog(workdir / "metrics.jsonl", exp.train.log_every)
+    try:
+        step = checkpointer.latest_step() or 0
+        if step:
+            saved = checkpointer.saved_config(step)
+            if saved.get("model") != config["model"]:
+                raise CheckpointError(
+                    f"the checkpoint at step {step} in {workdir} is of another model; "
+                    "use a new --workdir (nothing there was changed)"
+                )
+            state = checkpointer.restore(step, state, shardings, data_iter)
+        train_step = make_train_step(graphdef, shardings, mesh)
+        last = min(exp.train.steps, stop_after or exp.train.steps)
+        shapes = sample_shapes(info, modalities)
+        bar = tqdm(total=last, initial=step, disable=not progress, desc="train", unit="step")
+        train_started = time.perf_counter()
+        first_step = step
+        while step < last:
+            batch = next(data_iter)
+            if step == first_step:
+                validate_batch(batch, modalities, num_classes=exp.model.num_classes, sample_shapes=shapes)
+            state, metrics = train_step(state, put_batch(batch, mesh))
+            step += 1
+            log.push(step, metrics)
+            if step % exp.train.checkpoint_every == 0 or step == last:
+                log.flush()
+                checkpointer.save(step, state, data_iter, config, log.last)
+            bar.update(1)
+            if step % exp.train.log_every == 0 and log.last:
+                bar.set_postfix(loss=f"{log.last['loss']:.3f}", acc=f"{log.last['accuracy']:.3f}")
+        log.flush()
+        bar.close()
+        train_seconds = time.perf_counter() - train_started
+    finally:
+        checkpointer.close()
+
+    results: dict[str, Any] = {"steps": step, "completed": step >= exp.train.steps}
+    if results["completed"]:
+        evals = {s: evaluate(graphdef, state, exp, s, mesh) for s in eval_splits}
+        results.update(
+            accuracy={s: r["accuracy"] for s, r in evals.items()},
+            loss={s: r["loss"] for s, r in evals.items()},
+            examples={s: r["examples"] for s, r in evals.items()},
+            missing_splits=missing_splits,
+        )
+    steps_run = step - first_step
+    results.update(
+        train_seconds=round(train_seconds, 3),
+        examples_per_s=round(steps_run * exp.train.batch_size / max(train_seconds, 1e-9), 1),
+        wall_time_s=round(time.perf_counter() - started, 3),
+        devices=mesh.size,
+    )
+    if jax.process_index() == 0:
+        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def evaluate_workdir(
+    workdir: str | Path, splits: tuple[str, ...] | None = None, *, data_root: str = ""
+) -> dict[str, dict[str, float]]:
+    """Evaluate the latest checkpoint of `workdir` on `splits` (default: its eval_splits)."""
+    workdir = Path(workdir)
+    path = workdir / EXPERIMENT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{workdir} is not an mmjax workdir (no {EXPERIMENT_FILE})")
+    config = json.loads(path.read_text())["config"]
+    if data_root:
+        config["data"]["root"] = data_root
+    exp = experiment_from(config)
+    mesh = data_mesh()
+    graphdef, state = init_state(exp, mesh)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
+    try:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise CheckpointError(f"{workdir} has no checkpoint yet; train first")
+        state = checkpointer.restore(step, state, state_shardings(state, mesh))
+    finally:
+        checkpointer.close()
+    return {s: evaluate(graphdef, state, exp, s, mesh) for s in splits or exp.train.eval_splits}

@@ -1,0 +1,56 @@
+"""Metric logging that never stalls the device: values are fetched one step late."""
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+
+class MetricsLog:
+    """Averages per-step metrics over each interval and appends them to metrics.jsonl.
+
+    `push(step, metrics)` takes step k's device metrics after step k+1 is dispatched, so the
+    fetch of k overlaps k+1; it also bounds the steps in flight to two, which XLA:CPU's
+    collectives need with many fake devices (DESIGN.md, traps).
+    """
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every = path, every
+        self._pending: tuple[int, dict[str, jax.Array]] | None = None
+        self._sums: dict[str, float] = {}
+        self._count = 0
+        self._start = time.perf_counter()
+        self.last: dict[str, Any] = {}
+
+    def push(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self._absorb()
+        self._pending = (step, metrics)
+
+    def flush(self) -> None:
+        self._absorb()
+        if self._count:
+            self._write(self._last_step)
+
+    def _absorb(self) -> None:
+        if self._pending is None:
+            return
+        step, metrics = self._pending
+        self._pending = None
+        for key, value in jax.device_get(metrics).items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(np.asarray(value))
+        self._count += 1
+        self._last_step = step
+        if step % self.every == 0:
+            self._write(step)
+
+    def _write(self, step: int) -> None:
+        row = {k: v / self._count for k, v in self._sums.items()}
+        row.update(step=step, wall_s=round(time.perf_counter() - self._start, 3))
+        self.last = row
+        if jax.process_index() == 0:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+        self._sums, self._count = {}, 0
