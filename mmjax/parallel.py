@@ -1,6 +1,6 @@
 """Device mesh, shardings and batch placement (data parallelism over every device and host)."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np
@@ -11,11 +11,12 @@ from mmjax.errors import ConfigError
 DATA_AXIS = "data"
 
 
-def data_mesh() -> jax.sharding.Mesh:
-    """A 1-D mesh over all devices of all processes, axis `data`."""
-    mesh = jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
-    assert mesh.size == jax.device_count()
-    return mesh
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+    """A 1-D mesh, axis `data`, over `devices` (default: every device of every process)."""
+    devices = list(devices) if devices is not None else jax.devices()
+    return jax.make_mesh(
+        (len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices
+    )
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -11,6 +11,7 @@ from flax import nnx
 from mmjax.config import experiment_from
 from mmjax.errors import CheckpointError
 from mmjax.models import validate_batch
+from mmjax.parallel import data_mesh
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.loop import EXPERIMENT_FILE, sample_shapes
 from mmjax.train.state import abstract_state, state_shardings
@@ -30,7 +31,7 @@ class Predictor:
         self.modalities = self.experiment.model.modalities
         self.sample_shapes = sample_shapes(self.dataset, self.modalities)
         self.num_classes = self.experiment.model.num_classes
-        mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+        mesh = data_mesh(jax.devices()[:1])
         graphdef, abstract = abstract_state(self.experiment)
         checkpointer = Checkpointer(workdir / "checkpoints", keep=self.experiment.train.keep_checkpoints)
         try:

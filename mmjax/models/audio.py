@@ -29,6 +29,8 @@ def _log_mel_features(x: jax.Array, mel: LogMelConfig) -> jax.Array:
 class CNNLSTM(nnx.Module):
     """Log-mel -> 2-D conv blocks (pooling time and frequency) -> LSTM over time."""
 
+    modality = "audio"
+
     @dataclasses.dataclass(frozen=True)
     class Config:
         sample_rate: int = 8000
@@ -59,6 +61,8 @@ class CNNLSTM(nnx.Module):
 @ENCODERS.register("audio_frames")
 class AudioFrames(nnx.Module):
     """Log-mel frames, each linearly projected to one token: the shallow input of early fusion."""
+
+    modality = "audio"
 
     @dataclasses.dataclass(frozen=True)
     class Config:

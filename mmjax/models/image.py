@@ -19,6 +19,8 @@ def _grid_features(x: jax.Array) -> Features:
 class SmallCNN(nnx.Module):
     """A few conv-BN-ReLU blocks with 2x2 max-pooling; for small images (8x8 .. 32x32)."""
 
+    modality = "image"
+
     @dataclasses.dataclass(frozen=True)
     class Config:
         in_channels: int = 1
@@ -63,6 +65,8 @@ class BasicBlock(nnx.Module):
 class ResNet18(nnx.Module):
     """ResNet-18 (He et al. 2016) in the torchvision layout; `stem="cifar"` for small images."""
 
+    modality = "image"
+
     @dataclasses.dataclass(frozen=True)
     class Config:
         in_channels: int = 3
@@ -100,6 +104,8 @@ class ResNet18(nnx.Module):
 @ENCODERS.register("image_patches")
 class ImagePatches(nnx.Module):
     """Non-overlapping patches, linearly embedded, plus fixed position codes: early-fusion input."""
+
+    modality = "image"
 
     @dataclasses.dataclass(frozen=True)
     class Config:

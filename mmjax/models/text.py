@@ -14,6 +14,8 @@ from mmjax.registry import ENCODERS
 class BiLSTM(nnx.Module):
     """Token embedding -> bidirectional LSTM; padding (id 0) is masked out of the pooled vector."""
 
+    modality = "text"
+
     @dataclasses.dataclass(frozen=True)
     class Config:
         vocab_size: int = 10000

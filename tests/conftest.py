@@ -1,0 +1,23 @@
+"""Test setup: 4 fake CPU devices, forced before anything imports jax."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+).strip()
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+from mmjax.data.builders.avdigits import prepare_avdigits  # noqa: E402
+
+assert jax.device_count() == 4, f"tests need 4 fake CPU devices, got {jax.devices()}"
+
+
+@pytest.fixture(scope="session")
+def avdigits_root(tmp_path_factory: pytest.TempPathFactory):
+    """A small AV-Digits build (real digits, real TTS and human speech), shared by the session."""
+    root = tmp_path_factory.mktemp("data")
+    prepare_avdigits(root, small=True, progress=False)
+    return root
