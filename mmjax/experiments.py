@@ -17,9 +17,9 @@ def avdigits_config(model: str, arg: str | None = None) -> ml_collections.Config
     """An AV-Digits experiment for the registered model `model`; arg "tiny" shrinks it for tests."""
     train = TrainConfig(
         batch_size=64,
-        steps=1500,
+        steps=1000,
         log_every=50,
-        checkpoint_every=500,
+        checkpoint_every=250,
         eval_batch_size=100,
         eval_splits=("val", "test", "test_human"),
     )

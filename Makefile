@@ -1,0 +1,32 @@
+# `make demo` and `make test` set everything up themselves (system packages, .venv, package).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export MMJAX_DATA ?= $(HOME)/.cache/mmjax
+
+.PHONY: demo test lint format system-packages venv clean
+
+demo: system-packages venv
+	$(PY) tools/demo.py
+
+test: system-packages venv
+	$(PY) -m pytest -q tests
+
+lint: venv
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+system-packages:
+	@bash tools/system_packages.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,138 @@
+"""The trainer on a real (small) AV-Digits build: files written, exact resume, safe workdirs."""
+
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import mmjax
+from mmjax.config import set_value
+from mmjax.train.checkpoint import Checkpointer
+
+
+def tiny_config(avdigits_root, model: str = "late", steps: int = 20):
+    cfg = mmjax.load_config_file(f"configs/avdigits_{model}.py:tiny")
+    set_value(cfg, "data.root", str(avdigits_root))
+    set_value(cfg, "train.steps", steps)
+    set_value(cfg, "train.eval_splits", ("test", "test_human"))
+    return cfg
+
+
+def _params(workdir):
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=5)
+    try:
+        step = checkpointer.latest_step()
+        restored = checkpointer.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )
+    finally:
+        checkpointer.close()
+    return step, restored["state"]
+
+
+@pytest.fixture(scope="module")
+def trained(avdigits_root, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    results = mmjax.train(tiny_config(avdigits_root), workdir, progress=False)
+    return workdir, results
+
+
+def test_results_metrics_and_checkpoints(trained):
+    workdir, results = trained
+    assert results["completed"] and results["steps"] == 20
+    assert set(results["accuracy"]) == {"test", "test_human"}
+    assert all(0.0 <= a <= 1.0 for a in results["accuracy"].values())
+    assert json.loads((workdir / "results.json").read_text()) == results
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        10,
+        20,
+    ]
+
+
+def test_resume_matches_uninterrupted_run(avdigits_root, trained, tmp_path):
+    workdir, _ = trained
+    cfg = tiny_config(avdigits_root)
+    first = mmjax.train(cfg, tmp_path, stop_after=10, progress=False)
+    assert not first["completed"] and first["steps"] == 10
+    resumed = mmjax.train(cfg, tmp_path, progress=False)
+    assert resumed["completed"] and resumed["steps"] == 20
+    step_a, state_a = _params(workdir)
+    step_b, state_b = _params(tmp_path)
+    assert step_a == step_b == 20
+    leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
+    assert len(leaves_a) == len(leaves_b)
+    for a, b in zip(leaves_a, leaves_b):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert resumed["accuracy"] == pytest.approx(
+        json.loads((workdir / "results.json").read_text())["accuracy"]
+    )
+
+
+def test_workdir_of_another_model_is_refused_and_untouched(avdigits_root, trained):
+    workdir, _ = trained
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+    with pytest.raises(mmjax.CheckpointError, match="another model"):
+        mmjax.train(tiny_config(avdigits_root, "audio"), workdir, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+
+
+def test_predictor_probabilities(trained, avdigits_root):
+    workdir, _ = trained
+    predictor = mmjax.load_predictor(workdir)
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 8, 8, 1), np.float32)
+    audio = rng.standard_normal((3, 8000)).astype(np.float32)
+    probs = predictor.predict(image=image, audio=audio)
+    assert probs.shape == (3, 10)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+    one = predictor.predict(image=image[0], audio=audio[0])
+    np.testing.assert_allclose(one, probs[0], rtol=1e-4, atol=1e-6)
+    image_only = predictor.predict(image=image)
+    assert image_only.shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "match"),
+    [
+        ({"image": np.zeros((2, 8), np.float32)}, "image: expected rank 4"),
+        ({"image": np.zeros((2, 8, 8), np.float32)}, "image: expected per-sample shape"),
+        ({"image": np.zeros((2, 16, 16, 1), np.float32)}, r"image: expected per-sample shape \(8, 8, 1\)"),
+        ({"image": np.zeros((2, 8, 8, 1), np.uint8)}, "image: expected a floating dtype"),
+        ({"audio": np.full((2, 8000), np.nan, np.float32)}, "audio: expected finite values"),
+        ({"text": np.zeros((2, 5), np.int32)}, "text: expected one of the model's keys"),
+        (
+            {"image": np.zeros((2, 8, 8, 1), np.float32), "audio": np.zeros((3, 8000), np.float32)},
+            r"image: expected batch size 3 \(as audio\), got 2",
+        ),
+        (
+            {"image": np.zeros((2, 8, 8, 1), np.float32), "image_mask": np.ones(2, np.int32)},
+            "image_mask: expected a bool array",
+        ),
+    ],
+)
+def test_predictor_rejects_bad_input(trained, inputs, match):
+    predictor = mmjax.load_predictor(trained[0])
+    with pytest.raises(mmjax.InputError, match=match):
+        predictor.predict(**inputs)
+
+
+def test_label_out_of_range_is_rejected():
+    from mmjax.models import validate_batch
+
+    batch = {"image": np.zeros((2, 8, 8, 1), np.float32), "label": np.array([3, 10])}
+    with pytest.raises(mmjax.InputError, match=r"label: expected values in \[0, 10\)"):
+        validate_batch(batch, ("image",), num_classes=10)
+
+
+def test_missing_dataset_names_the_prepare_command(tmp_path):
+    cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")
+    set_value(cfg, "data.root", str(tmp_path))
+    with pytest.raises(mmjax.DataError, match="mmjax data prepare avdigits"):
+        mmjax.train(cfg, tmp_path / "run", progress=False)

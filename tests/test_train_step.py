@@ -1,0 +1,75 @@
+"""The sharded train step: equal to the single-device step, compiled once."""
+
+import logging
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from mmjax.config import experiment_from
+from mmjax.parallel import data_mesh, put_batch
+from mmjax.registry import MODELS
+from mmjax.train.state import init_state, state_shardings
+from mmjax.train.step import make_train_step
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    return experiment_from({"model": MODELS.get("avdigits_late")(), "train": {"steps": 10}})
+
+
+def _batches(n: int, size: int = 8):
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        yield {
+            "image": rng.random((size, 8, 8, 1), np.float32),
+            "audio": rng.standard_normal((size, 8000)).astype(np.float32),
+            "image_mask": rng.random(size) > 0.2,
+            "audio_mask": np.ones(size, bool),
+            "label": rng.integers(0, 10, size).astype(np.int32),
+        }
+
+
+def _run(experiment, mesh, steps: int):
+    graphdef, state = init_state(experiment, mesh)
+    step = make_train_step(graphdef, state_shardings(state, mesh), mesh)
+    losses = []
+    for batch in _batches(steps):
+        state, metrics = step(state, put_batch(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    return nnx.to_pure_dict(state), losses
+
+
+def test_sharded_step_equals_single_device(experiment):
+    assert jax.device_count() == 4
+    sharded, sharded_losses = _run(experiment, data_mesh(), 3)
+    single, single_losses = _run(experiment, data_mesh(jax.devices()[:1]), 3)
+    np.testing.assert_allclose(sharded_losses, single_losses, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single)):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_batch_is_sharded_and_params_replicated(experiment):
+    mesh = data_mesh()
+    batch = put_batch(next(_batches(1)), mesh)
+    assert batch["image"].sharding.spec == jax.sharding.PartitionSpec("data")
+    assert len(batch["image"].addressable_shards) == 4
+    assert batch["image"].addressable_shards[0].data.shape == (2, 8, 8, 1)
+    _, state = init_state(experiment, mesh)
+    leaf = jax.tree.leaves(state)[0]
+    assert leaf.sharding.is_fully_replicated
+
+
+def test_step_compiles_once_over_five_steps(experiment, caplog):
+    mesh = data_mesh()
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            _run(experiment, mesh, 5)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiles = [r for r in caplog.records if "train_step" in r.getMessage() and "Finished XLA compilation" in r.getMessage()]
+    assert len(compiles) == 1, [r.getMessage() for r in compiles]
