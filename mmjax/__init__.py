@@ -4,9 +4,9 @@ from typing import Any
 
 from flax import nnx
 
-from mmjax import models as _models  # registers the built-in components
+from mmjax import models as _models  # noqa: F401  (registers the built-in components)
 from mmjax.config import ConfigDict, load_config_file, model_config_from, set_value
-from mmjax.data.builders import avdigits as _avdigits  # registers the AV-Digits builder
+from mmjax.data.builders import avdigits as _avdigits  # noqa: F401  (registers AV-Digits)
 from mmjax.errors import CheckpointError, ConfigError, DataError, InputError, MmjaxError
 from mmjax.models import MultimodalModel, build_model
 from mmjax.predict import Predictor, load_predictor

@@ -48,19 +48,21 @@ def _predict(args: argparse.Namespace) -> None:
             wave, rate, sample_rate=spec["sample_rate"], length=spec["shape"][0]
         )
     if not inputs:
-        raise MmjaxError(f"predict needs at least one input file; the model takes {predictor.modalities}")
+        raise MmjaxError(
+            f"predict needs at least one input file; the model takes {predictor.modalities}"
+        )
     probs = predictor.predict(**inputs)
     if args.json:
         print(json.dumps({"probabilities": probs.tolist(), "prediction": int(np.argmax(probs))}))
         return
     for label, p in enumerate(probs):
-        print(f"{label:>3} {p:7.4f} {'#' * int(round(p * 40))}")
+        print(f"{label:>3} {p:7.4f} {'#' * round(p * 40)}")
     print(f"prediction: {int(np.argmax(probs))}")
 
 
 def _data_prepare(args: argparse.Namespace) -> None:
     root = sources.data_root(args.data_dir or "")
-    info = mmjax.DATASETS.get(args.name)(root, small=args.small)
+    info = mmjax.DATASETS.get(args.name).prepare(root, small=args.small)
     sizes = ", ".join(f"{s} {v['num_records']}" for s, v in info["splits"].items())
     print(f"prepared {args.name} in {root / args.name}: {sizes}")
 

@@ -80,7 +80,7 @@ def _coerce(value: Any, like: Any, key: str) -> Any:
     else:
         return value
     raise ConfigError(
-        f"config key {key!r} expects a {type(like).__name__} (current value {like!r}), "
+        f"config key {key!r} expects type {type(like).__name__} (current value {like!r}), "
         f"got {value!r}"
     )
 
@@ -151,7 +151,9 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
             return value
     elif isinstance(hint, type) and isinstance(value, hint):
         return value
-    raise ConfigError(f"config key {where!r} expects {getattr(hint, '__name__', hint)}, got {value!r}")
+    raise ConfigError(
+        f"config key {where!r} expects {getattr(hint, '__name__', hint)}, got {value!r}"
+    )
 
 
 def from_mapping(cls: type, mapping: Mapping[str, Any] | ConfigDict, where: str) -> Any:
@@ -222,7 +224,8 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
     for key in section:
         if key not in known:
             raise ConfigError(
-                f"unknown config key 'model.{key}'; valid keys under model: {', '.join(sorted(known))}"
+                f"unknown config key 'model.{key}'{_did_you_mean(key, sorted(known))}; "
+                f"valid keys under model: {', '.join(sorted(known))}"
             )
     encoders = section.get("encoders") or {}
     if not encoders:

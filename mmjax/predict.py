@@ -33,7 +33,9 @@ class Predictor:
         self.num_classes = self.experiment.model.num_classes
         mesh = data_mesh(jax.devices()[:1])
         graphdef, abstract = abstract_state(self.experiment)
-        checkpointer = Checkpointer(workdir / "checkpoints", keep=self.experiment.train.keep_checkpoints)
+        checkpointer = Checkpointer(
+            workdir / "checkpoints", keep=self.experiment.train.keep_checkpoints
+        )
         try:
             self.step = step if step is not None else checkpointer.latest_step()
             if self.step is None:

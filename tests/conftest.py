@@ -7,10 +7,10 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
-from mmjax.data.builders.avdigits import prepare_avdigits  # noqa: E402
+from mmjax.data.builders.avdigits import prepare_avdigits
 
 assert jax.device_count() == 4, f"tests need 4 fake CPU devices, got {jax.devices()}"
 

@@ -44,7 +44,7 @@ def _tone(freq: float, rate: int, seconds: float) -> np.ndarray:
 
 
 def test_registered():
-    assert DATASETS.get("avdigits") is avdigits.prepare_avdigits
+    assert DATASETS.get("avdigits").prepare is avdigits.prepare_avdigits
 
 
 def test_info(built):

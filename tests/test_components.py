@@ -1,4 +1,4 @@
-"""Registry-driven tests: every encoder, fusion head and model gets shape, mask, jit and grad checks."""
+"""Registry-driven tests: every encoder, fusion and model gets shape, mask, jit and grad checks."""
 
 import jax
 import jax.numpy as jnp

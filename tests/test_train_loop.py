@@ -103,7 +103,10 @@ def test_predictor_probabilities(trained, avdigits_root):
     [
         ({"image": np.zeros((2, 8), np.float32)}, "image: expected rank 4"),
         ({"image": np.zeros((2, 8, 8), np.float32)}, "image: expected per-sample shape"),
-        ({"image": np.zeros((2, 16, 16, 1), np.float32)}, r"image: expected per-sample shape \(8, 8, 1\)"),
+        (
+            {"image": np.zeros((2, 16, 16, 1), np.float32)},
+            r"image: expected per-sample shape \(8, 8, 1\)",
+        ),
         ({"image": np.zeros((2, 8, 8, 1), np.uint8)}, "image: expected a floating dtype"),
         ({"audio": np.full((2, 8000), np.nan, np.float32)}, "audio: expected finite values"),
         ({"text": np.zeros((2, 5), np.int32)}, "text: expected one of the model's keys"),

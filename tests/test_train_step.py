@@ -71,5 +71,9 @@ def test_step_compiles_once_over_five_steps(experiment, caplog):
             _run(experiment, mesh, 5)
     finally:
         jax.config.update("jax_log_compiles", False)
-    compiles = [r for r in caplog.records if "train_step" in r.getMessage() and "Finished XLA compilation" in r.getMessage()]
+    compiles = [
+        r
+        for r in caplog.records
+        if "train_step" in r.getMessage() and "Finished XLA compilation" in r.getMessage()
+    ]
     assert len(compiles) == 1, [r.getMessage() for r in compiles]

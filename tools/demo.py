@@ -25,7 +25,7 @@ def main() -> int:
         sources.load_info(root, "avdigits")
         print(f"AV-Digits already prepared in {root / 'avdigits'}")
     except mmjax.DataError:
-        mmjax.DATASETS.get("avdigits")(root)
+        mmjax.DATASETS.get("avdigits").prepare(root)
     rows = {}
     for name, path in CONFIGS.items():
         print(f"\n== {name} ({path})")

@@ -55,5 +55,7 @@ def eval_batches(
         rows = len(batch["label"])
         pad = batch_size - rows
         if pad:
-            batch = {k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in batch.items()}
+            batch = {
+                k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in batch.items()
+            }
         yield batch, rows

@@ -1,13 +1,23 @@
-"""Where datasets live and how a split is opened as a grain random-access source."""
+"""Where datasets live, what a registered dataset provides, and how a split is opened."""
 
-import json
+import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grain
 
-from mmjax.errors import DataError
 from mmjax.registry import DATASETS
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """What a dataset builder registers: how to build it and how to find what it built."""
+
+    prepare: Callable[..., dict[str, Any]]  # (root, *, small, seed, progress) -> info
+    load_info: Callable[[Path], dict[str, Any]]  # DataError naming the prepare command if absent
+    shard_paths: Callable[[Path, str], list[Path]]  # one split's ArrayRecord files
 
 
 def data_root(configured: str = "") -> Path:
@@ -15,29 +25,12 @@ def data_root(configured: str = "") -> Path:
     return Path(configured or os.environ.get("MMJAX_DATA") or Path.home() / ".cache" / "mmjax")
 
 
-def load_info(root: Path, name: str) -> dict:
-    """A prepared dataset's info.json; DataError naming the prepare command when it is absent."""
-    DATASETS.get(name)  # an unknown name fails with the registered choices
-    path = Path(root) / name / "info.json"
-    if not path.is_file():
-        raise DataError(
-            f"dataset {name!r} is not prepared under {root}: run `mmjax data prepare {name}`"
-            f" (or set --data-dir / MMJAX_DATA to where it was prepared)"
-        )
-    return json.loads(path.read_text())
+def load_info(root: Path, name: str) -> dict[str, Any]:
+    """The info dict of prepared dataset `name` under `root`."""
+    return DATASETS.get(name).load_info(Path(root))
 
 
 def open_split(root: Path, name: str, split: str) -> grain.sources.ArrayRecordDataSource:
     """Random-access source over one split's ArrayRecord shards."""
-    info = load_info(root, name)
-    if split not in info["splits"]:
-        raise DataError(
-            f"split {split!r} of dataset {name!r} does not exist; "
-            f"available: {', '.join(sorted(info['splits']))}"
-        )
-    shards = [Path(root) / name / s["file"] for s in info["splits"][split]["shards"]]
-    missing = [str(p) for p in shards if not p.is_file()]
-    if missing:
-        raise DataError(f"dataset {name!r} split {split!r} is missing shard(s) {missing}: "
-                        f"run `mmjax data prepare {name}` again")
-    return grain.sources.ArrayRecordDataSource([str(p) for p in shards])
+    paths = DATASETS.get(name).shard_paths(Path(root), split)
+    return grain.sources.ArrayRecordDataSource([str(p) for p in paths])

@@ -13,7 +13,7 @@ _SCALES = {np.dtype("uint8"): 1 / 255.0, np.dtype("int16"): 1 / 32767.0}
 
 @dataclasses.dataclass(frozen=True)
 class Decode(grain.transforms.Map):
-    """record bytes -> {modality: float32 (or int32 tokens), <modality>_mask: True, label: int32}."""
+    """record bytes -> {modality: float32 or int32 ids, <modality>_mask: True, label: int32}."""
 
     modalities: tuple[str, ...]
 

@@ -1,6 +1,7 @@
 """Audio encoders: a waveform [B, S] (log-mel computed on device) or features [B, T, F]."""
 
 import dataclasses
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,7 @@ class CNNLSTM(nnx.Module):
         self.mel = LogMelConfig(cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels)
         widths = (1, *cfg.channels)
         self.blocks = nnx.List(
-            [ConvBNReLU(c_in, c_out, rngs=rngs) for c_in, c_out in zip(widths[:-1], widths[1:])]
+            [ConvBNReLU(c_in, c_out, rngs=rngs) for c_in, c_out in itertools.pairwise(widths)]
         )
         freq = cfg.n_mels // 2 ** len(cfg.channels)
         self.lstm = nnx.RNN(nnx.OptimizedLSTMCell(widths[-1] * freq, cfg.hidden, rngs=rngs))

@@ -1,6 +1,7 @@
 """Image encoders: x [B, H, W, C] float in [0, 1] -> Features (tokens = spatial positions)."""
 
 import dataclasses
+import itertools
 
 import jax
 from einops import rearrange
@@ -30,7 +31,7 @@ class SmallCNN(nnx.Module):
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
         widths = (cfg.in_channels, *cfg.channels)
         self.blocks = nnx.List(
-            [ConvBNReLU(c_in, c_out, rngs=rngs) for c_in, c_out in zip(widths[:-1], widths[1:])]
+            [ConvBNReLU(c_in, c_out, rngs=rngs) for c_in, c_out in itertools.pairwise(widths)]
         )
         self.proj = nnx.Linear(widths[-1], cfg.dim, rngs=rngs)
         self.dim = cfg.dim

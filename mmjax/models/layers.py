@@ -1,5 +1,6 @@
 """Shared NNX building blocks and the Features type every encoder returns."""
 
+import itertools
 from typing import NamedTuple
 
 import jax
@@ -37,7 +38,7 @@ class MLP(nnx.Module):
 
     def __init__(self, dims: tuple[int, ...], *, dropout: float = 0.0, rngs: nnx.Rngs):
         self.layers = nnx.List(
-            [nnx.Linear(d_in, d_out, rngs=rngs) for d_in, d_out in zip(dims[:-1], dims[1:])]
+            [nnx.Linear(d_in, d_out, rngs=rngs) for d_in, d_out in itertools.pairwise(dims)]
         )
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 

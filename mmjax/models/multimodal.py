@@ -103,7 +103,9 @@ def validate_batch(
         label = np.asarray(batch["label"])
         if label.dtype.kind not in "iu" or label.shape != (size,):
             _fail("label", f"an integer array of shape ({size},)", f"{label.dtype} {label.shape}")
-        if num_classes is not None and label.size and not (
-            0 <= label.min() and label.max() < num_classes
+        if (
+            num_classes is not None
+            and label.size
+            and not (label.min() >= 0 and label.max() < num_classes)
         ):
             _fail("label", f"values in [0, {num_classes})", f"range [{label.min()}, {label.max()}]")

@@ -48,7 +48,9 @@ class Checkpointer:
     def saved_config(self, step: int) -> dict[str, Any]:
         """The experiment config stored with checkpoint `step`."""
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+            )
         except Exception as err:  # orbax raises many types; the cause is kept below
             raise CheckpointError(f"checkpoint step {step}: unreadable config ({err})") from err
         return restored["config"]

@@ -68,9 +68,13 @@ def evaluate(
     modalities = exp.model.modalities
     totals = {"loss_sum": 0.0, "correct": 0.0}
     examples = 0
-    for batch, rows in pipeline.eval_batches(exp.data, modalities, split, exp.train.eval_batch_size):
+    for batch, rows in pipeline.eval_batches(
+        exp.data, modalities, split, exp.train.eval_batch_size
+    ):
         valid = np.arange(len(batch["label"])) < rows
-        out = jax.device_get(eval_step(state, put_batch(batch, mesh), put_batch({"v": valid}, mesh)["v"]))
+        out = jax.device_get(
+            eval_step(state, put_batch(batch, mesh), put_batch({"v": valid}, mesh)["v"])
+        )
         for key in totals:
             totals[key] += float(out[key])
         examples += rows
@@ -121,7 +125,9 @@ def train(
 
     graphdef, state = init_state(exp, mesh)
     shardings = state_shardings(state, mesh)
-    data_iter = iter(pipeline.train_dataset(exp.data, modalities, exp.train.batch_size, exp.train.seed))
+    data_iter = iter(
+        pipeline.train_dataset(exp.data, modalities, exp.train.batch_size, exp.train.seed)
+    )
     checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
     log = MetricsLog(workdir / "metrics.jsonl", exp.train.log_every)
     try:
@@ -143,7 +149,9 @@ def train(
         while step < last:
             batch = next(data_iter)
             if step == first_step:
-                validate_batch(batch, modalities, num_classes=exp.model.num_classes, sample_shapes=shapes)
+                validate_batch(
+                    batch, modalities, num_classes=exp.model.num_classes, sample_shapes=shapes
+                )
             state, metrics = train_step(state, put_batch(batch, mesh))
             step += 1
             log.push(step, metrics)

@@ -27,6 +27,7 @@ import numpy as np
 
 from mmjax.data.audio_io import prepare_waveform, read_wav
 from mmjax.data.records import sha256_file, write_shards
+from mmjax.data.sources import Dataset
 from mmjax.errors import DataError, InputError
 from mmjax.registry import DATASETS
 
@@ -95,7 +96,6 @@ class Clip:
         ]  # fmt: skip
 
 
-@DATASETS.register(NAME)
 def prepare_avdigits(
     root: Path, *, small: bool = False, seed: int = 0, progress: bool = True
 ) -> dict:
@@ -472,3 +472,8 @@ def _move_into_place(build_dir: Path, final: Path) -> None:
         final.rename(old / final.name)
     build_dir.rename(final)
     shutil.rmtree(old)
+
+
+DATASETS.register(NAME)(
+    Dataset(prepare=prepare_avdigits, load_info=load_info, shard_paths=shard_paths)
+)

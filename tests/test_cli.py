@@ -1,0 +1,120 @@
+"""The `mmjax` command end to end: data, train, eval, predict, zoo; errors exit 2 with a message."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmjax.cli import main
+
+HUMAN_THREE = "/usr/share/asterisk/sounds/en/digits/3.wav"
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def workdir(avdigits_root, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cli_run")
+    code = main(
+        [
+            "train", "--config", "configs/avdigits_late.py:tiny", "--workdir", str(workdir),
+            "--data-dir", str(avdigits_root), "--set", "train.steps=10", "--quiet",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    return workdir
+
+
+def test_zoo_list_json(capsys):
+    code, out, _ = run(capsys, "zoo", "list", "--json")
+    listing = json.loads(out)
+    assert code == 0
+    assert {"late_concat", "early_concat"} <= set(listing["fusions"])
+    assert {"small_cnn", "resnet18", "cnn_lstm", "bilstm"} <= set(listing["encoders"])
+    assert "avdigits" in listing["datasets"] and "avdigits_late" in listing["models"]
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("mmjax") or str(__import__("pathlib").Path(sys.executable).parent / "mmjax")
+    done = subprocess.run([exe, "zoo", "list"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "fusions: early_concat, late_concat" in done.stdout
+
+
+def test_train_wrote_results(workdir):
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["steps"] == 10 and set(results["accuracy"]) == {"val", "test", "test_human"}
+
+
+def test_eval_json(capsys, workdir, avdigits_root):
+    code, out, _ = run(
+        capsys, "eval", "--workdir", str(workdir), "--split", "test",
+        "--data-dir", str(avdigits_root), "--json",
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out)["test"]
+    assert 0 <= result["accuracy"] <= 1 and result["examples"] == 60
+
+
+def test_predict_on_real_files(capsys, workdir, tmp_path):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    three = digits.images[np.flatnonzero(digits.target == 3)[0]]
+    png = tmp_path / "three.png"
+    Image.fromarray((three * 255 / 16).astype(np.uint8)).resize((32, 32)).save(png)
+    code, out, err = run(
+        capsys, "predict", "--workdir", str(workdir), "--image", str(png),
+        "--audio", HUMAN_THREE, "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    answer = json.loads(out)
+    assert len(answer["probabilities"]) == 10
+    assert sum(answer["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+    assert answer["prediction"] == int(np.argmax(answer["probabilities"]))
+
+
+@pytest.mark.parametrize(
+    ("flag", "content", "match"),
+    [
+        ("--audio", b"not a wave file", "PCM WAV"),
+        ("--image", b"not an image", "not an image file"),
+    ],
+)
+def test_predict_rejects_unreadable_files(capsys, workdir, tmp_path, flag, content, match):
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(content)
+    code, _, err = run(capsys, "predict", "--workdir", str(workdir), flag, str(bad))
+    assert code == 2 and err.startswith("mmjax: error:") and match in err
+
+
+def test_missing_dataset_exits_with_instructions(capsys, tmp_path):
+    code, _, err = run(
+        capsys, "train", "--config", "configs/avdigits_late.py:tiny",
+        "--workdir", str(tmp_path / "run"), "--data-dir", str(tmp_path / "empty"), "--quiet",
+    )  # fmt: skip
+    assert code == 2
+    assert "mmjax data prepare avdigits" in err and "apt-get install espeak-ng" in err
+
+
+def test_bad_set_exits_with_key(capsys, tmp_path):
+    code, _, err = run(
+        capsys, "train", "--config", "configs/avdigits_late.py", "--workdir", str(tmp_path),
+        "--set", "train.batchsize=8",
+    )  # fmt: skip
+    assert code == 2 and "unknown config key 'train.batchsize'" in err
+
+
+def test_data_prepare_small(capsys, tmp_path):
+    code, out, _ = run(
+        capsys, "data", "prepare", "avdigits", "--small", "--data-dir", str(tmp_path)
+    )
+    assert code == 0 and "prepared avdigits" in out and "test_human 200" in out
+    assert (tmp_path / "avdigits" / "info.json").is_file()
