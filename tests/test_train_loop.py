@@ -139,3 +139,17 @@ def test_missing_dataset_names_the_prepare_command(tmp_path):
     set_value(cfg, "data.root", str(tmp_path))
     with pytest.raises(mmjax.DataError, match="mmjax data prepare avdigits"):
         mmjax.train(cfg, tmp_path / "run", progress=False)
+
+
+def test_corrupt_shard_is_refused_before_training(avdigits_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(avdigits_root, root)
+    shard = sorted((root / "avdigits").glob("train.array_record-*"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(mmjax.DataError, match=r"train\.array_record-00000.*sha256"):
+        mmjax.train(tiny_config(root), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()

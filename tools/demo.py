@@ -31,12 +31,12 @@ def main() -> int:
         print(f"\n== {name} ({path})")
         workdir = Path("runs/demo") / Path(path).stem
         rows[name] = mmjax.train(mmjax.load_config_file(path), workdir)
-    print("\nAV-Digits accuracy (default noise on both modalities)")
-    header = f"{'model':<12}" + "".join(f"{s + ' (' + d + ')':>40}" for s, d in SPLITS.items())
-    print(header + f"{'train s':>9}")
+    print("\nAV-Digits accuracy, default noise on both modalities")
+    print("  " + "; ".join(f"{split}: {what}" for split, what in SPLITS.items()))
+    print(f"{'model':<12}" + "".join(f"{split:>12}" for split in SPLITS) + f"{'train s':>10}")
     for name, r in rows.items():
-        cells = "".join(f"{r['accuracy'].get(s, float('nan')):>40.3f}" for s in SPLITS)
-        print(f"{name:<12}{cells}{r['train_seconds']:>9.1f}")
+        cells = "".join(f"{r['accuracy'].get(split, float('nan')):>12.3f}" for split in SPLITS)
+        print(f"{name:<12}{cells}{r['train_seconds']:>10.1f}")
     print(f"\ndemo wall time: {time.perf_counter() - started:.0f} s")
     return 0
 

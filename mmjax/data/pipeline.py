@@ -5,6 +5,7 @@ Batches are host-local numpy dicts; `mmjax.parallel.put_batch` turns them into g
 
 from collections.abc import Iterator
 
+import absl.flags
 import grain
 import jax
 import numpy as np
@@ -39,6 +40,9 @@ def train_dataset(
         ds = ds.random_map(DropModalities(modalities, cfg.modality_dropout))
     ds = ds.batch(_per_process_batch(global_batch), drop_remainder=True).to_iter_dataset()
     if cfg.workers > 0:
+        # grain 0.2.18 reads an absl flag in its workers; unparsed flags raise there (grain#1355).
+        if not absl.flags.FLAGS.is_parsed():
+            absl.flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.workers))
     return ds
 

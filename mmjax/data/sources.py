@@ -18,6 +18,7 @@ class Dataset:
     prepare: Callable[..., dict[str, Any]]  # (root, *, small, seed, progress) -> info
     load_info: Callable[[Path], dict[str, Any]]  # DataError naming the prepare command if absent
     shard_paths: Callable[[Path, str], list[Path]]  # one split's ArrayRecord files
+    verify: Callable[[Path], None]  # DataError naming a shard whose checksum differs
 
 
 def data_root(configured: str = "") -> Path:

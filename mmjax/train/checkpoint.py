@@ -45,15 +45,14 @@ class Checkpointer:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
         self.manager.save(step, args=ocp.args.Composite(**items))
 
-    def saved_config(self, step: int) -> dict[str, Any]:
-        """The experiment config stored with checkpoint `step`."""
+    def saved_json(self, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The experiment config and the metrics stored with checkpoint `step`."""
+        items = {"config": ocp.args.JsonRestore(), "metrics": ocp.args.JsonRestore()}
         try:
-            restored = self.manager.restore(
-                step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
-            )
+            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:  # orbax raises many types; the cause is kept below
             raise CheckpointError(f"checkpoint step {step}: unreadable config ({err})") from err
-        return restored["config"]
+        return restored["config"], restored["metrics"]
 
     def restore(
         self,

@@ -15,6 +15,7 @@ from mmjax.data import pipeline, sources
 from mmjax.errors import CheckpointError, ConfigError
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
+from mmjax.registry import DATASETS
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics import MetricsLog
 from mmjax.train.state import init_state, state_shardings
@@ -112,7 +113,9 @@ def train(
     mesh = data_mesh()
     check_batch_size(exp.train.batch_size, mesh, "train.batch_size")
     check_batch_size(exp.train.eval_batch_size, mesh, "train.eval_batch_size")
-    info = sources.load_info(sources.data_root(exp.data.root), exp.data.name)
+    root = sources.data_root(exp.data.root)
+    info = sources.load_info(root, exp.data.name)
+    DATASETS.get(exp.data.name).verify(root)
     modalities = exp.model.modalities
     for m in modalities:
         if m not in info["modalities"]:
@@ -132,8 +135,10 @@ def train(
     log = MetricsLog(workdir / "metrics.jsonl", exp.train.log_every)
     try:
         step = checkpointer.latest_step() or 0
+        earlier_seconds = 0.0  # training time of earlier calls on this workdir
         if step:
-            saved = checkpointer.saved_config(step)
+            saved, saved_metrics = checkpointer.saved_json(step)
+            earlier_seconds = saved_metrics.get("train_seconds", 0.0)
             if saved.get("model") != config["model"]:
                 raise CheckpointError(
                     f"the checkpoint at step {step} in {workdir} is of another model; "
@@ -157,13 +162,16 @@ def train(
             log.push(step, metrics)
             if step % exp.train.checkpoint_every == 0 or step == last:
                 log.flush()
-                checkpointer.save(step, state, data_iter, config, log.last)
+                seconds = earlier_seconds + time.perf_counter() - train_started
+                checkpointer.save(
+                    step, state, data_iter, config, log.last | {"train_seconds": seconds}
+                )
             bar.update(1)
             if step % exp.train.log_every == 0 and log.last:
                 bar.set_postfix(loss=f"{log.last['loss']:.3f}", acc=f"{log.last['accuracy']:.3f}")
         log.flush()
         bar.close()
-        train_seconds = time.perf_counter() - train_started
+        train_seconds = earlier_seconds + time.perf_counter() - train_started
     finally:
         checkpointer.close()
 
@@ -176,10 +184,9 @@ def train(
             examples={s: r["examples"] for s, r in evals.items()},
             missing_splits=missing_splits,
         )
-    steps_run = step - first_step
     results.update(
-        train_seconds=round(train_seconds, 3),
-        examples_per_s=round(steps_run * exp.train.batch_size / max(train_seconds, 1e-9), 1),
+        train_seconds=round(train_seconds, 3),  # over every call that trained this workdir
+        examples_per_s=round(step * exp.train.batch_size / max(train_seconds, 1e-9), 1),
         wall_time_s=round(time.perf_counter() - started, 3),
         devices=mesh.size,
     )

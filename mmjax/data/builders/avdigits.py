@@ -475,5 +475,10 @@ def _move_into_place(build_dir: Path, final: Path) -> None:
 
 
 DATASETS.register(NAME)(
-    Dataset(prepare=prepare_avdigits, load_info=load_info, shard_paths=shard_paths)
+    Dataset(
+        prepare=prepare_avdigits,
+        load_info=load_info,
+        shard_paths=shard_paths,
+        verify=verify_checksums,
+    )
 )
