@@ -93,6 +93,44 @@ def _available_splits(info: dict[str, Any], wanted: tuple[str, ...]) -> tuple[li
     return have, [s for s in wanted if s not in have]
 
 
+def _checked_dataset(exp: ExperimentConfig) -> dict[str, Any]:
+    """The dataset's info, after its shards' checksums and its modalities are checked."""
+    root = sources.data_root(exp.data.root)
+    info = sources.load_info(root, exp.data.name)
+    DATASETS.get(exp.data.name).verify(root)
+    for m in exp.model.modalities:
+        if m not in info["modalities"]:
+            raise ConfigError(
+                f"model.encoders.{m}: dataset {exp.data.name!r} has no {m!r} modality "
+                f"(it has {', '.join(sorted(info['modalities']))})"
+            )
+    return info
+
+
+def _resume(
+    checkpointer: Checkpointer,
+    config: dict[str, Any],
+    state: nnx.State,
+    shardings: nnx.State,
+    data_iter: Any,
+) -> tuple[int, nnx.State, float]:
+    """(step, state, training seconds so far) of the latest checkpoint; (0, state, 0) if none.
+
+    The data iterator is restored in place. A checkpoint of another model is refused.
+    """
+    step = checkpointer.latest_step()
+    if step is None:
+        return 0, state, 0.0
+    saved_config, saved_metrics = checkpointer.saved_json(step)
+    if saved_config.get("model") != config["model"]:
+        raise CheckpointError(
+            f"the checkpoint at step {step} in {checkpointer.manager.directory} is of another "
+            "model; use a new --workdir (nothing there was changed)"
+        )
+    state = checkpointer.restore(step, state, shardings, data_iter)
+    return step, state, saved_metrics.get("train_seconds", 0.0)
+
+
 def train(
     config: ConfigDict | dict[str, Any],
     workdir: str | Path,
@@ -113,16 +151,8 @@ def train(
     mesh = data_mesh()
     check_batch_size(exp.train.batch_size, mesh, "train.batch_size")
     check_batch_size(exp.train.eval_batch_size, mesh, "train.eval_batch_size")
-    root = sources.data_root(exp.data.root)
-    info = sources.load_info(root, exp.data.name)
-    DATASETS.get(exp.data.name).verify(root)
+    info = _checked_dataset(exp)
     modalities = exp.model.modalities
-    for m in modalities:
-        if m not in info["modalities"]:
-            raise ConfigError(
-                f"model.encoders.{m}: dataset {exp.data.name!r} has no {m!r} modality "
-                f"(it has {', '.join(sorted(info['modalities']))})"
-            )
     eval_splits, missing_splits = _available_splits(info, exp.train.eval_splits)
     _write_experiment(workdir, config, info)
 
@@ -134,17 +164,7 @@ def train(
     checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
     log = MetricsLog(workdir / "metrics.jsonl", exp.train.log_every)
     try:
-        step = checkpointer.latest_step() or 0
-        earlier_seconds = 0.0  # training time of earlier calls on this workdir
-        if step:
-            saved, saved_metrics = checkpointer.saved_json(step)
-            earlier_seconds = saved_metrics.get("train_seconds", 0.0)
-            if saved.get("model") != config["model"]:
-                raise CheckpointError(
-                    f"the checkpoint at step {step} in {workdir} is of another model; "
-                    "use a new --workdir (nothing there was changed)"
-                )
-            state = checkpointer.restore(step, state, shardings, data_iter)
+        step, state, earlier_seconds = _resume(checkpointer, config, state, shardings, data_iter)
         train_step = make_train_step(graphdef, shardings, mesh)
         last = min(exp.train.steps, stop_after or exp.train.steps)
         shapes = sample_shapes(info, modalities)
