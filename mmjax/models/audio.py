@@ -26,6 +26,19 @@ def _log_mel_features(x: jax.Array, mel: LogMelConfig) -> jax.Array:
     return (feats - mean) / (std + 1e-5)
 
 
+@dataclasses.dataclass(frozen=True)
+class LogMelFields:
+    """The log-mel front end's settings, shared by every waveform encoder's Config."""
+
+    sample_rate: int = 8000
+    n_fft: int = 256
+    hop_length: int = 80
+    n_mels: int = 40
+
+    def log_mel(self) -> LogMelConfig:
+        return LogMelConfig(self.sample_rate, self.n_fft, self.hop_length, self.n_mels)
+
+
 @ENCODERS.register("cnn_lstm")
 class CNNLSTM(nnx.Module):
     """Log-mel -> 2-D conv blocks (pooling time and frequency) -> LSTM over time."""
@@ -33,16 +46,12 @@ class CNNLSTM(nnx.Module):
     modality = "audio"
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        sample_rate: int = 8000
-        n_fft: int = 256
-        hop_length: int = 80
-        n_mels: int = 40
+    class Config(LogMelFields):
         channels: tuple[int, ...] = (16, 32)
         hidden: int = 64
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
-        self.mel = LogMelConfig(cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels)
+        self.mel = cfg.log_mel()
         widths = (1, *cfg.channels)
         self.blocks = nnx.List(
             [ConvBNReLU(c_in, c_out, rngs=rngs) for c_in, c_out in itertools.pairwise(widths)]
@@ -66,16 +75,12 @@ class AudioFrames(nnx.Module):
     modality = "audio"
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        sample_rate: int = 8000
-        n_fft: int = 256
-        hop_length: int = 80
-        n_mels: int = 40
+    class Config(LogMelFields):
         stride: int = 4  # frames averaged into one token
         dim: int = 64
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
-        self.mel = LogMelConfig(cfg.sample_rate, cfg.n_fft, cfg.hop_length, cfg.n_mels)
+        self.mel = cfg.log_mel()
         self.stride = cfg.stride
         self.proj = nnx.Linear(cfg.n_mels, cfg.dim, rngs=rngs)
         self.dim = cfg.dim
