@@ -20,6 +20,8 @@ def sample_input(encoder_cls, cfg) -> jax.Array:
         return jnp.asarray(rng.random((B, 32, 32, cfg.in_channels), np.float32))
     if encoder_cls.modality == "audio":
         return jnp.asarray(rng.standard_normal((B, 4000), np.float32))
+    if encoder_cls.modality == "video":
+        return jnp.asarray(rng.random((B, 4, 32, 32, cfg.in_channels), np.float32))
     if encoder_cls.modality == "text":
         ids = rng.integers(1, cfg.vocab_size, (B, 8))
         ids[0, 5:] = 0  # padding
