@@ -24,7 +24,9 @@ def _eval(args: argparse.Namespace) -> None:
     from mmjax.train.loop import evaluate_workdir
 
     splits = tuple(args.split) if args.split else None
-    results = evaluate_workdir(args.workdir, splits, data_root=args.data_dir or "")
+    results = evaluate_workdir(
+        args.workdir, splits, data_root=args.data_dir or "", missing=tuple(args.without or ())
+    )
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -67,7 +69,33 @@ def _data_prepare(args: argparse.Namespace) -> None:
     print(f"prepared {args.name} in {root / args.name}: {sizes}")
 
 
+def zoo_markdown() -> str:
+    """The registered encoders, fusion heads and models as a Markdown table (docs/zoo.md)."""
+    lines = [
+        "# The mmjax zoo",
+        "",
+        "Generated from the registries by `mmjax zoo list --markdown`.",
+        "",
+        "| kind | name | input | what it is |",
+        "|---|---|---|---|",
+    ]
+    kinds = (("encoder", mmjax.ENCODERS), ("fusion", mmjax.FUSIONS), ("model", mmjax.MODELS))
+    for kind, registry in kinds:
+        for name in registry.names():
+            entry = registry.get(name)
+            summary = " ".join((entry.__doc__ or "").strip().split("\n\n")[0].split())
+            if kind == "model":
+                where = ", ".join(sorted(entry()["encoders"]))
+            else:
+                where = getattr(entry, "modality", "features")
+            lines.append(f"| {kind} | `{name}` | {where} | {summary} |")
+    return "\n".join(lines) + "\n"
+
+
 def _zoo_list(args: argparse.Namespace) -> None:
+    if args.markdown:
+        print(zoo_markdown(), end="")
+        return
     listing = {
         "models": mmjax.MODELS.names(),
         "encoders": mmjax.ENCODERS.names(),
@@ -98,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workdir", required=True)
     evaluate.add_argument("--split", action="append", help="split name (repeatable)")
     evaluate.add_argument("--data-dir")
+    evaluate.add_argument(
+        "--without", action="append", metavar="MODALITY", help="evaluate with it masked out"
+    )
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(run=_eval)
 
@@ -120,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)
     listing = zoo_commands.add_parser("list")
     listing.add_argument("--json", action="store_true")
+    listing.add_argument("--markdown", action="store_true", help="the table of docs/zoo.md")
     listing.set_defaults(run=_zoo_list)
     return parser
 

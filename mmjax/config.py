@@ -208,6 +208,7 @@ class ModelConfig:
     encoders: tuple[tuple[str, Component], ...]
     fusion: Component
     num_classes: int
+    adversarial_weight: float = 0.0  # > 0 adds adversarial modality alignment to the loss
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -220,7 +221,7 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
 
     if isinstance(section, ConfigDict):
         section = section.to_dict()
-    known = {"encoders", "fusion", "num_classes"}
+    known = {"encoders", "fusion", "num_classes", "adversarial_weight"}
     for key in section:
         if key not in known:
             raise ConfigError(
@@ -237,6 +238,9 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
         ),
         fusion=component_from_mapping(FUSIONS, section.get("fusion"), "model.fusion"),
         num_classes=_check_type(section.get("num_classes"), int, "model.num_classes"),
+        adversarial_weight=_check_type(
+            section.get("adversarial_weight", 0.0), float, "model.adversarial_weight"
+        ),
     )
 
 

@@ -10,6 +10,7 @@ from flax import nnx
 
 from mmjax.config import ModelConfig
 from mmjax.errors import InputError
+from mmjax.models.alignment import ModalityDiscriminator
 from mmjax.models.heads import Classifier
 from mmjax.models.layers import Features
 from mmjax.registry import ENCODERS, FUSIONS
@@ -22,19 +23,45 @@ MODALITY_KINDS = {"image": "f", "audio": "f", "text": "iu", "video": "f"}
 class MultimodalModel(nnx.Module):
     """batch {modality: x, <modality>_mask: [B] bool} -> logits [B, num_classes].
 
-    A modality absent from the batch is treated as missing for every sample.
+    A modality absent from the batch is treated as missing for every sample. Auxiliary
+    losses (a fusion head's `aux_loss`, adversarial alignment) come from `forward`.
     """
 
-    def __init__(self, encoders: dict[str, nnx.Module], fusion: nnx.Module, head: nnx.Module):
+    def __init__(
+        self,
+        encoders: dict[str, nnx.Module],
+        fusion: nnx.Module,
+        head: nnx.Module,
+        aligner: nnx.Module | None = None,
+    ):
         self.encoders = nnx.Dict(encoders)
         self.fusion = fusion
         self.head = head
+        self.aligner = nnx.data(aligner)
 
     @property
     def modalities(self) -> tuple[str, ...]:
         return tuple(sorted(self.encoders.keys()))
 
     def __call__(self, batch: Mapping[str, jax.Array], *, train: bool) -> jax.Array:
+        return self.forward(batch, train=train)[0]
+
+    def forward(
+        self, batch: Mapping[str, jax.Array], *, train: bool
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """(logits [B, num_classes], {name: weighted auxiliary loss scalar})."""
+        features, masks = self.encode(batch, train=train)
+        aux = {}
+        if hasattr(self.fusion, "aux_loss"):
+            aux.update(self.fusion.aux_loss(features, masks))
+        if self.aligner is not None:
+            aux["adversarial"] = self.aligner(features, masks)
+        return self.head(self.fusion(features, masks, train=train)), aux
+
+    def encode(
+        self, batch: Mapping[str, jax.Array], *, train: bool
+    ) -> tuple[dict[str, Features], dict[str, jax.Array]]:
+        """Every modality's Features and [B] presence mask (zeros and False when absent)."""
         present = [m for m in self.modalities if m in batch]
         if not present:
             raise InputError(f"batch has none of the model's modalities {list(self.modalities)}")
@@ -48,7 +75,7 @@ class MultimodalModel(nnx.Module):
                 zeros = jnp.zeros((size, 1, self.encoders[m].dim))
                 features[m] = Features(zeros, jnp.zeros((size, 1), bool), zeros[:, 0])
                 masks[m] = jnp.zeros((size,), bool)
-        return self.head(self.fusion(features, masks, train=train))
+        return features, masks
 
 
 def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs) -> MultimodalModel:
@@ -56,7 +83,11 @@ def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs) -> MultimodalModel:
     encoders = {m: ENCODERS.get(c.name)(c.cfg, rngs=rngs) for m, c in cfg.encoders}
     dims = {m: enc.dim for m, enc in encoders.items()}
     fusion = FUSIONS.get(cfg.fusion.name)(dims, cfg.fusion.cfg, rngs=rngs)
-    return MultimodalModel(encoders, fusion, Classifier(fusion.dim, cfg.num_classes, rngs=rngs))
+    head = Classifier(fusion.dim, cfg.num_classes, rngs=rngs)
+    aligner = None
+    if cfg.adversarial_weight > 0:
+        aligner = ModalityDiscriminator(dims, weight=cfg.adversarial_weight, rngs=rngs)
+    return MultimodalModel(encoders, fusion, head, aligner)
 
 
 def _fail(field: str, expected: str, got: Any) -> None:

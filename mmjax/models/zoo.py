@@ -15,6 +15,7 @@ def avdigits_late() -> dict[str, Any]:
         "encoders": {"image": dict(_SMALL_CNN), "audio": dict(_CNN_LSTM)},
         "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
         "num_classes": 10,
+        "adversarial_weight": 0.0,
     }
 
 
@@ -28,6 +29,7 @@ def avdigits_early() -> dict[str, Any]:
         },
         "fusion": {"name": "early_concat", "dim": 64, "layers": 2, "heads": 4, "dropout": 0.1},
         "num_classes": 10,
+        "adversarial_weight": 0.0,
     }
 
 
@@ -38,6 +40,7 @@ def avdigits_image() -> dict[str, Any]:
         "encoders": {"image": dict(_SMALL_CNN)},
         "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
         "num_classes": 10,
+        "adversarial_weight": 0.0,
     }
 
 
@@ -48,6 +51,7 @@ def avdigits_audio() -> dict[str, Any]:
         "encoders": {"audio": dict(_CNN_LSTM)},
         "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
         "num_classes": 10,
+        "adversarial_weight": 0.0,
     }
 
 
@@ -61,4 +65,5 @@ def resnet18_bilstm_late() -> dict[str, Any]:
         },
         "fusion": {"name": "late_concat", "hidden": 256, "dropout": 0.1},
         "num_classes": 10,
+        "adversarial_weight": 0.0,
     }

@@ -63,8 +63,11 @@ def evaluate(
     exp: ExperimentConfig,
     split: str,
     mesh: jax.sharding.Mesh,
+    *,
+    missing: tuple[str, ...] = (),
 ) -> dict[str, float]:
-    """Accuracy and mean loss of the model in `state` over every record of `split`."""
+    """Accuracy and mean loss of the model in `state` over every record of `split`, with the
+    `missing` modalities masked out for every sample."""
     eval_step = make_eval_step(graphdef, state_shardings(state, mesh), mesh)
     modalities = exp.model.modalities
     totals = {"loss_sum": 0.0, "correct": 0.0}
@@ -73,6 +76,8 @@ def evaluate(
         exp.data, modalities, split, exp.train.eval_batch_size
     ):
         valid = np.arange(len(batch["label"])) < rows
+        for m in missing:
+            batch[f"{m}_mask"] = np.zeros_like(batch[f"{m}_mask"])
         out = jax.device_get(
             eval_step(state, put_batch(batch, mesh), put_batch({"v": valid}, mesh)["v"])
         )
@@ -216,9 +221,14 @@ def train(
 
 
 def evaluate_workdir(
-    workdir: str | Path, splits: tuple[str, ...] | None = None, *, data_root: str = ""
+    workdir: str | Path,
+    splits: tuple[str, ...] | None = None,
+    *,
+    data_root: str = "",
+    missing: tuple[str, ...] = (),
 ) -> dict[str, dict[str, float]]:
-    """Evaluate the latest checkpoint of `workdir` on `splits` (default: its eval_splits)."""
+    """Evaluate the latest checkpoint of `workdir` on `splits` (default: its eval_splits),
+    optionally with the `missing` modalities masked out."""
     workdir = Path(workdir)
     path = workdir / EXPERIMENT_FILE
     if not path.is_file():
@@ -237,4 +247,12 @@ def evaluate_workdir(
         state = checkpointer.restore(step, state, state_shardings(state, mesh))
     finally:
         checkpointer.close()
-    return {s: evaluate(graphdef, state, exp, s, mesh) for s in splits or exp.train.eval_splits}
+    unknown = [m for m in missing if m not in exp.model.modalities]
+    if unknown:
+        raise ConfigError(
+            f"missing: {unknown} are not modalities of this model {exp.model.modalities}"
+        )
+    return {
+        s: evaluate(graphdef, state, exp, s, mesh, missing=missing)
+        for s in splits or exp.train.eval_splits
+    }

@@ -24,17 +24,18 @@ def make_train_step(
     def train_step(state: nnx.State, batch: Batch) -> tuple[nnx.State, dict[str, jax.Array]]:
         model, optimizer = nnx.merge(graphdef, state)
 
-        def loss_fn(model: nnx.Module) -> tuple[jax.Array, jax.Array]:
-            logits = model(_inputs(batch), train=True)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-            return loss.mean(), logits
+        def loss_fn(model: nnx.Module) -> tuple[jax.Array, tuple[jax.Array, dict]]:
+            logits, aux = model.forward(_inputs(batch), train=True)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+            return ce + sum(aux.values()), (logits, {"cross_entropy": ce, **aux})
 
-        (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (loss, (logits, terms)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
             "grad_norm": optax.tree.norm(grads),
+            **terms,
         }
         return nnx.state((model, optimizer)), metrics
 
