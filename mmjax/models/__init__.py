@@ -4,6 +4,7 @@ from mmjax.models import (  # noqa: F401  (registration)
     audio,
     fusion,
     fusion_attention,
+    fusion_contrastive,
     fusion_gates,
     fusion_products,
     image,
