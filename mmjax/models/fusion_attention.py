@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from einops import rearrange
 from flax import nnx
 
+from mmjax.errors import ConfigError
 from mmjax.models.layers import (
     MLP,
     Features,
@@ -237,15 +238,17 @@ class MBT(nnx.Module):
     @dataclasses.dataclass(frozen=True)
     class Config:
         dim: int = 64
-        depth: int = 2
-        fusion_layer: int = 1
+        depth: int = 3
+        fusion_layer: int = 1  # mid fusion: layers 1 and 2 exchange through the bottleneck
         n_bottlenecks: int = 4
         heads: int = 4
         dropout: float = 0.1
 
     def __init__(self, dims: dict[str, int], cfg: Config, *, rngs: nnx.Rngs):
         if not 0 <= cfg.fusion_layer <= cfg.depth:
-            raise ValueError(f"fusion_layer must be in [0, depth={cfg.depth}], got {cfg}")
+            raise ConfigError(
+                f"mbt.fusion_layer must be in [0, depth={cfg.depth}], got {cfg.fusion_layer}"
+            )
         self.modalities = tuple(sorted(dims))
         self.depth, self.fusion_layer = cfg.depth, cfg.fusion_layer
         self.proj = nnx.Dict({m: nnx.Linear(dims[m], cfg.dim, rngs=rngs) for m in self.modalities})
