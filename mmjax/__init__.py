@@ -9,9 +9,10 @@ from mmjax.config import ConfigDict, load_config_file, model_config_from, set_va
 from mmjax.data.builders import avdigits as _avdigits  # noqa: F401  (registers AV-Digits)
 from mmjax.errors import CheckpointError, ConfigError, DataError, InputError, MmjaxError
 from mmjax.models import MultimodalModel, build_model
+from mmjax.models.layers import jit_init
 from mmjax.predict import Predictor, load_predictor
 from mmjax.registry import DATASETS, ENCODERS, FUSIONS, MODELS
-from mmjax.train.loop import evaluate, train
+from mmjax.train.loop import evaluate_workdir, train
 
 __version__ = "0.1.0"
 
@@ -28,7 +29,8 @@ def create_model(name: str, *, seed: int = 0, **overrides: Any) -> MultimodalMod
     section.lock()
     for key, value in overrides.items():
         set_value(section, key, value)
-    return build_model(model_config_from(section), rngs=nnx.Rngs(seed))
+    cfg = model_config_from(section)
+    return jit_init(lambda: build_model(cfg, rngs=nnx.Rngs(seed)))
 
 
 __all__ = [
@@ -44,7 +46,7 @@ __all__ = [
     "MultimodalModel",
     "Predictor",
     "create_model",
-    "evaluate",
+    "evaluate_workdir",
     "list_models",
     "load_config_file",
     "load_predictor",

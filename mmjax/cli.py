@@ -40,6 +40,11 @@ def _predict(args: argparse.Namespace) -> None:
     from mmjax.data.image_io import load_image
 
     predictor = mmjax.load_predictor(args.workdir)
+    for flag, modality in (("--image", "image"), ("--audio", "audio")):
+        if getattr(args, modality) and modality not in predictor.modalities:
+            raise MmjaxError(
+                f"{flag}: this model takes {list(predictor.modalities)}, not {modality}"
+            )
     inputs = {}
     if args.image:
         inputs["image"] = load_image(args.image, predictor.sample_shapes["image"])

@@ -244,6 +244,13 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
     )
 
 
+def _require(section: str, checks: dict[str, tuple[bool, str]]) -> None:
+    """Raise a ConfigError for the first field whose check failed: {field: (ok, expectation)}."""
+    for name, (ok, expected) in checks.items():
+        if not ok:
+            raise ConfigError(f"config key '{section}.{name}' must be {expected}")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warm-up and cosine decay; optional global-norm clipping."""
@@ -255,6 +262,19 @@ class OptimConfig:
     b1: float = 0.9
     b2: float = 0.999
 
+    def __post_init__(self):
+        _require(
+            "optim",
+            {
+                "learning_rate": (self.learning_rate > 0, "> 0"),
+                "weight_decay": (self.weight_decay >= 0, ">= 0"),
+                "warmup_steps": (self.warmup_steps >= 0, ">= 0"),
+                "grad_clip": (self.grad_clip >= 0, ">= 0 (0: no clipping)"),
+                "b1": (0 <= self.b1 < 1, "in [0, 1)"),
+                "b2": (0 <= self.b2 < 1, "in [0, 1)"),
+            },
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -263,9 +283,20 @@ class DataConfig:
     name: str = "avdigits"
     root: str = ""  # empty: $MMJAX_DATA or ~/.cache/mmjax
     image_noise: float = 0.0  # std of Gaussian noise on images in [0, 1]
-    audio_snr_db: float = 100.0  # signal-to-noise ratio of white noise added to audio
+    audio_snr_db: float = 100.0  # SNR of white noise added to audio; 100 or more: no noise
     modality_dropout: float = 0.0  # training-time probability of masking each modality
-    workers: int = 0
+    workers: int = 0  # grain worker processes; 0 reads in the training process
+
+    def __post_init__(self):
+        _require(
+            "data",
+            {
+                "name": (bool(self.name), "a registered dataset name"),
+                "image_noise": (self.image_noise >= 0, ">= 0"),
+                "modality_dropout": (0 <= self.modality_dropout < 1, "in [0, 1)"),
+                "workers": (self.workers >= 0, ">= 0"),
+            },
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,6 +311,13 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_batch_size: int = 100
     eval_splits: tuple[str, ...] = ("test",)
+
+    def __post_init__(self):
+        positive = ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints")
+        _require(
+            "train",
+            {name: (getattr(self, name) >= 1, ">= 1") for name in (*positive, "eval_batch_size")},
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,5 @@
 """Load a trained workdir and predict class probabilities for new samples."""
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,9 @@ from mmjax.errors import CheckpointError
 from mmjax.models import validate_batch
 from mmjax.parallel import data_mesh
 from mmjax.train.checkpoint import Checkpointer
-from mmjax.train.loop import EXPERIMENT_FILE, sample_shapes
+from mmjax.train.loop import sample_shapes
 from mmjax.train.state import abstract_state, state_shardings
+from mmjax.train.workdir import read_experiment
 
 
 class Predictor:
@@ -22,10 +22,7 @@ class Predictor:
 
     def __init__(self, workdir: str | Path, *, step: int | None = None):
         workdir = Path(workdir)
-        record_path = workdir / EXPERIMENT_FILE
-        if not record_path.is_file():
-            raise CheckpointError(f"{workdir} is not an mmjax workdir (no {EXPERIMENT_FILE})")
-        record = json.loads(record_path.read_text())
+        record = read_experiment(workdir)
         self.experiment = experiment_from(record["config"])
         self.dataset = record["dataset"]
         self.modalities = self.experiment.model.modalities

@@ -50,7 +50,8 @@ def test_registered():
 def test_info(built):
     root, info = built
     assert avdigits.load_info(root) == info
-    assert info["name"] == "avdigits" and info["num_classes"] == avdigits.NUM_CLASSES == 10
+    assert info["name"] == "avdigits" and info["version"] == avdigits.VERSION == "1.1.0"
+    assert info["num_classes"] == avdigits.NUM_CLASSES == 10
     assert info["modalities"]["image"] == {"shape": [8, 8, 1], "dtype": "uint8"}
     assert info["modalities"]["audio"] == {"shape": [8000], "dtype": "int16", "sample_rate": 8000}
     assert set(info["splits"]) == set(avdigits.SPLITS)
@@ -78,14 +79,74 @@ def test_split_sizes(built):
         assert "apt-get install" in splits["test_human"]["missing"]
 
 
-def test_voices_are_disjoint_and_cover_every_language(built):
+def _accent_counts() -> dict[str, int]:
+    return {lang: len(accents) for lang, accents in avdigits._espeak_accents().items()}
+
+
+def _disjoint(groups: dict[str, set]) -> None:
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not groups[a] & groups[b], f"{a} and {b} share {sorted(groups[a] & groups[b])}"
+
+
+def test_accents_and_variants_are_disjoint(built):
+    """No accent, variant (speaker timbre) or voice of val/test is ever heard in train."""
     _, info = built
-    voices = {split: set(info["splits"][split]["voices"]) for split in TTS_SPLITS}
-    assert not voices["train"] & voices["val"]
-    assert not voices["train"] & voices["test"]
-    assert not voices["val"] & voices["test"]
-    for split in ("train", "test"):
-        assert {_language(v) for v in voices[split]} == set(avdigits.LANGUAGES)
+    splits = info["splits"]
+    for split in TTS_SPLITS:
+        espeak = [v.split(":")[1] for v in splits[split]["voices"] if v.startswith("espeak:")]
+        assert splits[split]["accents"] == sorted({name.split("+")[0] for name in espeak})
+        assert splits[split]["variants"] == sorted({name.split("+")[1] for name in espeak})
+        assert splits[split]["accents"] and splits[split]["variants"]
+    for key in ("voices", "accents", "variants"):
+        _disjoint({split: set(splits[split][key]) for split in TTS_SPLITS})
+
+
+def test_full_plan_is_accent_and_variant_disjoint():
+    """The full build's groups, without synthesising: disjoint, complete, every language in
+    train, in test when it has >= 2 accents and in val only when it has >= 3."""
+    accents = avdigits._espeak_accents()
+    variants = avdigits._espeak_variants()
+    rng = np.random.default_rng(0)
+    accent_groups = avdigits._split_accents(accents, rng)
+    variant_groups = avdigits._split_variants(variants, rng)
+    codes = {s: {a.code for g in accent_groups[s].values() for a in g} for s in TTS_SPLITS}
+    _disjoint(codes)
+    _disjoint({s: set(variant_groups[s]) for s in TTS_SPLITS})
+    assert set().union(*codes.values()) == {a.code for g in accents.values() for a in g}
+    every = sorted(name for names in variants.values() for name in names)
+    assert sorted(name for names in variant_groups.values() for name in names) == every
+    counts = _accent_counts()
+    assert set(accent_groups["train"]) == set(avdigits.LANGUAGES)
+    assert set(accent_groups["test"]) == {lang for lang, n in counts.items() if n >= 2}
+    assert set(accent_groups["val"]) == {lang for lang, n in counts.items() if n >= 3}
+    voices = avdigits._voices(accent_groups, variant_groups, avdigits.FULL, rng)
+    for split in TTS_SPLITS:
+        for voice in voices[split]:
+            if voice.tool == "espeak":
+                accent, variant = voice.name.split("+")
+                assert accent in codes[split] and variant in variant_groups[split]
+        assert len({v.id for v in voices[split]}) == len(voices[split])
+    clips = {s: 10 * sum(5 if v.tool == "flite" else 1 for v in voices[s]) for s in TTS_SPLITS}
+    assert 2000 <= clips["train"] <= 3000 and 200 <= clips["val"] <= 500
+    assert 500 <= clips["test"] <= 800, clips
+
+
+def test_languages_and_notes(built):
+    _, info = built
+    counts = _accent_counts()
+    languages = {
+        split: {_language(v) for v in info["splits"][split]["voices"] if v.startswith("espeak:")}
+        for split in TTS_SPLITS
+    }
+    assert languages["train"] == set(avdigits.LANGUAGES)
+    assert languages["test"] == {lang for lang, n in counts.items() if n >= 2}
+    assert languages["val"] == {lang for lang, n in counts.items() if n >= 3}
+    assert any("disjoint" in note for note in info["notes"])
+    if counts["it"] == 1:  # espeak-ng 1.51 has only `it`: train-only, said in the notes
+        (note,) = [n for n in info["notes"] if n.startswith("Italian")]
+        assert "val and test TTS have no Italian" in note and "test_human" in note
+        if "human:it" in info["splits"]["test_human"]["voices"]:
+            assert "test_human still has Italian recordings" in note
 
 
 def test_records(built):

@@ -1,5 +1,7 @@
 """Registry-driven tests: every encoder, fusion and model gets shape, mask, jit and grad checks."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,10 +9,27 @@ import pytest
 from flax import nnx
 
 import mmjax
-from mmjax.models.layers import Features
+from mmjax.models.layers import Features, jit_init
 from mmjax.registry import ENCODERS, FUSIONS, MODELS
 
 B = 2
+# Test-size values for size fields of any encoder Config (DESIGN: tiny sizes in tests).
+TINY = {
+    "width": 8,
+    "hidden": 32,
+    "dim": 32,
+    "layers": 1,
+    "depth": 1,
+    "heads": 2,
+    "intermediate": 64,
+    "vocab_size": 1000,
+}
+
+
+def tiny_config(cls):
+    """`cls.Config()` with every size field that TINY names shrunk."""
+    names = {f.name for f in dataclasses.fields(cls.Config)}
+    return cls.Config(**{k: v for k, v in TINY.items() if k in names})
 
 
 def sample_input(encoder_cls, cfg) -> jax.Array:
@@ -32,8 +51,8 @@ def sample_input(encoder_cls, cfg) -> jax.Array:
 @pytest.mark.parametrize("name", ENCODERS.names())
 def test_encoder_contract(name):
     cls = ENCODERS.get(name)
-    cfg = cls.Config()
-    encoder = cls(cfg, rngs=nnx.Rngs(0))
+    cfg = tiny_config(cls)
+    encoder = jit_init(lambda: cls(cfg, rngs=nnx.Rngs(0)))
     x = sample_input(cls, cfg)
     graphdef, params, rest = nnx.split(encoder, nnx.Param, ...)
     traces = []
@@ -114,19 +133,18 @@ def test_fusion_ignores_masked_modality(name):
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_model_forward_and_missing_modality(name):
-    model = mmjax.create_model(name)
+    graphdef, state = nnx.split(mmjax.create_model(name))
+    apply = jax.jit(lambda state, batch: nnx.merge(graphdef, state)(batch, train=False))
     section = MODELS.get(name)()
     batch = {}
     for m, spec in section["encoders"].items():
         cls = ENCODERS.get(spec["name"])
         fields = {k: v for k, v in spec.items() if k != "name"}
         batch[m] = sample_input(cls, cls.Config(**fields))
-    logits = model(batch, train=False)
+    logits = apply(state, batch)
     assert logits.shape == (B, section["num_classes"])
     first = sorted(batch)[0]
     if len(batch) > 1:
         masked = dict(batch, **{f"{first}_mask": jnp.array([False, True])})
         dropped = {k: v for k, v in batch.items() if k != first}
-        np.testing.assert_allclose(
-            model(masked, train=False)[0], model(dropped, train=False)[0], atol=1e-5
-        )
+        np.testing.assert_allclose(apply(state, masked)[0], apply(state, dropped)[0], atol=1e-5)

@@ -53,12 +53,16 @@ def test_overrides_are_typed():
         ("train.steps=many", r"config key 'train.steps' expects type int .*got 'many'"),
         ("train.steps=1.5", r"config key 'train.steps' expects type int"),
         ("train", r"--set expects path.to.key=value"),
+        ("train.keep_checkpoints=0", r"config key 'train.keep_checkpoints' must be >= 1"),
+        ("train.checkpoint_every=0", r"config key 'train.checkpoint_every' must be >= 1"),
+        ("data.modality_dropout=1.5", r"config key 'data.modality_dropout' must be in \[0, 1\)"),
+        ("optim.learning_rate=0", r"config key 'optim.learning_rate' must be > 0"),
         ("train=3", r"config key 'train' is a section"),
     ],
 )
 def test_bad_override_names_the_key(override, match):
     with pytest.raises(mmjax.ConfigError, match=match):
-        apply_overrides(load_config_file("configs/avdigits_late.py"), [override])
+        experiment_from(apply_overrides(load_config_file("configs/avdigits_late.py"), [override]))
 
 
 def test_unknown_component_lists_choices():

@@ -78,7 +78,7 @@ def test_resume_matches_uninterrupted_run(avdigits_root, trained, tmp_path):
 def test_workdir_of_another_model_is_refused_and_untouched(avdigits_root, trained):
     workdir, _ = trained
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
-    with pytest.raises(mmjax.CheckpointError, match="another model"):
+    with pytest.raises(mmjax.CheckpointError, match=r"other settings \(.*model\.encoders"):
         mmjax.train(tiny_config(avdigits_root, "audio"), workdir, progress=False)
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
@@ -153,3 +153,45 @@ def test_corrupt_shard_is_refused_before_training(avdigits_root, tmp_path):
     with pytest.raises(mmjax.DataError, match=r"train\.array_record-00000.*sha256"):
         mmjax.train(tiny_config(root), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_resume_refuses_settings_that_change_the_run(avdigits_root, trained):
+    workdir, _ = trained
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+    cfg = tiny_config(avdigits_root)
+    set_value(cfg, "train.batch_size", 32)
+    set_value(cfg, "optim.learning_rate", 0.5)
+    with pytest.raises(
+        mmjax.CheckpointError,
+        match=r"optim\.learning_rate: 0\.002 -> 0\.5; train\.batch_size: 16 -> 32",
+    ):
+        mmjax.train(cfg, workdir, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+
+
+def test_resume_accepts_logging_and_eval_changes(avdigits_root, trained, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained[0], copy)
+    cfg = tiny_config(avdigits_root)
+    set_value(cfg, "train.log_every", 2)
+    set_value(cfg, "train.eval_splits", ("test",))
+    results = mmjax.train(cfg, copy, progress=False)
+    assert results["completed"] and set(results["accuracy"]) == {"test"}
+
+
+def test_bad_run_arguments(avdigits_root, tmp_path):
+    with pytest.raises(mmjax.ConfigError, match="stop_after must be >= 1"):
+        mmjax.train(tiny_config(avdigits_root), tmp_path, stop_after=0, progress=False)
+    cfg = tiny_config(avdigits_root)
+    set_value(cfg, "train.eval_splits", ("tset",))
+    with pytest.raises(mmjax.ConfigError, match=r"train.eval_splits: \['tset'\] are not splits"):
+        mmjax.train(cfg, tmp_path, progress=False)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unreadable_experiment_record(trained, tmp_path):
+    (tmp_path / "experiment.json").write_text("{not json")
+    with pytest.raises(mmjax.CheckpointError, match="unreadable or not an mmjax record"):
+        mmjax.load_predictor(tmp_path)

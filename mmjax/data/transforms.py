@@ -22,8 +22,12 @@ class Decode(grain.transforms.Map):
         out = {}
         for m in self.modalities:
             x = record[m]
-            scale = _SCALES.get(x.dtype)
-            out[m] = x.astype(np.float32) * scale if scale else x.astype(np.int32)
+            if x.dtype in _SCALES:
+                out[m] = x.astype(np.float32) * _SCALES[x.dtype]
+            elif x.dtype.kind == "f":
+                out[m] = x.astype(np.float32)
+            else:  # token ids
+                out[m] = x.astype(np.int32)
             out[f"{m}_mask"] = np.bool_(True)
         out["label"] = record["label"].astype(np.int32)
         return out

@@ -62,9 +62,8 @@ class MultimodalModel(nnx.Module):
         self, batch: Mapping[str, jax.Array], *, train: bool
     ) -> tuple[dict[str, Features], dict[str, jax.Array]]:
         """Every modality's Features and [B] presence mask (zeros and False when absent)."""
+        validate_batch(batch, self.modalities)
         present = [m for m in self.modalities if m in batch]
-        if not present:
-            raise InputError(f"batch has none of the model's modalities {list(self.modalities)}")
         size = batch[present[0]].shape[0]
         features, masks = {}, {}
         for m in self.modalities:
@@ -94,6 +93,11 @@ def _fail(field: str, expected: str, got: Any) -> None:
     raise InputError(f"{field}: expected {expected}, got {got}")
 
 
+def _array(x: Any) -> Any:
+    """`x` if it has a shape and dtype (numpy, jax or a tracer), else as a numpy array."""
+    return x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
+
+
 def validate_batch(
     batch: Mapping[str, Any],
     modalities: tuple[str, ...],
@@ -101,7 +105,8 @@ def validate_batch(
     num_classes: int | None = None,
     sample_shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> None:
-    """Check a host batch's keys, shapes, dtypes and values; raise InputError naming the field."""
+    """Check a batch's keys, shapes and dtypes (and, for host arrays, its values); raise an
+    InputError naming the field. Works on traced arrays too: their checks are static."""
     allowed = set(modalities) | {f"{m}_mask" for m in modalities} | {"label"}
     for key in batch:
         if key not in allowed:
@@ -109,34 +114,30 @@ def validate_batch(
     present = [m for m in modalities if m in batch]
     if not present:
         _fail("batch", f"at least one of the modalities {list(modalities)}", sorted(batch))
-    size = np.shape(batch[present[0]])[0] if np.ndim(batch[present[0]]) else None
+    arrays = {k: _array(v) for k, v in batch.items()}
+    size = arrays[present[0]].shape[0] if arrays[present[0]].ndim else None
     for m in present:
-        x = batch[m]
-        shape, dtype = np.shape(x), np.asarray(x).dtype if isinstance(x, np.ndarray) else x.dtype
+        x = arrays[m]
         ranks = MODALITY_RANKS.get(m)
-        if ranks and len(shape) not in ranks:
-            _fail(m, f"rank {' or '.join(map(str, ranks))} (batch axis first)", f"shape {shape}")
-        if m in MODALITY_KINDS and np.dtype(dtype).kind not in MODALITY_KINDS[m]:
+        if ranks and x.ndim not in ranks:
+            _fail(m, f"rank {' or '.join(map(str, ranks))} (batch axis first)", f"shape {x.shape}")
+        if m in MODALITY_KINDS and np.dtype(x.dtype).kind not in MODALITY_KINDS[m]:
             kind = "a floating" if MODALITY_KINDS[m] == "f" else "an integer"
-            _fail(m, f"{kind} dtype", dtype)
-        if sample_shapes and m in sample_shapes and tuple(shape[1:]) != tuple(sample_shapes[m]):
-            _fail(m, f"per-sample shape {tuple(sample_shapes[m])}", f"{tuple(shape[1:])}")
-        if shape[0] != size:
-            _fail(m, f"batch size {size} (as {present[0]})", shape[0])
+            _fail(m, f"{kind} dtype", x.dtype)
+        if sample_shapes and m in sample_shapes and tuple(x.shape[1:]) != tuple(sample_shapes[m]):
+            _fail(m, f"per-sample shape {tuple(sample_shapes[m])}", f"{tuple(x.shape[1:])}")
+        if x.shape[0] != size:
+            _fail(m, f"batch size {size} (as {present[0]})", x.shape[0])
         if isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.isfinite(x).all():
             _fail(m, "finite values", "NaN or infinity")
     for m in modalities:
-        if f"{m}_mask" in batch:
-            mask = np.asarray(batch[f"{m}_mask"])
-            if mask.dtype != bool or mask.shape != (size,):
-                _fail(f"{m}_mask", f"a bool array of shape ({size},)", f"{mask.dtype} {mask.shape}")
-    if "label" in batch:
-        label = np.asarray(batch["label"])
-        if label.dtype.kind not in "iu" or label.shape != (size,):
+        mask = arrays.get(f"{m}_mask")
+        if mask is not None and (mask.dtype != bool or tuple(mask.shape) != (size,)):
+            _fail(f"{m}_mask", f"a bool array of shape ({size},)", f"{mask.dtype} {mask.shape}")
+    label = arrays.get("label")
+    if label is not None:
+        if np.dtype(label.dtype).kind not in "iu" or tuple(label.shape) != (size,):
             _fail("label", f"an integer array of shape ({size},)", f"{label.dtype} {label.shape}")
-        if (
-            num_classes is not None
-            and label.size
-            and not (label.min() >= 0 and label.max() < num_classes)
-        ):
-            _fail("label", f"values in [0, {num_classes})", f"range [{label.min()}, {label.max()}]")
+        host = num_classes is not None and isinstance(label, np.ndarray) and label.size
+        if host and (label.min() < 0 or label.max() >= num_classes):
+            _fail("label", f"values in [0, {num_classes})", f"[{label.min()}, {label.max()}]")

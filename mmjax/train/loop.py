@@ -20,8 +20,7 @@ from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics import MetricsLog
 from mmjax.train.state import init_state, state_shardings
 from mmjax.train.step import make_eval_step, make_train_step
-
-EXPERIMENT_FILE = "experiment.json"
+from mmjax.train.workdir import read_experiment, resume_conflicts, write_experiment
 
 
 def _as_dict(config: ConfigDict | dict[str, Any]) -> dict[str, Any]:
@@ -33,28 +32,6 @@ def _as_dict(config: ConfigDict | dict[str, Any]) -> dict[str, Any]:
 def sample_shapes(info: dict[str, Any], modalities: tuple[str, ...]) -> dict[str, tuple]:
     """Per-sample input shapes of the model's modalities, from a dataset's info."""
     return {m: tuple(info["modalities"][m]["shape"]) for m in modalities}
-
-
-def _write_experiment(workdir: Path, config: dict[str, Any], info: dict[str, Any]) -> None:
-    """Record what the workdir's checkpoints are, for `eval` and `predict` (never overwritten)."""
-    path = workdir / EXPERIMENT_FILE
-    record = {
-        "config": config,
-        "dataset": {
-            "name": info["name"],
-            "num_classes": info["num_classes"],
-            "modalities": info["modalities"],
-        },
-    }
-    if path.exists():
-        if json.loads(path.read_text())["config"]["model"] != config["model"]:
-            raise CheckpointError(
-                f"{workdir} holds a run of another model (see {path}); "
-                "use a new --workdir, nothing there was changed"
-            )
-        return
-    if jax.process_index() == 0:
-        path.write_text(json.dumps(record, indent=2))
 
 
 def evaluate(
@@ -94,6 +71,13 @@ def evaluate(
 
 
 def _available_splits(info: dict[str, Any], wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(splits to evaluate, splits the build lacks); an unknown split name is a ConfigError."""
+    unknown = [s for s in wanted if s not in info["splits"]]
+    if unknown:
+        raise ConfigError(
+            f"train.eval_splits: {unknown} are not splits of {info['name']!r} "
+            f"(it has {', '.join(info['splits'])})"
+        )
     have = [s for s in wanted if info["splits"].get(s, {}).get("num_records", 0) > 0]
     return have, [s for s in wanted if s not in have]
 
@@ -127,10 +111,12 @@ def _resume(
     if step is None:
         return 0, state, 0.0
     saved_config, saved_metrics = checkpointer.saved_json(step)
-    if saved_config.get("model") != config["model"]:
+    conflicts = resume_conflicts(saved_config, config)
+    if conflicts:
         raise CheckpointError(
-            f"the checkpoint at step {step} in {checkpointer.manager.directory} is of another "
-            "model; use a new --workdir (nothing there was changed)"
+            f"the checkpoint at step {step} in {checkpointer.manager.directory} was made with "
+            f"other settings ({'; '.join(conflicts)}); a resumed run would not match an "
+            "uninterrupted one. Use a new --workdir, or the saved settings (nothing was changed)"
         )
     state = checkpointer.restore(step, state, shardings, data_iter)
     return step, state, saved_metrics.get("train_seconds", 0.0)
@@ -149,6 +135,8 @@ def train(
     preempted job would; calling `train` again on the workdir resumes exactly.
     """
     started = time.perf_counter()
+    if stop_after is not None and stop_after < 1:
+        raise ConfigError(f"stop_after must be >= 1, got {stop_after}")
     config = _as_dict(config)
     exp = experiment_from(config)
     workdir = Path(workdir)
@@ -159,8 +147,6 @@ def train(
     info = _checked_dataset(exp)
     modalities = exp.model.modalities
     eval_splits, missing_splits = _available_splits(info, exp.train.eval_splits)
-    _write_experiment(workdir, config, info)
-
     graphdef, state = init_state(exp, mesh)
     shardings = state_shardings(state, mesh)
     data_iter = iter(
@@ -170,8 +156,9 @@ def train(
     log = MetricsLog(workdir / "metrics.jsonl", exp.train.log_every)
     try:
         step, state, earlier_seconds = _resume(checkpointer, config, state, shardings, data_iter)
+        write_experiment(workdir, config, info)
         train_step = make_train_step(graphdef, shardings, mesh)
-        last = min(exp.train.steps, stop_after or exp.train.steps)
+        last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
         shapes = sample_shapes(info, modalities)
         bar = tqdm(total=last, initial=step, disable=not progress, desc="train", unit="step")
         train_started = time.perf_counter()
@@ -230,10 +217,7 @@ def evaluate_workdir(
     """Evaluate the latest checkpoint of `workdir` on `splits` (default: its eval_splits),
     optionally with the `missing` modalities masked out."""
     workdir = Path(workdir)
-    path = workdir / EXPERIMENT_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{workdir} is not an mmjax workdir (no {EXPERIMENT_FILE})")
-    config = json.loads(path.read_text())["config"]
+    config = read_experiment(workdir)["config"]
     if data_root:
         config["data"]["root"] = data_root
     exp = experiment_from(config)

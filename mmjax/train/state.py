@@ -33,9 +33,3 @@ def init_state(exp: ExperimentConfig, mesh: jax.sharding.Mesh) -> tuple[nnx.Grap
         out_shardings=state_shardings(abstract, mesh),
     )
     return graphdef, init()
-
-
-def model_from_state(graphdef: nnx.GraphDef, state: nnx.State) -> nnx.Module:
-    """The model half of a (model, optimizer) state."""
-    model, _ = nnx.merge(graphdef, state)
-    return model

@@ -1,10 +1,23 @@
 """AV-Digits: a handwritten digit image paired with a spoken digit (like AV-MNIST).
 
-Images are scikit-learn's 1,797 real 8x8 digits. Training audio is synthesised offline
-with espeak-ng (en, fr, es, it, ru voices x variants) and flite (English); val and test
-use voices never heard in training. `test_human` holds real 8 kHz recordings (Asterisk
-prompts) in the same languages, to measure TTS -> human transfer. Every clip goes
-through `prepare_waveform`, the same preprocessing `mmjax predict` applies to user files.
+Images are scikit-learn's 1,797 real 8x8 digits, cut 70/10/20 per digit into disjoint
+train/val/test pools. TTS audio is synthesised offline with espeak-ng (en, fr, es, it, ru)
+and flite (English). An espeak voice is an accent (a base voice: `en-gb-x-gbclan`,
+`fr-be`, `es-419`, ...) plus a variant (a speaker timbre: `m3`, `klatt5`, ...). Accents
+(per language) and variants (per gender) are each cut into disjoint train/val/test groups,
+and a clip of split s pairs an accent and a variant of s's groups, so val and test never
+reuse an accent or a timbre heard in training. The four flite voices (English speakers)
+are cut 2/1/1. An accent cut gives test one accent of every language with >= 2 installed
+accents and val one of every language with >= 3, so with espeak-ng 1.51's voices:
+
+* en (8 accents): train 5, val 1, test 2; fr (3): 1/1/1; es and ru (2): 1/0/1;
+* it has a single accent (`it`), so Italian TTS is train-only: val and test have no
+  Italian, val speaks English and French only, and `test_human` still has Italian.
+
+info.json says this in its "notes" and lists each split's voices, accents and variants.
+`test_human` holds real 8 kHz recordings (Asterisk prompts) in the same languages, to
+measure TTS -> human transfer. Every clip goes through `prepare_waveform`, the same
+preprocessing `mmjax predict` applies to user files.
 
 Layout: `root/avdigits/info.json` plus `{split}.array_record-*` shards of npz records
 {"image": uint8 [8,8,1], "audio": int16 [8000], "label": int64 [], "voice": str []}.
@@ -32,12 +45,14 @@ from mmjax.errors import DataError, InputError
 from mmjax.registry import DATASETS
 
 NAME = "avdigits"
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 SPLITS = ("train", "val", "test", "test_human")
 NUM_CLASSES = 10
 SAMPLE_RATE = 8000
 NUM_SAMPLES = 8000
 LANGUAGES = ("en", "fr", "es", "it", "ru")
+LANGUAGE_NAMES = dict(en="English", fr="French", es="Spanish", it="Italian", ru="Russian")
+TTS_SPLITS = ("train", "val", "test")
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds")
 ASTERISK_PACKAGES = tuple(f"asterisk-core-sounds-{lang}-wav" for lang in LANGUAGES)
 APT_TTS = "apt-get install espeak-ng flite"
@@ -47,7 +62,7 @@ PIP_SKLEARN = "pip install scikit-learn"
 ENGLISH_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # kal16 is kal's speaker again and awb_time only speaks clock times.
 FLITE_VOICES = ("kal", "awb", "rms", "slt")
-SPLIT_FRACTIONS = {"val": 0.1, "test": 0.2}  # the rest is train; for images and voices
+SPLIT_FRACTIONS = {"val": 0.1, "test": 0.2}  # the rest is train; images, accents, variants
 HUMAN_IMAGES_PER_CLIP = 4
 ESPEAK_SPEED = (90, 180)  # words per minute; the human prompts are slower than the default 175
 ESPEAK_PITCH = (25, 75)  # 0..99
@@ -57,12 +72,28 @@ TRAIN_SHARDS = 2
 
 @dataclass(frozen=True)
 class Scale:
-    espeak_voices_per_language: int
+    """(accent, variant) pairs per language drawn for each split (fewer if fewer exist)."""
+
+    train_pairs: int
+    val_pairs: int
+    test_pairs: int
     flite_takes: int  # renditions per (flite voice, digit) at different speeds
 
+    def pairs(self, split: str) -> int:
+        return getattr(self, f"{split}_pairs")
 
-FULL = Scale(espeak_voices_per_language=70, flite_takes=5)
-SMALL = Scale(espeak_voices_per_language=5, flite_takes=1)
+
+# full, espeak-ng 1.51: train 5 x 50 pairs, val en+fr x 10 (all there are: 1 accent x 10
+# variants each), test 4 x 17; x 10 digits, plus 10 x 5 flite takes per flite voice.
+FULL = Scale(train_pairs=50, val_pairs=10, test_pairs=17, flite_takes=5)
+SMALL = Scale(train_pairs=3, val_pairs=1, test_pairs=1, flite_takes=1)
+
+
+@dataclass(frozen=True)
+class Accent:
+    code: str  # espeak's language code, e.g. "en-gb-x-gbclan"
+    file: str  # its voice file, e.g. "gmw/en-GB-x-gbclan"
+    language: str
 
 
 @dataclass(frozen=True)
@@ -111,10 +142,15 @@ def prepare_avdigits(
     images, labels = _load_images()
     pools = _split_images(labels, rng)
     log(f"{NAME}: {len(labels)} images -> " + ", ".join(f"{k} {len(v)}" for k, v in pools.items()))
-    voices = _split_voices(_espeak_voices(), scale, rng)
+    accents = _split_accents(_espeak_accents(), rng)
+    variants = _split_variants(_espeak_variants(), rng)
+    voices = _voices(accents, variants, scale, rng)
     clips = {split: _clips(split_voices, scale, rng) for split, split_voices in voices.items()}
     audio, skipped = _synthesise(clips, log)
     human = _human_clips()
+    notes = _notes(accents, {voice.split(":")[1] for voice, _, _ in human})
+    for note in notes:
+        log(f"{NAME}: {note}")
     log(
         f"{NAME}: {len(human)} human clips from {ASTERISK_SOUNDS}"
         if human
@@ -133,7 +169,7 @@ def prepare_avdigits(
             splits["test_human"] = _write_split(records, build_dir, "test_human")
         else:
             splits["test_human"] = _missing_split()
-        info = _info(splits, skipped, seed, small, time.perf_counter() - started)
+        info = _info(splits, notes, skipped, seed, small, time.perf_counter() - started)
         (build_dir / "info.json").write_text(json.dumps(info, indent=2))
         _move_into_place(build_dir, root / NAME)
     except BaseException:
@@ -223,10 +259,14 @@ def _split_images(labels: np.ndarray, rng: np.random.Generator) -> dict[str, np.
 
 
 def _cut(items: np.ndarray) -> dict[str, np.ndarray]:
-    """Cuts a shuffled sequence into train/val/test; val and test get >= 1 when n >= 3."""
+    """Cuts a shuffled sequence into train/val/test; test gets >= 1 when n >= 2, val when n >= 3.
+
+    Train always gets >= 1: n = 1 -> 1/0/0, 2 -> 1/0/1, 3 -> 1/1/1, 4 -> 2/1/1, 8 -> 5/1/2.
+    """
     n = len(items)
     n_val, n_test = (
-        max(1, round(n * SPLIT_FRACTIONS[s])) if n >= 3 else 0 for s in ("val", "test")
+        max(1, round(n * SPLIT_FRACTIONS[s])) if n >= least else 0
+        for s, least in (("val", 3), ("test", 2))
     )
     n_train = n - n_val - n_test
     return {
@@ -236,21 +276,32 @@ def _cut(items: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _espeak_voices() -> dict[str, list[Voice]]:
-    """Every installed (espeak voice, variant) pair per language, mbrola voices excluded."""
-    variants = sorted(
-        row[4][3:] for row in _voice_table("--voices=variant") if row[4].startswith("!v/")
-    )
-    by_language: dict[str, list[Voice]] = {lang: [] for lang in LANGUAGES}
+def _espeak_accents() -> dict[str, list[Accent]]:
+    """Installed espeak base voices (accents) per language, sorted; mbrola voices excluded."""
+    by_language: dict[str, list[Accent]] = {lang: [] for lang in LANGUAGES}
     for row in _voice_table("--voices"):
         code, file = row[1], row[4]
         lang = code.split("-")[0]
         if lang in by_language and not file.startswith(("mb/", "!v/")):
-            by_language[lang] += [
-                Voice("espeak", f"{code}+{variant}", f"{file}+{variant}", lang)
-                for variant in variants
-            ]
-    return {lang: sorted(voices, key=lambda v: v.id) for lang, voices in by_language.items()}
+            by_language[lang].append(Accent(code, file, lang))
+    missing = sorted(lang for lang, accents in by_language.items() if not accents)
+    if missing:
+        raise DataError(f"espeak-ng has no voice for {missing}; reinstall with `{APT_TTS}`")
+    return {lang: sorted(accents, key=lambda a: a.code) for lang, accents in by_language.items()}
+
+
+def _espeak_variants() -> dict[str, list[str]]:
+    """Installed espeak variant names (speaker timbres) by gender ("M", "F"), sorted."""
+    by_gender: dict[str, list[str]] = {}
+    for row in _voice_table("--voices=variant"):
+        if row[4].startswith("!v/"):
+            by_gender.setdefault(row[2].split("/")[-1], []).append(row[4][3:])
+    if sum(map(len, by_gender.values())) < 3:
+        raise DataError(
+            f"espeak-ng has fewer than 3 voice variants (one each for train, val and test); "
+            f"reinstall with `{APT_TTS}`"
+        )
+    return {gender: sorted(names) for gender, names in sorted(by_gender.items())}
 
 
 def _voice_table(flag: str) -> list[list[str]]:
@@ -259,24 +310,93 @@ def _voice_table(flag: str) -> list[list[str]]:
     return [row for row in (line.split() for line in lines) if len(row) >= 5]
 
 
-def _split_voices(
-    espeak: dict[str, list[Voice]], scale: Scale, rng: np.random.Generator
+def _split_accents(
+    accents: dict[str, list[Accent]], rng: np.random.Generator
+) -> dict[str, dict[str, list[Accent]]]:
+    """split -> language -> its accents: each language's accents are cut disjointly.
+
+    A language with one accent is train-only, with two has no val (see `_cut`).
+    """
+    groups: dict[str, dict[str, list[Accent]]] = {split: {} for split in TTS_SPLITS}
+    for lang, options in accents.items():
+        shuffled = [options[i] for i in rng.permutation(len(options))]
+        for split, part in _cut(np.arange(len(shuffled))).items():
+            if len(part):
+                groups[split][lang] = sorted((shuffled[i] for i in part), key=lambda a: a.code)
+    return groups
+
+
+def _split_variants(
+    variants: dict[str, list[str]], rng: np.random.Generator
+) -> dict[str, list[str]]:
+    """split -> variant names: disjoint, cut per gender so every split has both if it can."""
+    groups: dict[str, list[str]] = {split: [] for split in TTS_SPLITS}
+    for names in variants.values():
+        shuffled = [names[i] for i in rng.permutation(len(names))]
+        for split, part in _cut(np.arange(len(shuffled))).items():
+            groups[split] += [shuffled[i] for i in part]
+    return {split: sorted(names) for split, names in groups.items()}
+
+
+def _voices(
+    accents: dict[str, dict[str, list[Accent]]],
+    variants: dict[str, list[str]],
+    scale: Scale,
+    rng: np.random.Generator,
 ) -> dict[str, list[Voice]]:
-    """Voice-disjoint train/val/test; each language (and flite) is cut separately."""
-    groups = [voices for voices in espeak.values() if voices]
-    if len(groups) < len(LANGUAGES):
-        missing = sorted(lang for lang, voices in espeak.items() if not voices)
-        raise DataError(f"espeak-ng has no voice for {missing}; reinstall with `{APT_TTS}`")
-    groups = [
-        [g[i] for i in rng.permutation(len(g))[: scale.espeak_voices_per_language]] for g in groups
-    ]
+    """Per split, `scale.pairs(split)` random (accent, variant) pairs per language drawn from
+    that split's accents x its variants, plus a 2/1/1 cut of the flite voices."""
     flite = [Voice("flite", name, name, "en") for name in FLITE_VOICES]
-    groups.append([flite[i] for i in rng.permutation(len(flite))])
-    splits: dict[str, list[Voice]] = {"train": [], "val": [], "test": []}
-    for group in groups:
-        for split, part in _cut(np.arange(len(group))).items():
-            splits[split] += [group[i] for i in part]
-    return splits
+    flite_parts = _cut(rng.permutation(len(flite)))
+    voices: dict[str, list[Voice]] = {}
+    for split in TTS_SPLITS:
+        voices[split] = []
+        for lang, split_accents in accents[split].items():
+            pairs = list(itertools.product(split_accents, variants[split]))
+            for i in sorted(rng.permutation(len(pairs))[: scale.pairs(split)]):
+                accent, variant = pairs[i]
+                voices[split].append(
+                    Voice(
+                        "espeak",
+                        f"{accent.code}+{variant}",
+                        f"{accent.file}+{variant}",
+                        lang,
+                    )
+                )
+        voices[split] += [flite[i] for i in flite_parts[split]]
+    return voices
+
+
+def _notes(accents: dict[str, dict[str, list[Accent]]], human: set[str]) -> list[str]:
+    """What info.json's "notes" say about the accent/variant cut and its missing languages."""
+    notes = [
+        "espeak accents (base voices, per language) and variants (speaker timbres) are each "
+        "cut into disjoint train/val/test groups; a clip of split s pairs an accent and a "
+        "variant of s's groups. The 4 flite voices (English speakers) are cut 2/1/1."
+    ]
+    for lang in LANGUAGES:
+        if lang in accents["test"]:
+            continue
+        name = LANGUAGE_NAMES[lang]
+        only = ", ".join(a.code for a in accents["train"][lang])
+        human_note = (
+            f"test_human still has {name} recordings"
+            if lang in human
+            else f"test_human would have {name} recordings after "
+            f"`apt-get install asterisk-core-sounds-{lang}-wav`"
+        )
+        notes.append(
+            f"{name} has a single installed espeak accent ({only}), which cannot be in both "
+            f"train and test, so it is train-only: val and test TTS have no {name}; "
+            f"{human_note}."
+        )
+    val = [LANGUAGE_NAMES[lang] for lang in accents["val"]]
+    notes.append(
+        "val TTS speaks only languages with >= 3 installed espeak accents: "
+        f"{', '.join(val) or 'none'} (plus a flite English voice); test gets one accent of "
+        "every language with >= 2."
+    )
+    return notes
 
 
 def _clips(voices: list[Voice], scale: Scale, rng: np.random.Generator) -> list[Clip]:
@@ -401,19 +521,30 @@ def _cycle(items: np.ndarray) -> Iterator[int]:
 def _write_split(records: list[dict], directory: Path, split: str) -> dict:
     shards = write_shards(records, directory, split, TRAIN_SHARDS if split == "train" else 1)
     voices = sorted({str(record["voice"]) for record in records})
-    return {"num_records": len(records), "voices": voices, "shards": shards}
+    espeak = [v.removeprefix("espeak:").split("+") for v in voices if v.startswith("espeak:")]
+    return {
+        "num_records": len(records),
+        "voices": voices,
+        "accents": sorted({accent for accent, _ in espeak}),  # espeak only; flite is in voices
+        "variants": sorted({variant for _, variant in espeak}),
+        "shards": shards,
+    }
 
 
 def _missing_split() -> dict:
     return {
         "num_records": 0,
         "voices": [],
+        "accents": [],
+        "variants": [],
         "shards": [],
         "missing": f"no human recordings under {ASTERISK_SOUNDS}; install them: `{APT_HUMAN}`",
     }
 
 
-def _info(splits: dict, skipped: list[str], seed: int, small: bool, seconds: float) -> dict:
+def _info(
+    splits: dict, notes: list[str], skipped: list[str], seed: int, small: bool, seconds: float
+) -> dict:
     return {
         "name": NAME,
         "version": VERSION,
@@ -423,6 +554,7 @@ def _info(splits: dict, skipped: list[str], seed: int, small: bool, seconds: flo
             "audio": {"shape": [NUM_SAMPLES], "dtype": "int16", "sample_rate": SAMPLE_RATE},
         },
         "splits": splits,
+        "notes": notes,
         "sources": _sources(),
         "skipped_clips": skipped,
         "seed": seed,

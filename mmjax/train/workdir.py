@@ -1,0 +1,71 @@
+"""What a workdir records about its run, and which config changes a resume may not make."""
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from mmjax.config import experiment_from
+from mmjax.errors import CheckpointError, MmjaxError
+
+EXPERIMENT_FILE = "experiment.json"
+# Settings a resumed run may change: they do not alter the parameters it computes.
+RESUMABLE_CHANGES = (
+    "data.root",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.eval_batch_size",
+    "train.eval_splits",
+)
+
+
+def read_experiment(workdir: Path) -> dict[str, Any]:
+    """The workdir's experiment record {"config", "dataset"}; CheckpointError if unusable."""
+    path = Path(workdir) / EXPERIMENT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{workdir} is not an mmjax workdir (no {EXPERIMENT_FILE})")
+    try:
+        record = json.loads(path.read_text())
+        experiment_from(record["config"])
+        record["dataset"]["modalities"]
+    except (ValueError, KeyError, TypeError, MmjaxError) as err:
+        raise CheckpointError(f"{path} is unreadable or not an mmjax record ({err})") from None
+    return record
+
+
+def write_experiment(workdir: Path, config: dict[str, Any], info: dict[str, Any]) -> None:
+    """Record the config and the dataset's input description for `eval` and `predict`."""
+    record = {
+        "config": config,
+        "dataset": {
+            "name": info["name"],
+            "num_classes": info["num_classes"],
+            "modalities": info["modalities"],
+        },
+    }
+    if jax.process_index() == 0:
+        (Path(workdir) / EXPERIMENT_FILE).write_text(json.dumps(record, indent=2))
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The settings in which `current` differs from the checkpoint's `saved` config and which
+    would make the resumed run differ from an uninterrupted one ("key: old -> new")."""
+    old = _flatten(dataclasses.asdict(experiment_from(saved)))
+    new = _flatten(dataclasses.asdict(experiment_from(current)))
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES)
+    ]
