@@ -118,3 +118,11 @@ def test_data_prepare_small(capsys, tmp_path):
     )
     assert code == 0 and "prepared avdigits" in out and "test_human 200" in out
     assert (tmp_path / "avdigits" / "info.json").is_file()
+
+
+def test_docs_zoo_table_is_current(capsys):
+    """docs/zoo.md is the output of `mmjax zoo list --markdown` (regenerate it when this fails)."""
+    code, out, _ = run(capsys, "zoo", "list", "--markdown")
+    assert code == 0 and out.count("\n| encoder |") >= 12 and out.count("\n| fusion |") >= 17
+    with open("docs/zoo.md") as f:
+        assert f.read() == out
