@@ -291,3 +291,18 @@ def test_to_model_rate_band_limits():
     inner = slice(200, -200)  # away from the filter's edge transients
     assert np.sqrt(np.mean(low[inner] ** 2)) == pytest.approx(np.sqrt(0.5), rel=0.02)
     assert np.sqrt(np.mean(high[inner] ** 2)) < 1e-2
+
+
+def test_build_of_another_version_is_refused(built, tmp_path):
+    built_root, _ = built
+    import json
+    import shutil
+
+    root = tmp_path / "old"
+    shutil.copytree(built_root, root)
+    info_path = root / "avdigits" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["version"] = "0.9.0"
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(DataError, match=r"version 0\.9\.0.*mmjax data prepare avdigits"):
+        avdigits.load_info(root)

@@ -6,12 +6,17 @@ import numpy as np
 
 from mmjax.config import DataConfig
 from mmjax.data import pipeline
+from mmjax.data.builders.avdigits import load_info
 
 MODALITIES = ("audio", "image")
 
 
 def _cfg(root, **kw) -> DataConfig:
     return DataConfig(root=str(root), image_noise=0.4, audio_snr_db=0.0, **kw)
+
+
+def _records(root, split: str) -> int:
+    return load_info(root)["splits"][split]["num_records"]
 
 
 def _take(iterator, n):
@@ -50,10 +55,11 @@ def test_iterator_state_restores_the_data_order(avdigits_root):
 
 def test_epochs_are_reshuffled(avdigits_root):
     cfg = _cfg(avdigits_root)
-    iterator = iter(pipeline.train_dataset(cfg, MODALITIES, 10, seed=0))
-    epoch = 170 // 10  # the small build has 170 training records
-    labels = np.concatenate([b["label"] for b in _take(iterator, 2 * epoch)])
-    first, second = labels[: 10 * epoch], labels[10 * epoch :]
+    n = _records(avdigits_root, "train")
+    size = next(b for b in (10, 5, 2, 1) if n % b == 0)  # batches that tile an epoch
+    iterator = iter(pipeline.train_dataset(cfg, MODALITIES, size, seed=0))
+    labels = np.concatenate([b["label"] for b in _take(iterator, 2 * n // size)])
+    first, second = labels[:n], labels[n:]
     assert np.array_equal(np.sort(first), np.sort(second))
     assert not np.array_equal(first, second)
 
@@ -68,7 +74,7 @@ def test_modality_dropout_keeps_one_modality(avdigits_root):
 def test_eval_covers_every_record_once_with_fixed_noise(avdigits_root):
     cfg = _cfg(avdigits_root)
     runs = [list(pipeline.eval_batches(cfg, MODALITIES, "test", 16)) for _ in range(2)]
-    assert sum(rows for _, rows in runs[0]) == 60  # the small build's test split
+    assert sum(rows for _, rows in runs[0]) == _records(avdigits_root, "test")
     assert all(batch["label"].shape == (16,) for batch, _ in runs[0])
     for (x, _), (y, _) in zip(*runs):
         np.testing.assert_array_equal(x["audio"], y["audio"])

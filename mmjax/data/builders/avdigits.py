@@ -198,6 +198,11 @@ def load_info(root: Path) -> dict:
         raise DataError(
             f"{path}: expected splits {SPLITS}; rebuild with `mmjax data prepare {NAME}`"
         )
+    if info.get("version") != VERSION:
+        raise DataError(
+            f"{path}: built by AV-Digits version {info.get('version')}, this mmjax reads "
+            f"{VERSION} (other splits); rebuild with `mmjax data prepare {NAME}`"
+        )
     return info
 
 
