@@ -31,7 +31,7 @@ class Predictor:
         mesh = data_mesh(jax.devices()[:1])
         graphdef, abstract = abstract_state(self.experiment)
         checkpointer = Checkpointer(
-            workdir / "checkpoints", keep=self.experiment.train.keep_checkpoints
+            workdir / "checkpoints", keep=self.experiment.train.keep_checkpoints, read_only=True
         )
         try:
             self.step = step if step is not None else checkpointer.latest_step()

@@ -195,3 +195,19 @@ def test_unreadable_experiment_record(trained, tmp_path):
     (tmp_path / "experiment.json").write_text("{not json")
     with pytest.raises(mmjax.CheckpointError, match="unreadable or not an mmjax record"):
         mmjax.load_predictor(tmp_path)
+
+
+def test_read_only_commands_create_nothing(trained, tmp_path):
+    import shutil
+
+    (tmp_path / "experiment.json").write_text((trained[0] / "experiment.json").read_text())
+    with pytest.raises(mmjax.CheckpointError, match="no checkpoint yet"):
+        mmjax.load_predictor(tmp_path)
+    with pytest.raises(mmjax.CheckpointError, match="no checkpoint yet"):
+        mmjax.evaluate_workdir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["experiment.json"]
+    copy = tmp_path / "copy"
+    shutil.copytree(trained[0], copy)
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("*")}
+    mmjax.load_predictor(copy).predict(image=np.zeros((8, 8, 1), np.float32))
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("*")} == before

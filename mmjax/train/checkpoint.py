@@ -19,11 +19,14 @@ from mmjax.errors import CheckpointError
 class Checkpointer:
     """One long-lived Orbax CheckpointManager (async saves; `close` waits for them)."""
 
-    def __init__(self, directory: Path, *, keep: int):
-        self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+    def __init__(self, directory: Path, *, keep: int, read_only: bool = False):
+        directory = Path(directory).absolute()
+        if read_only and not directory.is_dir():
+            raise CheckpointError(f"{directory.parent} has no checkpoint yet; train first")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=not read_only, read_only=read_only
         )
+        self.manager = ocp.CheckpointManager(directory, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()

@@ -223,7 +223,9 @@ def evaluate_workdir(
     exp = experiment_from(config)
     mesh = data_mesh()
     graphdef, state = init_state(exp, mesh)
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
+    checkpointer = Checkpointer(
+        workdir / "checkpoints", keep=exp.train.keep_checkpoints, read_only=True
+    )
     try:
         step = checkpointer.latest_step()
         if step is None:
