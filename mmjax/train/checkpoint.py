@@ -23,9 +23,12 @@ class Checkpointer:
         directory = Path(directory).absolute()
         if read_only and not directory.is_dir():
             raise CheckpointError(f"{directory.parent} has no checkpoint yet; train first")
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, read_only=read_only
-        )
+        if read_only:
+            options = ocp.CheckpointManagerOptions(
+                read_only=True, create=False, max_to_keep=None, save_interval_steps=0
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
         self.manager = ocp.CheckpointManager(directory, options=options)
 
     def latest_step(self) -> int | None:
