@@ -220,6 +220,15 @@ class ResNet(nnx.Module):
         return _grid_features(x)
 
 
+@dataclasses.dataclass(frozen=True)
+class ResNetConfig:
+    """The fields every ResNet depth shares."""
+
+    in_channels: int = 3
+    width: int = 64
+    stem: str = "imagenet"  # "imagenet": 7x7/2 conv + 3x3/2 max-pool; "cifar": 3x3/1 conv
+
+
 @ENCODERS.register("resnet18")
 class ResNet18(ResNet):
     """ResNet-18 (He et al. 2016) in the torchvision layout; `stem="cifar"` for small images."""
@@ -227,10 +236,8 @@ class ResNet18(ResNet):
     depth = 18
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        in_channels: int = 3
-        width: int = 64
-        stem: str = "imagenet"  # "imagenet": 7x7/2 conv + 3x3/2 max-pool; "cifar": 3x3/1 conv
+    class Config(ResNetConfig):
+        pass
 
 
 @ENCODERS.register("resnet34")
@@ -240,10 +247,8 @@ class ResNet34(ResNet):
     depth = 34
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        in_channels: int = 3
-        width: int = 64
-        stem: str = "imagenet"  # "imagenet": 7x7/2 conv + 3x3/2 max-pool; "cifar": 3x3/1 conv
+    class Config(ResNetConfig):
+        pass
 
 
 @ENCODERS.register("resnet50")
@@ -253,10 +258,8 @@ class ResNet50(ResNet):
     depth = 50
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        in_channels: int = 3
-        width: int = 64
-        stem: str = "imagenet"  # "imagenet": 7x7/2 conv + 3x3/2 max-pool; "cifar": 3x3/1 conv
+    class Config(ResNetConfig):
+        pass
 
 
 # EfficientNet-Lite ---------------------------------------------------------------------------
