@@ -209,6 +209,7 @@ class ModelConfig:
     fusion: Component
     num_classes: int
     adversarial_weight: float = 0.0  # > 0 adds adversarial modality alignment to the loss
+    classification_weight: float = 1.0  # 0: no cross-entropy (e.g. reconstruction pretraining)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -221,7 +222,7 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
 
     if isinstance(section, ConfigDict):
         section = section.to_dict()
-    known = {"encoders", "fusion", "num_classes", "adversarial_weight"}
+    known = {"encoders", "fusion", "num_classes", "adversarial_weight", "classification_weight"}
     for key in section:
         if key not in known:
             raise ConfigError(
@@ -240,6 +241,9 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
         num_classes=_check_type(section.get("num_classes"), int, "model.num_classes"),
         adversarial_weight=_check_type(
             section.get("adversarial_weight", 0.0), float, "model.adversarial_weight"
+        ),
+        classification_weight=_check_type(
+            section.get("classification_weight", 1.0), float, "model.classification_weight"
         ),
     )
 

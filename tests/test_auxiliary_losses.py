@@ -99,11 +99,15 @@ def test_zero_shot_matches_identical_prototypes():
 
 
 @pytest.mark.parametrize(
-    ("fusion", "adversarial", "terms"),
-    [("clip", 0.0, {"contrastive"}), ("late_concat", 0.1, {"adversarial"})],
+    ("model", "fusion", "adversarial", "terms"),
+    [
+        ("avdigits_late", "clip", 0.0, {"contrastive"}),
+        ("avdigits_late", "late_concat", 0.1, {"adversarial"}),
+        ("avdigits_audio_autoencoder", "late_concat", 0.0, {"reconstruction"}),
+    ],
 )
-def test_train_step_adds_auxiliary_terms(fusion, adversarial, terms):
-    section = MODELS.get("avdigits_late")()
+def test_train_step_adds_auxiliary_terms(model, fusion, adversarial, terms):
+    section = MODELS.get(model)()
     section["fusion"] = {"name": fusion}
     section["adversarial_weight"] = adversarial
     exp = experiment_from({"model": section, "train": {"steps": 3}})
@@ -116,8 +120,10 @@ def test_train_step_adds_auxiliary_terms(fusion, adversarial, terms):
         "audio": rng.standard_normal((8, 8000)).astype(np.float32),
         "label": rng.integers(0, 10, 8).astype(np.int32),
     }
+    batch = {k: v for k, v in batch.items() if k == "label" or k in section["encoders"]}
     _, metrics = step(state, put_batch(batch, mesh))
     metrics = jax.device_get(metrics)
     assert terms <= set(metrics)
-    total = metrics["cross_entropy"] + sum(metrics[t] for t in terms)
+    weight = section["classification_weight"]
+    total = weight * metrics["cross_entropy"] + sum(metrics[t] for t in terms)
     np.testing.assert_allclose(metrics["loss"], total, rtol=1e-5)

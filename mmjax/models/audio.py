@@ -141,9 +141,11 @@ class ConvAutoencoder(nnx.Module):
     class Config(LogMelFields):
         channels: tuple[int, ...] = (16, 32)
         dim: int = 64
+        reconstruction_weight: float = 0.0  # > 0 adds the reconstruction loss to training
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
         self.mel = cfg.log_mel()
+        self.reconstruction_weight = cfg.reconstruction_weight
         widths = (1, *cfg.channels)
         self.encoder_blocks = nnx.List(
             [ConvBNReLU(c_in, c_out, 3, 2, rngs=rngs) for c_in, c_out in itertools.pairwise(widths)]
@@ -180,6 +182,14 @@ class ConvAutoencoder(nnx.Module):
         size = target.shape[1:3]
         valid = _fit(jnp.ones(y.shape[:3], bool), size)
         return _fit(y[..., 0], size), target, valid
+
+    def aux_loss(self, x: jax.Array, *, train: bool) -> dict[str, jax.Array]:
+        """{"reconstruction": weighted reconstruction loss} when the weight is set, else {}."""
+        if self.reconstruction_weight <= 0:
+            return {}
+        return {
+            "reconstruction": self.reconstruction_weight * reconstruction_loss(self, x, train=train)
+        }
 
     def reconstruct(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
         """Waveform [B, S] (or log-mel [B, T, F]) -> (reconstruction, target), both [B, T, F]."""

@@ -24,7 +24,8 @@ class MultimodalModel(nnx.Module):
     """batch {modality: x, <modality>_mask: [B] bool} -> logits [B, num_classes].
 
     A modality absent from the batch is treated as missing for every sample. Auxiliary
-    losses (a fusion head's `aux_loss`, adversarial alignment) come from `forward`.
+    losses (an encoder's or the fusion head's `aux_loss`, adversarial alignment) come from
+    `forward`.
     """
 
     def __init__(
@@ -33,11 +34,13 @@ class MultimodalModel(nnx.Module):
         fusion: nnx.Module,
         head: nnx.Module,
         aligner: nnx.Module | None = None,
+        classification_weight: float = 1.0,
     ):
         self.encoders = nnx.Dict(encoders)
         self.fusion = fusion
         self.head = head
         self.aligner = nnx.data(aligner)
+        self.classification_weight = classification_weight  # of the cross-entropy in training
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -52,6 +55,9 @@ class MultimodalModel(nnx.Module):
         """(logits [B, num_classes], {name: weighted auxiliary loss scalar})."""
         features, masks = self.encode(batch, train=train)
         aux = {}
+        for m, encoder in self.encoders.items():
+            if m in batch and hasattr(encoder, "aux_loss"):
+                aux.update(encoder.aux_loss(batch[m], train=train))
         if hasattr(self.fusion, "aux_loss"):
             aux.update(self.fusion.aux_loss(features, masks))
         if self.aligner is not None:
@@ -86,7 +92,7 @@ def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs) -> MultimodalModel:
     aligner = None
     if cfg.adversarial_weight > 0:
         aligner = ModalityDiscriminator(dims, weight=cfg.adversarial_weight, rngs=rngs)
-    return MultimodalModel(encoders, fusion, head, aligner)
+    return MultimodalModel(encoders, fusion, head, aligner, cfg.classification_weight)
 
 
 def _fail(field: str, expected: str, got: Any) -> None:

@@ -16,6 +16,7 @@ def avdigits_late() -> dict[str, Any]:
         "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
         "num_classes": 10,
         "adversarial_weight": 0.0,
+        "classification_weight": 1.0,
     }
 
 
@@ -30,6 +31,7 @@ def avdigits_early() -> dict[str, Any]:
         "fusion": {"name": "early_concat", "dim": 64, "layers": 2, "heads": 4, "dropout": 0.1},
         "num_classes": 10,
         "adversarial_weight": 0.0,
+        "classification_weight": 1.0,
     }
 
 
@@ -41,6 +43,7 @@ def avdigits_image() -> dict[str, Any]:
         "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
         "num_classes": 10,
         "adversarial_weight": 0.0,
+        "classification_weight": 1.0,
     }
 
 
@@ -52,6 +55,7 @@ def avdigits_audio() -> dict[str, Any]:
         "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
         "num_classes": 10,
         "adversarial_weight": 0.0,
+        "classification_weight": 1.0,
     }
 
 
@@ -66,4 +70,24 @@ def resnet18_bilstm_late() -> dict[str, Any]:
         "fusion": {"name": "late_concat", "hidden": 256, "dropout": 0.1},
         "num_classes": 10,
         "adversarial_weight": 0.0,
+        "classification_weight": 1.0,
+    }
+
+
+@MODELS.register("avdigits_audio_autoencoder")
+def avdigits_audio_autoencoder() -> dict[str, Any]:
+    """AV-Digits audio, reconstruction pretraining: a conv autoencoder, no cross-entropy."""
+    return {
+        "encoders": {
+            "audio": {
+                "name": "conv_autoencoder",
+                "channels": (16, 32),
+                "dim": 64,
+                "reconstruction_weight": 1.0,
+            }
+        },
+        "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
+        "num_classes": 10,
+        "adversarial_weight": 0.0,
+        "classification_weight": 0.0,
     }

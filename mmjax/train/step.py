@@ -27,7 +27,8 @@ def make_train_step(
         def loss_fn(model: nnx.Module) -> tuple[jax.Array, tuple[jax.Array, dict]]:
             logits, aux = model.forward(_inputs(batch), train=True)
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-            return ce + sum(aux.values()), (logits, {"cross_entropy": ce, **aux})
+            total = model.classification_weight * ce + sum(aux.values())
+            return total, (logits, {"cross_entropy": ce, **aux})
 
         (loss, (logits, terms)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
