@@ -95,8 +95,9 @@ def run_head(fusion: str, seeds: list[int], steps: int, data_dir: str, workdir: 
 
 
 def _mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {std:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def markdown(rows: dict[str, dict], steps: int, seeds: list[int]) -> str:
@@ -107,7 +108,8 @@ def markdown(rows: dict[str, dict], steps: int, seeds: list[int]) -> str:
         f"{' '.join(map(str, seeds))}` on {jax.devices()[0].device_kind} "
         f"({jax.device_count()} device(s)). Every head uses the same encoders (small CNN on the "
         "8x8 digit, CNN-LSTM on the spoken digit), its default Config, AdamW, batch 64 and "
-        "the dataset's default noise. Accuracy is mean ± std over the seeds; the two "
+        "the dataset's default noise. Accuracy is mean ± std over the seeds (one seed: its "
+        "value); the two "
         "'without' columns evaluate held-out voices with one modality masked out for every "
         "sample. FLOPs are XLA's count for one example's forward pass; step time is the "
         "median of 10 train steps on this machine (2 CPU cores: compare heads with each other, "
