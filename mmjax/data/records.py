@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import threading
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,6 +11,11 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from mmjax.errors import DataError
+
+# np.load parses each array header with ast.literal_eval, and CPython 3.11's AST constructor
+# is not safe across threads (python/cpython#106905: "AST constructor recursion depth
+# mismatch"), which grain's prefetch threads hit. Decoding is cheap; serialise it.
+_NPZ_LOCK = threading.Lock()
 
 
 def encode_record(record: dict[str, np.ndarray]) -> bytes:
@@ -26,7 +32,7 @@ def encode_record(record: dict[str, np.ndarray]) -> bytes:
 def decode_record(data: bytes) -> dict[str, np.ndarray]:
     """Inverse of `encode_record`; object arrays are refused, so decoding runs no pickle."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        with _NPZ_LOCK, np.load(io.BytesIO(data), allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(
