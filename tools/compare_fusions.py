@@ -8,6 +8,10 @@ or the image masked out, parameter counts, forward FLOPs per example (XLA's coun
 median train-step time on this machine.
 
     python tools/compare_fusions.py [--steps 1000] [--seeds 0 1 2] [--fusions a b ...]
+
+A finished (head, seed) run leaves `compare_row.json` in its run directory and is not
+repeated, so an interrupted comparison continues where it stopped when run again with the
+same --workdir and --steps.
 """
 
 import argparse
@@ -83,11 +87,16 @@ def run_head(fusion: str, seeds: list[int], steps: int, data_dir: str, workdir: 
     runs = []
     for seed in seeds:
         run_dir = workdir / fusion / f"seed{seed}"
+        done = run_dir / "compare_row.json"
+        if done.exists():  # finished by an earlier, interrupted invocation
+            runs.append(json.loads(done.read_text()))
+            continue
         results = mmjax.train(experiment(fusion, seed, steps, data_dir), run_dir, progress=False)
         row = dict(results["accuracy"])
         for removed in ("audio", "image"):
             only = evaluate_workdir(run_dir, ("test",), data_root=data_dir, missing=(removed,))
             row[f"test_without_{removed}"] = only["test"]["accuracy"]
+        done.write_text(json.dumps(row))
         runs.append(row)
         print(f"{fusion} seed {seed}: {row}", flush=True)
     summary = {key: [r[key] for r in runs] for key in runs[0]}
