@@ -315,12 +315,25 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_batch_size: int = 100
     eval_splits: tuple[str, ...] = ("test",)
+    # Fine-tuning: a fresh run copies these modules' parameters (and batch statistics) from
+    # the latest checkpoint of the workdir `init_from`; a resumed run ignores both.
+    init_from: str = ""
+    init_modules: tuple[str, ...] = ("encoders",)
 
     def __post_init__(self):
         positive = ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints")
         _require(
             "train",
             {name: (getattr(self, name) >= 1, ">= 1") for name in (*positive, "eval_batch_size")},
+        )
+        _require(
+            "train",
+            {
+                "init_modules": (
+                    not self.init_from or bool(self.init_modules),
+                    "a non-empty list of module paths (like 'encoders.audio') with init_from",
+                )
+            },
         )
 
 

@@ -8,13 +8,10 @@ import numpy as np
 from flax import nnx
 
 from mmjax.config import experiment_from
-from mmjax.errors import CheckpointError
 from mmjax.models import validate_batch
 from mmjax.parallel import data_mesh
-from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.loop import sample_shapes
-from mmjax.train.state import abstract_state, state_shardings
-from mmjax.train.workdir import read_experiment
+from mmjax.train.workdir import read_experiment, restore_trained
 
 
 class Predictor:
@@ -29,17 +26,7 @@ class Predictor:
         self.sample_shapes = sample_shapes(self.dataset, self.modalities)
         self.num_classes = self.experiment.model.num_classes
         mesh = data_mesh(jax.devices()[:1])
-        graphdef, abstract = abstract_state(self.experiment)
-        checkpointer = Checkpointer(
-            workdir / "checkpoints", keep=self.experiment.train.keep_checkpoints, read_only=True
-        )
-        try:
-            self.step = step if step is not None else checkpointer.latest_step()
-            if self.step is None:
-                raise CheckpointError(f"{workdir} has no checkpoint yet; train first")
-            state = checkpointer.restore(self.step, abstract, state_shardings(abstract, mesh))
-        finally:
-            checkpointer.close()
+        self.step, graphdef, state = restore_trained(workdir, self.experiment, mesh, step=step)
         model, _ = nnx.merge(graphdef, state)
         graphdef, params = nnx.split(model)
         self._forward = jax.jit(

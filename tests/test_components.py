@@ -13,7 +13,7 @@ from mmjax.models.layers import Features, jit_init
 from mmjax.registry import ENCODERS, FUSIONS, MODELS
 
 B = 2
-# Test-size values for size fields of any encoder Config (DESIGN: tiny sizes in tests).
+# Test values for fields of any encoder Config: tiny sizes (DESIGN), every loss switched on.
 TINY = {
     "width": 8,
     "hidden": 32,
@@ -23,11 +23,12 @@ TINY = {
     "heads": 2,
     "intermediate": 64,
     "vocab_size": 1000,
+    "reconstruction_weight": 1.0,  # so an autoencoder's decoder has something to learn from
 }
 
 
 def tiny_config(cls):
-    """`cls.Config()` with every size field that TINY names shrunk."""
+    """`cls.Config()` with every field that TINY names set to its test value."""
     names = {f.name for f in dataclasses.fields(cls.Config)}
     return cls.Config(**{k: v for k, v in TINY.items() if k in names})
 
@@ -64,8 +65,14 @@ def test_encoder_contract(name):
 
     @jax.jit
     def grads(params, rest, x):
-        encoder = nnx.merge(graphdef, params, rest)
-        return nnx.grad(lambda m: m(x, train=True).pooled.sum())(encoder)
+        # A random projection, not a plain sum: the sum of a LayerNorm output is constant.
+        def loss(m):
+            out = m(x, train=True)
+            weights = jax.random.normal(jax.random.key(1), out.pooled.shape)
+            total = jnp.sum(out.pooled * weights) + jnp.sum(jnp.square(out.tokens))
+            return total + sum(getattr(m, "aux_loss", lambda *_, **__: {})(x, train=True).values())
+
+        return nnx.grad(loss)(nnx.merge(graphdef, params, rest))
 
     features = forward(params, rest, x)
     assert isinstance(features, Features)
@@ -77,9 +84,13 @@ def test_encoder_contract(name):
     for _ in range(2):
         forward(params, rest, x)
     assert len(traces) == 1
-    leaves = jax.tree.leaves(grads(params, rest, x))
-    assert leaves and all(np.isfinite(np.asarray(g)).all() for g in leaves)
-    assert any(np.abs(np.asarray(g)).sum() > 0 for g in leaves)
+    flat = nnx.to_flat_state(nnx.state(grads(params, rest, x), nnx.Param))
+    stuck = [
+        "/".join(map(str, path))
+        for path, g in flat
+        if not (np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).sum() > 0)
+    ]
+    assert flat and not stuck, f"parameters with zero or non-finite gradients: {stuck}"
 
 
 def test_text_padding_is_masked():

@@ -72,7 +72,7 @@ class CLIPHead(_TwoTower):
 
     def __init__(self, dims: dict[str, int], cfg: _TwoTower.Config, *, rngs: nnx.Rngs):
         super().__init__(dims, cfg, rngs=rngs)
-        self.log_scale = nnx.Param(jnp.log(jnp.asarray(1 / 0.07)))
+        self.log_scale = nnx.Param(jnp.log(jnp.asarray(1 / 0.07, jnp.float32)))
 
     def pair_loss(self, a: jax.Array, b: jax.Array, valid: jax.Array) -> jax.Array:
         """a, b [B, D] unit vectors; valid [B]: rows where both modalities are present."""
@@ -92,8 +92,8 @@ class SigLIPHead(_TwoTower):
 
     def __init__(self, dims: dict[str, int], cfg: _TwoTower.Config, *, rngs: nnx.Rngs):
         super().__init__(dims, cfg, rngs=rngs)
-        self.log_scale = nnx.Param(jnp.log(jnp.asarray(10.0)))
-        self.bias = nnx.Param(jnp.asarray(-10.0))
+        self.log_scale = nnx.Param(jnp.log(jnp.asarray(10.0, jnp.float32)))
+        self.bias = nnx.Param(jnp.asarray(-10.0, jnp.float32))
 
     def pair_loss(self, a: jax.Array, b: jax.Array, valid: jax.Array) -> jax.Array:
         """a, b [B, D] unit vectors; valid [B]: rows where both modalities are present."""

@@ -91,3 +91,12 @@ def avdigits_audio_autoencoder() -> dict[str, Any]:
         "adversarial_weight": 0.0,
         "classification_weight": 0.0,
     }
+
+
+@MODELS.register("avdigits_audio_conv")
+def avdigits_audio_conv() -> dict[str, Any]:
+    """AV-Digits audio classifier on the conv autoencoder's encoder (fine-tune after
+    `avdigits_audio_autoencoder` pretraining with train.init_from)."""
+    model = avdigits_audio_autoencoder()
+    model["encoders"]["audio"]["reconstruction_weight"] = 0.0
+    return model | {"classification_weight": 1.0}

@@ -20,7 +20,13 @@ from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics import MetricsLog
 from mmjax.train.state import init_state, state_shardings
 from mmjax.train.step import make_eval_step, make_train_step
-from mmjax.train.workdir import read_experiment, resume_conflicts, write_experiment
+from mmjax.train.warm_start import warm_start
+from mmjax.train.workdir import (
+    read_experiment,
+    restore_trained,
+    resume_conflicts,
+    write_experiment,
+)
 
 
 def _as_dict(config: ConfigDict | dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +161,8 @@ def train(
     checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
     log = MetricsLog(workdir / "metrics.jsonl", exp.train.log_every)
     try:
+        if exp.train.init_from and checkpointer.latest_step() is None:
+            state = warm_start(graphdef, state, exp, mesh)
         step, state, earlier_seconds = _resume(checkpointer, config, state, shardings, data_iter)
         write_experiment(workdir, config, info)
         train_step = make_train_step(graphdef, shardings, mesh)
@@ -222,17 +230,7 @@ def evaluate_workdir(
         config["data"]["root"] = data_root
     exp = experiment_from(config)
     mesh = data_mesh()
-    graphdef, state = init_state(exp, mesh)
-    checkpointer = Checkpointer(
-        workdir / "checkpoints", keep=exp.train.keep_checkpoints, read_only=True
-    )
-    try:
-        step = checkpointer.latest_step()
-        if step is None:
-            raise CheckpointError(f"{workdir} has no checkpoint yet; train first")
-        state = checkpointer.restore(step, state, state_shardings(state, mesh))
-    finally:
-        checkpointer.close()
+    _, graphdef, state = restore_trained(workdir, exp, mesh)
     unknown = [m for m in missing if m not in exp.model.modalities]
     if unknown:
         raise ConfigError(

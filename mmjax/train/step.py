@@ -16,6 +16,17 @@ def _inputs(batch: Batch) -> Batch:
     return {k: v for k, v in batch.items() if k != "label"}
 
 
+def training_loss(
+    model: nnx.Module, batch: Batch
+) -> tuple[jax.Array, tuple[jax.Array, dict[str, jax.Array]]]:
+    """(total loss, (logits [B, C], {term: scalar})): weighted cross-entropy plus every
+    auxiliary loss the model reports (reconstruction, contrastive, adversarial)."""
+    logits, aux = model.forward(_inputs(batch), train=True)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    total = model.classification_weight * ce + sum(aux.values())
+    return total, (logits, {"cross_entropy": ce, **aux})
+
+
 def make_train_step(
     graphdef: nnx.GraphDef, shardings: nnx.State, mesh: jax.sharding.Mesh
 ) -> Callable[[nnx.State, Batch], tuple[nnx.State, dict[str, jax.Array]]]:
@@ -24,13 +35,9 @@ def make_train_step(
     def train_step(state: nnx.State, batch: Batch) -> tuple[nnx.State, dict[str, jax.Array]]:
         model, optimizer = nnx.merge(graphdef, state)
 
-        def loss_fn(model: nnx.Module) -> tuple[jax.Array, tuple[jax.Array, dict]]:
-            logits, aux = model.forward(_inputs(batch), train=True)
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-            total = model.classification_weight * ce + sum(aux.values())
-            return total, (logits, {"cross_entropy": ce, **aux})
-
-        (loss, (logits, terms)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (loss, (logits, terms)), grads = nnx.value_and_grad(training_loss, has_aux=True)(
+            model, batch
+        )
         optimizer.update(model, grads)
         metrics = {
             "loss": loss,

@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+from flax import nnx
 
-from mmjax.config import experiment_from
+from mmjax.config import ExperimentConfig, experiment_from
 from mmjax.errors import CheckpointError, MmjaxError
+from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.state import abstract_state, state_shardings
 
 EXPERIMENT_FILE = "experiment.json"
 # Settings a resumed run may change: they do not alter the parameters it computes.
@@ -69,3 +72,22 @@ def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
         for key in sorted(set(old) | set(new))
         if old.get(key) != new.get(key) and not key.startswith(RESUMABLE_CHANGES)
     ]
+
+
+def restore_trained(
+    workdir: Path, exp: ExperimentConfig, mesh: jax.sharding.Mesh, *, step: int | None = None
+) -> tuple[int, nnx.GraphDef, nnx.State]:
+    """(step, graphdef, state) of `workdir`'s checkpoint `step` (default: the latest),
+    replicated on `mesh`. The checkpoint directory is opened read-only."""
+    graphdef, abstract = abstract_state(exp)
+    checkpointer = Checkpointer(
+        Path(workdir) / "checkpoints", keep=exp.train.keep_checkpoints, read_only=True
+    )
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"{workdir} has no checkpoint yet; train first")
+        state = checkpointer.restore(step, abstract, state_shardings(abstract, mesh))
+    finally:
+        checkpointer.close()
+    return step, graphdef, state
