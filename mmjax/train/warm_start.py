@@ -51,8 +51,8 @@ def warm_start(
     for path in exp.train.init_modules:
         src = _submodule(source_model, path, f"source ({source})")
         dst = _submodule(model, path, "new")
-        if _shapes(src) != _shapes(dst):
-            src_shapes, dst_shapes = _shapes(src), _shapes(dst)
+        src_shapes, dst_shapes = _shapes(src), _shapes(dst)
+        if src_shapes != dst_shapes:
             diff = sorted(
                 "/".join(map(str, k)) + f": {src_shapes.get(k)} -> {dst_shapes.get(k)}"
                 for k in set(src_shapes) | set(dst_shapes)
