@@ -210,6 +210,7 @@ class ModelConfig:
     num_classes: int
     adversarial_weight: float = 0.0  # > 0 adds adversarial modality alignment to the loss
     classification_weight: float = 1.0  # 0: no cross-entropy (e.g. reconstruction pretraining)
+    frozen: tuple[str, ...] = ()  # modalities whose encoders keep their weights (and BN stats)
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -222,7 +223,14 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
 
     if isinstance(section, ConfigDict):
         section = section.to_dict()
-    known = {"encoders", "fusion", "num_classes", "adversarial_weight", "classification_weight"}
+    known = {
+        "encoders",
+        "fusion",
+        "num_classes",
+        "adversarial_weight",
+        "classification_weight",
+        "frozen",
+    }
     for key in section:
         if key not in known:
             raise ConfigError(
@@ -232,6 +240,13 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
     encoders = section.get("encoders") or {}
     if not encoders:
         raise ConfigError("config key 'model.encoders' must name at least one modality")
+    frozen = _check_type(section.get("frozen", ()), tuple[str, ...], "model.frozen")
+    unknown = sorted(set(frozen) - set(encoders))
+    if unknown:
+        raise ConfigError(
+            f"config key 'model.frozen': {unknown} are not modalities of this model "
+            f"(it has {', '.join(sorted(encoders))})"
+        )
     return ModelConfig(
         encoders=tuple(
             (modality, component_from_mapping(ENCODERS, spec, f"model.encoders.{modality}"))
@@ -245,6 +260,7 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
         classification_weight=_check_type(
             section.get("classification_weight", 1.0), float, "model.classification_weight"
         ),
+        frozen=tuple(sorted(frozen)),
     )
 
 

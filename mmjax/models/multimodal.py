@@ -35,12 +35,23 @@ class MultimodalModel(nnx.Module):
         head: nnx.Module,
         aligner: nnx.Module | None = None,
         classification_weight: float = 1.0,
+        frozen: tuple[str, ...] = (),
     ):
         self.encoders = nnx.Dict(encoders)
         self.fusion = fusion
         self.head = head
         self.aligner = nnx.data(aligner)
         self.classification_weight = classification_weight  # of the cross-entropy in training
+        self.frozen = tuple(frozen)  # encoders run in inference mode, outside the gradient
+
+    def trainable(self) -> nnx.filterlib.Filter:
+        """The parameters training updates: every nnx.Param outside the frozen encoders."""
+        frozen = set(self.frozen)
+
+        def in_frozen_encoder(path: tuple, _: Any) -> bool:
+            return len(path) > 1 and path[0] == "encoders" and path[1] in frozen
+
+        return nnx.All(nnx.Param, nnx.Not(in_frozen_encoder))
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -56,7 +67,7 @@ class MultimodalModel(nnx.Module):
         features, masks = self.encode(batch, train=train)
         aux = {}
         for m, encoder in self.encoders.items():
-            if m in batch and hasattr(encoder, "aux_loss"):
+            if m in batch and m not in self.frozen and hasattr(encoder, "aux_loss"):
                 aux.update(encoder.aux_loss(batch[m], train=train))
         if hasattr(self.fusion, "aux_loss"):
             aux.update(self.fusion.aux_loss(features, masks))
@@ -73,7 +84,11 @@ class MultimodalModel(nnx.Module):
         size = batch[present[0]].shape[0]
         features, masks = {}, {}
         for m in self.modalities:
-            if m in batch:
+            if m in self.frozen and m in batch:
+                out = self.encoders[m](batch[m], train=False)
+                features[m] = jax.tree.map(jax.lax.stop_gradient, out)
+                masks[m] = batch.get(f"{m}_mask", jnp.ones((size,), bool))
+            elif m in batch:
                 features[m] = self.encoders[m](batch[m], train=train)
                 masks[m] = batch.get(f"{m}_mask", jnp.ones((size,), bool))
             else:
@@ -92,7 +107,9 @@ def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs) -> MultimodalModel:
     aligner = None
     if cfg.adversarial_weight > 0:
         aligner = ModalityDiscriminator(dims, weight=cfg.adversarial_weight, rngs=rngs)
-    return MultimodalModel(encoders, fusion, head, aligner, cfg.classification_weight)
+    return MultimodalModel(
+        encoders, fusion, head, aligner, cfg.classification_weight, frozen=cfg.frozen
+    )
 
 
 def _fail(field: str, expected: str, got: Any) -> None:

@@ -17,6 +17,7 @@ def avdigits_late() -> dict[str, Any]:
         "num_classes": 10,
         "adversarial_weight": 0.0,
         "classification_weight": 1.0,
+        "frozen": (),
     }
 
 
@@ -32,6 +33,7 @@ def avdigits_early() -> dict[str, Any]:
         "num_classes": 10,
         "adversarial_weight": 0.0,
         "classification_weight": 1.0,
+        "frozen": (),
     }
 
 
@@ -44,6 +46,7 @@ def avdigits_image() -> dict[str, Any]:
         "num_classes": 10,
         "adversarial_weight": 0.0,
         "classification_weight": 1.0,
+        "frozen": (),
     }
 
 
@@ -56,6 +59,7 @@ def avdigits_audio() -> dict[str, Any]:
         "num_classes": 10,
         "adversarial_weight": 0.0,
         "classification_weight": 1.0,
+        "frozen": (),
     }
 
 
@@ -71,6 +75,7 @@ def resnet18_bilstm_late() -> dict[str, Any]:
         "num_classes": 10,
         "adversarial_weight": 0.0,
         "classification_weight": 1.0,
+        "frozen": (),
     }
 
 
@@ -90,6 +95,7 @@ def avdigits_audio_autoencoder() -> dict[str, Any]:
         "num_classes": 10,
         "adversarial_weight": 0.0,
         "classification_weight": 0.0,
+        "frozen": (),
     }
 
 

@@ -12,7 +12,7 @@ from mmjax.train.optim import make_optimizer
 def _model_and_optimizer(exp: ExperimentConfig) -> tuple[nnx.Module, nnx.Optimizer]:
     model = build_model(exp.model, rngs=nnx.Rngs(exp.train.seed))
     tx = make_optimizer(exp.optim, exp.train.steps)
-    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+    return model, nnx.Optimizer(model, tx, wrt=model.trainable())
 
 
 def abstract_state(exp: ExperimentConfig) -> tuple[nnx.GraphDef, nnx.State]:

@@ -35,9 +35,10 @@ def make_train_step(
     def train_step(state: nnx.State, batch: Batch) -> tuple[nnx.State, dict[str, jax.Array]]:
         model, optimizer = nnx.merge(graphdef, state)
 
-        (loss, (logits, terms)), grads = nnx.value_and_grad(training_loss, has_aux=True)(
-            model, batch
-        )
+        differentiate = nnx.DiffState(0, model.trainable())
+        (loss, (logits, terms)), grads = nnx.value_and_grad(
+            training_loss, argnums=differentiate, has_aux=True
+        )(model, batch)
         optimizer.update(model, grads)
         metrics = {
             "loss": loss,
