@@ -1,0 +1,67 @@
+"""Build catalog encoders with their published weights; tokenise text for them."""
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mmjax.errors import ConfigError, DataError
+from mmjax.models.layers import Features, jit_init
+from mmjax.pretrained.assign import TrackedWeights, assign
+from mmjax.pretrained.catalog import PretrainedEncoder, entry, package_dir, weight_file
+from mmjax.registry import ENCODERS
+
+
+def place(encoder: nnx.Module, spec: PretrainedEncoder) -> None:
+    """Overwrite `encoder`'s parameters with the published weights of `spec`, in place."""
+    path = weight_file(spec)
+    weights = TrackedWeights(spec.read(path), str(path))
+    table = spec.table(weights)
+    assign(encoder, table, source=str(path), unused=weights.unread(spec.ignored))
+
+
+def load_encoder(name: str) -> nnx.Module:
+    """The catalog encoder `name` (see `mmjax.pretrained.CATALOG`) with its weights."""
+    spec = entry(name)
+    cls = ENCODERS.get(spec.encoder)
+    encoder = jit_init(lambda: cls(cls.Config(**spec.config), rngs=nnx.Rngs(0)))
+    place(encoder, spec)
+    return encoder
+
+
+def load_classifier(name: str) -> nnx.Linear:
+    """The published classification layer of catalog encoder `name` (e.g. EfficientNet-Lite0's
+    ImageNet-1k head): pooled features [B, D] -> logits [B, classes]."""
+    spec = entry(name)
+    if not spec.classifier:
+        raise ConfigError(f"pretrained {name!r} publishes no classifier")
+    path = weight_file(spec)
+    weights = spec.read(path)
+    kernel, bias = (weights[n] for n in spec.classifier)
+    layer = nnx.Linear(kernel.shape[1], kernel.shape[0], rngs=nnx.Rngs(0))
+    assign(layer, {("kernel",): kernel.T, ("bias",): bias}, source=str(path))
+    return layer
+
+
+def tokenize(name: str, texts: list[str], *, length: int | None = None) -> np.ndarray:
+    """Token ids [N, L] int32 for a catalog text encoder, padded with 0 to the longest text
+    (or to `length`, which keeps one compiled shape) and truncated as its reference does."""
+    from tokenizers import Tokenizer
+
+    spec = entry(name)
+    if not spec.tokenizer:
+        raise ConfigError(f"pretrained {name!r} is not a text encoder; it has no tokenizer")
+    path = package_dir(spec) / spec.tokenizer
+    if not path.is_file():
+        raise DataError(f"{spec.package} has no {spec.tokenizer}; {spec.install_line()}")
+    tokenizer = Tokenizer.from_file(str(path))
+    limit = min(spec.max_tokens, length) if length else spec.max_tokens
+    tokenizer.enable_truncation(limit)
+    tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=length)
+    return np.asarray([e.ids for e in tokenizer.encode_batch(list(texts))], np.int32)
+
+
+def sentence_embedding(features: Features) -> jnp.ndarray:
+    """Unit-length sentence vectors [N, D] from a text encoder's mean-pooled Features, as
+    all-MiniLM-L6-v2's Normalize module makes them."""
+    pooled = features.pooled
+    return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
