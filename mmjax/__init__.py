@@ -11,6 +11,7 @@ from mmjax.errors import CheckpointError, ConfigError, DataError, InputError, Mm
 from mmjax.models import MultimodalModel, build_model
 from mmjax.models.layers import jit_init
 from mmjax.predict import Predictor, load_predictor
+from mmjax.pretrained import load_encoder, place_pretrained
 from mmjax.registry import DATASETS, ENCODERS, FUSIONS, MODELS
 from mmjax.train.loop import evaluate_workdir, train
 
@@ -24,13 +25,21 @@ def list_models() -> list[str]:
 
 def create_model(name: str, *, seed: int = 0, **overrides: Any) -> MultimodalModel:
     """Build registered model `name`; overrides are dotted keys or sections of its config,
-    e.g. `create_model("avdigits_late", **{"fusion.hidden": 256})`."""
+    e.g. `create_model("avdigits_late", **{"fusion.hidden": 256})`, or
+    `pretrained={"text": "minilm-l6"}` to start encoders from published weights."""
     section = ConfigDict(MODELS.get(name)())
     section.lock()
     for key, value in overrides.items():
         set_value(section, key, value)
     cfg = model_config_from(section)
-    return jit_init(lambda: build_model(cfg, rngs=nnx.Rngs(seed)))
+    model = jit_init(lambda: build_model(cfg, rngs=nnx.Rngs(seed)))
+    place_pretrained(model, cfg)
+    return model
+
+
+def load_pretrained(name: str) -> nnx.Module:
+    """A catalog encoder with its published weights (`mmjax.pretrained.CATALOG`)."""
+    return load_encoder(name)
 
 
 __all__ = [
@@ -50,5 +59,6 @@ __all__ = [
     "list_models",
     "load_config_file",
     "load_predictor",
+    "load_pretrained",
     "train",
 ]

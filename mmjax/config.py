@@ -211,6 +211,8 @@ class ModelConfig:
     adversarial_weight: float = 0.0  # > 0 adds adversarial modality alignment to the loss
     classification_weight: float = 1.0  # 0: no cross-entropy (e.g. reconstruction pretraining)
     frozen: tuple[str, ...] = ()  # modalities whose encoders keep their weights (and BN stats)
+    # (modality, catalog name) pairs: encoders that start from published weights
+    pretrained: tuple[tuple[str, str], ...] = ()
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -230,6 +232,7 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
         "adversarial_weight",
         "classification_weight",
         "frozen",
+        "pretrained",
     }
     for key in section:
         if key not in known:
@@ -247,11 +250,12 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
             f"config key 'model.frozen': {unknown} are not modalities of this model "
             f"(it has {', '.join(sorted(encoders))})"
         )
+    components = tuple(
+        (modality, component_from_mapping(ENCODERS, spec, f"model.encoders.{modality}"))
+        for modality, spec in sorted(encoders.items())
+    )
     return ModelConfig(
-        encoders=tuple(
-            (modality, component_from_mapping(ENCODERS, spec, f"model.encoders.{modality}"))
-            for modality, spec in sorted(encoders.items())
-        ),
+        encoders=components,
         fusion=component_from_mapping(FUSIONS, section.get("fusion"), "model.fusion"),
         num_classes=_check_type(section.get("num_classes"), int, "model.num_classes"),
         adversarial_weight=_check_type(
@@ -261,7 +265,40 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
             section.get("classification_weight", 1.0), float, "model.classification_weight"
         ),
         frozen=tuple(sorted(frozen)),
+        pretrained=_pretrained_from(section.get("pretrained") or {}, dict(components)),
     )
+
+
+def _pretrained_from(
+    mapping: Mapping[str, Any], components: dict[str, Component]
+) -> tuple[tuple[str, str], ...]:
+    """Checked (modality, catalog name) pairs of `model.pretrained`; "" means none."""
+    from mmjax.pretrained.catalog import entry
+
+    pairs = []
+    for modality, name in sorted(_check_type(mapping, dict, "model.pretrained").items()):
+        where = f"model.pretrained.{modality}"
+        if modality not in components:
+            raise ConfigError(
+                f"config key {where!r}: not a modality of this model "
+                f"(it has {', '.join(sorted(components))})"
+            )
+        if not _check_type(name, str, where):
+            continue
+        spec, component = entry(name), components[modality]
+        if component.name != spec.encoder:
+            raise ConfigError(
+                f"config key {where!r}: {name!r} is a {spec.encoder} encoder, but "
+                f"model.encoders.{modality} is {component.name}"
+            )
+        for field, value in spec.config.items():
+            if getattr(component.cfg, field) != value:
+                raise ConfigError(
+                    f"config key 'model.encoders.{modality}.{field}' is "
+                    f"{getattr(component.cfg, field)!r}; pretrained {name!r} needs {value!r}"
+                )
+        pairs.append((modality, name))
+    return tuple(pairs)
 
 
 def _require(section: str, checks: dict[str, tuple[bool, str]]) -> None:

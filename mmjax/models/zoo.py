@@ -18,6 +18,7 @@ def avdigits_late() -> dict[str, Any]:
         "adversarial_weight": 0.0,
         "classification_weight": 1.0,
         "frozen": (),
+        "pretrained": {"image": "", "audio": ""},
     }
 
 
@@ -34,6 +35,7 @@ def avdigits_early() -> dict[str, Any]:
         "adversarial_weight": 0.0,
         "classification_weight": 1.0,
         "frozen": (),
+        "pretrained": {"image": "", "audio": ""},
     }
 
 
@@ -47,6 +49,7 @@ def avdigits_image() -> dict[str, Any]:
         "adversarial_weight": 0.0,
         "classification_weight": 1.0,
         "frozen": (),
+        "pretrained": {"image": ""},
     }
 
 
@@ -60,6 +63,7 @@ def avdigits_audio() -> dict[str, Any]:
         "adversarial_weight": 0.0,
         "classification_weight": 1.0,
         "frozen": (),
+        "pretrained": {"audio": ""},
     }
 
 
@@ -76,6 +80,7 @@ def resnet18_bilstm_late() -> dict[str, Any]:
         "adversarial_weight": 0.0,
         "classification_weight": 1.0,
         "frozen": (),
+        "pretrained": {"image": "", "text": ""},
     }
 
 
@@ -96,6 +101,7 @@ def avdigits_audio_autoencoder() -> dict[str, Any]:
         "adversarial_weight": 0.0,
         "classification_weight": 0.0,
         "frozen": (),
+        "pretrained": {"audio": ""},
     }
 
 
@@ -106,3 +112,30 @@ def avdigits_audio_conv() -> dict[str, Any]:
     model = avdigits_audio_autoencoder()
     model["encoders"]["audio"]["reconstruction_weight"] = 0.0
     return model | {"classification_weight": 1.0}
+
+
+@MODELS.register("efficientnet_minilm_late")
+def efficientnet_minilm_late() -> dict[str, Any]:
+    """Image + caption classifier on ImageNet EfficientNet-Lite0 and MiniLM-L6 sentence
+    encoders, late concat + MLP; start from the published weights with
+    `pretrained={"image": "efficientnet-lite0", "text": "minilm-l6"}` (and freeze with
+    `frozen=("image", "text")` to train only the head)."""
+    return {
+        "encoders": {
+            "image": {"name": "efficientnet_lite0", "in_channels": 3},
+            "text": {
+                "name": "text_transformer",
+                "vocab_size": 30522,
+                "hidden": 384,
+                "layers": 6,
+                "heads": 12,
+                "intermediate": 1536,
+            },
+        },
+        "fusion": {"name": "late_concat", "hidden": 256, "dropout": 0.1},
+        "num_classes": 10,
+        "adversarial_weight": 0.0,
+        "classification_weight": 1.0,
+        "frozen": (),
+        "pretrained": {"image": "", "text": ""},
+    }

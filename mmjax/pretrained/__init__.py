@@ -6,6 +6,7 @@ from mmjax.pretrained.load import (
     load_classifier,
     load_encoder,
     place,
+    place_pretrained,
     sentence_embedding,
     tokenize,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "load_safetensors",
     "load_torch_file",
     "place",
+    "place_pretrained",
     "sentence_embedding",
     "tokenize",
 ]

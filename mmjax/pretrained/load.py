@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mmjax.config import ModelConfig
 from mmjax.errors import ConfigError, DataError
+from mmjax.models import MultimodalModel
 from mmjax.models.layers import Features, jit_init
 from mmjax.pretrained.assign import TrackedWeights, assign
 from mmjax.pretrained.catalog import PretrainedEncoder, entry, package_dir, weight_file
@@ -17,6 +19,12 @@ def place(encoder: nnx.Module, spec: PretrainedEncoder) -> None:
     weights = TrackedWeights(spec.read(path), str(path))
     table = spec.table(weights)
     assign(encoder, table, source=str(path), unused=weights.unread(spec.ignored))
+
+
+def place_pretrained(model: MultimodalModel, cfg: ModelConfig) -> None:
+    """Put the published weights named by `cfg.pretrained` into `model`'s encoders."""
+    for modality, name in cfg.pretrained:
+        place(model.encoders[modality], entry(name))
 
 
 def load_encoder(name: str) -> nnx.Module:

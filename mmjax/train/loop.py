@@ -161,7 +161,8 @@ def train(
     checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
     log = MetricsLog(workdir / "metrics.jsonl", exp.train.log_every)
     try:
-        if exp.train.init_from and checkpointer.latest_step() is None:
+        fresh = checkpointer.latest_step() is None
+        if fresh and (exp.train.init_from or exp.model.pretrained):
             state = warm_start(graphdef, state, exp, mesh)
         step, state, earlier_seconds = _resume(checkpointer, config, state, shardings, data_iter)
         write_experiment(workdir, config, info)

@@ -1,4 +1,5 @@
-"""Start a fresh run from modules of another run's checkpoint (fine-tuning after pretraining)."""
+"""Start a fresh run from published encoder weights and from modules of another run's
+checkpoint (fine-tuning after pretraining)."""
 
 from pathlib import Path
 
@@ -8,6 +9,7 @@ from flax import nnx
 
 from mmjax.config import ExperimentConfig, experiment_from
 from mmjax.errors import ConfigError
+from mmjax.pretrained import place_pretrained
 from mmjax.train.state import state_shardings
 from mmjax.train.workdir import read_experiment, restore_trained
 
@@ -41,13 +43,23 @@ def _shapes(module: nnx.Module) -> dict[tuple, tuple[int, ...]]:
 def warm_start(
     graphdef: nnx.GraphDef, state: nnx.State, exp: ExperimentConfig, mesh: jax.sharding.Mesh
 ) -> nnx.State:
-    """`state` with `exp.train.init_modules` replaced by those of `exp.train.init_from`'s
-    latest checkpoint. Every copied module must match the source in names and shapes."""
+    """`state` with published weights in the encoders `exp.model.pretrained` names, then
+    `exp.train.init_modules` copied from `exp.train.init_from`'s latest checkpoint."""
+    model, optimizer = nnx.merge(graphdef, state)
+    place_pretrained(model, exp.model)
+    if exp.train.init_from:
+        _copy_modules(model, exp, mesh)
+    new_state = nnx.state((model, optimizer))
+    return jax.device_put(new_state, state_shardings(new_state, mesh))
+
+
+def _copy_modules(model: nnx.Module, exp: ExperimentConfig, mesh: jax.sharding.Mesh) -> None:
+    """Copy `exp.train.init_modules` from `exp.train.init_from`; every copied module must match
+    the source in names and shapes."""
     source = Path(exp.train.init_from)
     source_exp = experiment_from(read_experiment(source)["config"])
     _, source_graphdef, source_state = restore_trained(source, source_exp, mesh)
     source_model, _ = nnx.merge(source_graphdef, source_state)
-    model, optimizer = nnx.merge(graphdef, state)
     for path in exp.train.init_modules:
         src = _submodule(source_model, path, f"source ({source})")
         dst = _submodule(model, path, "new")
@@ -63,5 +75,3 @@ def warm_start(
                 f"(source -> new: {'; '.join(diff[:5])}{' ...' if len(diff) > 5 else ''})"
             )
         nnx.update(dst, nnx.state(src, COPIED))
-    new_state = nnx.state((model, optimizer))
-    return jax.device_put(new_state, state_shardings(new_state, mesh))

@@ -1,0 +1,67 @@
+"""model.pretrained: registered models start encoders from published weights, through
+create_model and through a fresh training run; mismatches are config errors."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import mmjax
+from mmjax.config import experiment_from
+from mmjax.experiments import avdigits_config
+from mmjax.parallel import data_mesh
+from mmjax.pretrained import catalog
+from mmjax.train.state import init_state
+from mmjax.train.warm_start import warm_start
+
+
+def _file(name: str) -> dict[str, np.ndarray]:
+    spec = catalog.entry(name)
+    return spec.read(catalog.weight_file(spec))
+
+
+def test_create_model_places_both_encoders():
+    model = mmjax.create_model(
+        "efficientnet_minilm_late", pretrained={"image": "efficientnet-lite0", "text": "minilm-l6"}
+    )
+    text, image = _file("minilm-l6"), _file("efficientnet-lite0")
+    np.testing.assert_array_equal(
+        model.encoders["text"].embeddings.word.embedding[...],
+        text["embeddings.word_embeddings.weight"],
+    )
+    np.testing.assert_array_equal(
+        model.encoders["image"].blocks[15].depthwise.norm.var[...],
+        image["_blocks.15._bn1.running_var"],
+    )
+    np.testing.assert_array_equal(
+        model.encoders["image"].head.conv.kernel[...],
+        image["_conv_head.weight"].transpose(2, 3, 1, 0),
+    )
+
+
+def test_a_fresh_run_starts_from_the_published_weights():
+    config = avdigits_config("avdigits_late", "tiny").to_dict()
+    config["model"] = mmjax.MODELS.get("efficientnet_minilm_late")()
+    config["model"]["pretrained"] = {"image": "", "text": "minilm-l6"}
+    exp = experiment_from(config)
+    mesh = data_mesh()
+    graphdef, state = init_state(exp, mesh)
+    model = nnx.merge(graphdef, warm_start(graphdef, state, exp, mesh))[0]
+    layer = model.encoders["text"].layers[5].output
+    weights = _file("minilm-l6")
+    np.testing.assert_array_equal(
+        jax.device_get(layer.kernel[...]), weights["encoder.layer.5.output.dense.weight"].T
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"pretrained.image": "minilm-l6"}, "'minilm-l6' is a text_transformer encoder"),
+        ({"encoders.text.hidden": 256, "pretrained.text": "minilm-l6"}, "needs 384"),
+        ({"pretrained.image": "resnet-9000"}, "unknown pretrained encoder 'resnet-9000'"),
+    ],
+)
+def test_mismatches_are_config_errors(overrides, message):
+    with pytest.raises(mmjax.ConfigError, match=message):
+        mmjax.create_model("efficientnet_minilm_late", **overrides)
