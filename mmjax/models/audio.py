@@ -16,7 +16,7 @@ from mmjax.models.layers import (
     features_from_tokens,
     sinusoidal_positions,
 )
-from mmjax.models.logmel import LogMelConfig, log_mel_spectrogram
+from mmjax.models.logmel import LogMelConfig, log_mel_spectrogram, mel_spectrogram
 from mmjax.registry import ENCODERS
 
 
@@ -270,3 +270,48 @@ class AST(nnx.Module):
             tokens = block(tokens, mask, train=train)
         tokens = self.norm(tokens)
         return Features(tokens[:, 1:], mask[:, 1:], tokens[:, 0])
+
+
+@ENCODERS.register("speaker_lstm")
+class SpeakerLSTM(nnx.Module):
+    """GE2E speaker encoder (Wan et al. 2018) in Resemblyzer's layout: 40-band mel *power*
+    frames at 16 kHz (25 ms windows, 10 ms hop, no log) -> stacked LSTM -> Linear + ReLU.
+
+    tokens are the per-frame embeddings [B, T, dim]; pooled is the last frame's, L2-normalised,
+    which is Resemblyzer's embedding of a partial utterance (160 frames = 1.6 s in its use).
+    Takes a waveform [B, S] or mel frames [B, T, n_mels].
+    """
+
+    modality = "audio"
+
+    @dataclasses.dataclass(frozen=True)
+    class Config(LogMelFields):
+        sample_rate: int = 16000
+        n_fft: int = 400
+        hop_length: int = 160
+        hidden: int = 256
+        layers: int = 3
+        dim: int = 256
+
+    def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
+        self.mel = cfg.log_mel()
+        widths = (cfg.n_mels, *[cfg.hidden] * cfg.layers)
+        self.lstm = nnx.List(
+            [
+                nnx.RNN(nnx.OptimizedLSTMCell(c_in, c_out, rngs=rngs))
+                for c_in, c_out in itertools.pairwise(widths)
+            ]
+        )
+        self.linear = nnx.Linear(cfg.hidden, cfg.dim, rngs=rngs)
+        self.dim = cfg.dim
+
+    def __call__(self, x: jax.Array, *, train: bool) -> Features:
+        if x.ndim not in (2, 3):
+            raise InputError(f"audio: expected a waveform [B, S] or mels [B, T, F], got {x.shape}")
+        h = mel_spectrogram(x, self.mel) if x.ndim == 2 else x
+        for layer in self.lstm:
+            h = layer(h)
+        tokens = jax.nn.relu(self.linear(h))
+        last = tokens[:, -1]
+        pooled = last / jnp.maximum(jnp.linalg.norm(last, axis=-1, keepdims=True), 1e-12)
+        return Features(tokens, jnp.ones(tokens.shape[:2], bool), pooled)

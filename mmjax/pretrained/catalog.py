@@ -20,6 +20,8 @@ from mmjax.pretrained.bert import bert_table
 from mmjax.pretrained.efficientnet import CLASSIFIER as EFFICIENTNET_CLASSIFIER
 from mmjax.pretrained.efficientnet import NOT_USED as EFFICIENTNET_NOT_USED
 from mmjax.pretrained.efficientnet import efficientnet_table
+from mmjax.pretrained.resemblyzer import NOT_USED as RESEMBLYZER_NOT_USED
+from mmjax.pretrained.resemblyzer import speaker_lstm_table
 from mmjax.pretrained.safetensors_file import load_safetensors
 from mmjax.pretrained.torch_file import load_torch_file
 
@@ -93,6 +95,31 @@ CATALOG: dict[str, PretrainedEncoder] = {
             classifier=EFFICIENTNET_CLASSIFIER,
             expected="inputs (255 x - 127) / 128 at 224x224; ImageNet top-1 'Egyptian cat' "
             "(285) for skimage.data.chelsea(), 'espresso' (967) for coffee()",
+        ),
+        PretrainedEncoder(
+            name="resemblyzer",
+            package="resemblyzer",
+            module="resemblyzer",
+            file="pretrained.pt",
+            sha256="39373b86598fa3da9fcddee6142382efe09777e8d37dc9c0561f41f0070f134e",
+            licence="Apache-2.0",
+            source="Resemblyzer's GE2E speaker encoder (Wan et al. 2018), trained on "
+            "LibriSpeech, VoxCeleb 1 and 2",
+            encoder="speaker_lstm",
+            config={
+                "sample_rate": 16000,
+                "n_fft": 400,
+                "hop_length": 160,
+                "n_mels": 40,
+                "hidden": 256,
+                "layers": 3,
+                "dim": 256,
+            },
+            read=load_torch_file,
+            table=speaker_lstm_table,
+            ignored=RESEMBLYZER_NOT_USED,
+            expected="unit-norm, non-negative 256-d speaker embeddings equal to "
+            "VoiceEncoder.forward on the same 160 mel frames (16 kHz waveform)",
         ),
     ]
 }
