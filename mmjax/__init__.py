@@ -11,7 +11,8 @@ from mmjax.errors import CheckpointError, ConfigError, DataError, InputError, Mm
 from mmjax.models import MultimodalModel, build_model
 from mmjax.models.layers import jit_init
 from mmjax.predict import Predictor, load_predictor
-from mmjax.pretrained import load_encoder, place_pretrained
+from mmjax.pretrained import CATALOG, load_encoder, place_pretrained
+from mmjax.publish import PublishedModel, published_names
 from mmjax.registry import DATASETS, ENCODERS, FUSIONS, MODELS
 from mmjax.train.loop import evaluate_workdir, train
 
@@ -37,9 +38,17 @@ def create_model(name: str, *, seed: int = 0, **overrides: Any) -> MultimodalMod
     return model
 
 
-def load_pretrained(name: str) -> nnx.Module:
-    """A catalog encoder with its published weights (`mmjax.pretrained.CATALOG`)."""
-    return load_encoder(name)
+def load_pretrained(name: str) -> nnx.Module | PublishedModel:
+    """A catalog encoder with its published weights (`mmjax.pretrained.CATALOG`), or a
+    published fusion model (`mmjax.publish.published_names()`) ready to predict."""
+    if name in CATALOG:
+        return load_encoder(name)
+    if name in published_names():
+        return PublishedModel(name)
+    raise ConfigError(
+        f"no pretrained {name!r}; encoders: {', '.join(sorted(CATALOG))}; "
+        f"published models: {', '.join(published_names())}"
+    )
 
 
 __all__ = [

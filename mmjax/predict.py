@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mmjax.config import experiment_from
+from mmjax.config import ExperimentConfig, experiment_from
 from mmjax.models import validate_batch
 from mmjax.parallel import data_mesh
 from mmjax.train.loop import sample_shapes
@@ -17,17 +17,21 @@ from mmjax.train.workdir import read_experiment, restore_trained
 class Predictor:
     """`predict(image=..., audio=...)` -> probabilities [B, C] (or [C] for one unbatched sample)."""
 
-    def __init__(self, workdir: str | Path, *, step: int | None = None):
-        workdir = Path(workdir)
-        record = read_experiment(workdir)
-        self.experiment = experiment_from(record["config"])
-        self.dataset = record["dataset"]
-        self.modalities = self.experiment.model.modalities
-        self.sample_shapes = sample_shapes(self.dataset, self.modalities)
-        self.num_classes = self.experiment.model.num_classes
-        mesh = data_mesh(jax.devices()[:1])
-        self.step, graphdef, state = restore_trained(workdir, self.experiment, mesh, step=step)
-        model, _ = nnx.merge(graphdef, state)
+    def __init__(
+        self,
+        experiment: ExperimentConfig,
+        dataset: dict[str, Any],
+        model: nnx.Module,
+        *,
+        step: int | None = None,
+    ):
+        """`model` trained as `experiment` on `dataset` (the workdir record's description)."""
+        self.experiment = experiment
+        self.dataset = dataset
+        self.step = step
+        self.modalities = experiment.model.modalities
+        self.sample_shapes = sample_shapes(dataset, self.modalities)
+        self.num_classes = experiment.model.num_classes
         graphdef, params = nnx.split(model)
         self._forward = jax.jit(
             lambda params, batch: jax.nn.softmax(nnx.merge(graphdef, params)(batch, train=False))
@@ -47,4 +51,9 @@ class Predictor:
 
 def load_predictor(workdir: str | Path, *, step: int | None = None) -> Predictor:
     """The model of `workdir` at its latest (or the given) checkpoint step."""
-    return Predictor(workdir, step=step)
+    record = read_experiment(Path(workdir))
+    experiment = experiment_from(record["config"])
+    mesh = data_mesh(jax.devices()[:1])
+    step, graphdef, state = restore_trained(Path(workdir), experiment, mesh, step=step)
+    model, _ = nnx.merge(graphdef, state)
+    return Predictor(experiment, record["dataset"], model, step=step)

@@ -21,3 +21,11 @@ def avdigits_root(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("data")
     prepare_avdigits(root, small=True, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def full_root(tmp_path_factory: pytest.TempPathFactory):
+    """The full AV-Digits build (3,900 records; about 15-30 s on 2 cores)."""
+    root = tmp_path_factory.mktemp("avdigits_full")
+    prepare_avdigits(root, progress=False)
+    return root

@@ -4,17 +4,8 @@ import pytest
 
 import mmjax
 from mmjax.config import set_value
-from mmjax.data.builders.avdigits import prepare_avdigits
 
 STEPS = 300
-
-
-@pytest.fixture(scope="module")
-def full_root(tmp_path_factory):
-    """The full AV-Digits build (3,900 records; about 15-30 s on 2 cores)."""
-    root = tmp_path_factory.mktemp("avdigits_full")
-    prepare_avdigits(root, progress=False)
-    return root
 
 
 @pytest.mark.slow

@@ -1,0 +1,157 @@
+"""Published fusion models: trained weights + a JSON card, shipped inside the package.
+
+A published model lives in `mmjax/published/<name>/`: `card.json` (the experiment config,
+the dataset build's shard checksums, the metrics measured at publication, and the sha256 of
+every weight file) and `weights/`, an Orbax checkpoint of the model's parameters and batch
+statistics (no optimizer state, so it stays small).
+"""
+
+import datetime
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from mmjax.config import experiment_from
+from mmjax.data import sources
+from mmjax.errors import CheckpointError, ConfigError
+from mmjax.models import build_model
+from mmjax.models.layers import jit_init
+from mmjax.parallel import data_mesh
+from mmjax.predict import Predictor
+from mmjax.train.loop import evaluate
+from mmjax.train.state import init_state
+from mmjax.train.workdir import read_experiment, restore_trained
+
+PUBLISHED_DIR = Path(__file__).parent / "published"
+KEPT = (nnx.Param, nnx.BatchStat)
+
+
+def published_names() -> list[str]:
+    return sorted(p.parent.name for p in PUBLISHED_DIR.glob("*/card.json"))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _file_hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def _build_checksums(info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": info["name"],
+        "version": info.get("version"),
+        "shards": {
+            split: {s["file"]: s["sha256"] for s in entry["shards"]}
+            for split, entry in info["splits"].items()
+        },
+    }
+
+
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=PUBLISHED_DIR.parent
+        )
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def publish(workdir: str | Path, name: str, *, out_dir: Path = PUBLISHED_DIR) -> Path:
+    """Publish the latest checkpoint of the finished run in `workdir` as `out_dir/name`."""
+    workdir = Path(workdir)
+    target = Path(out_dir).absolute() / name
+    if target.exists():
+        raise ConfigError(f"{target} exists; remove it first to publish {name!r} again")
+    results_path = workdir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    if not results.get("completed"):
+        raise CheckpointError(f"{workdir} has not finished training; publish a completed run")
+    record = read_experiment(workdir)
+    exp = experiment_from(record["config"])
+    step, graphdef, state = restore_trained(workdir, exp, data_mesh(jax.devices()[:1]))
+    model, _ = nnx.merge(graphdef, state)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(target / "weights", nnx.to_pure_dict(nnx.state(model, KEPT)))
+    checkpointer.wait_until_finished()
+    info = sources.load_info(sources.data_root(exp.data.root), exp.data.name)
+    card = {
+        "name": name,
+        "published": datetime.date.today().isoformat(),
+        "publishing_revision": _git_revision(),  # the run may predate it
+        "step": step,
+        "parameters": sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))),
+        "config": record["config"],
+        "dataset": record["dataset"],
+        "dataset_build": _build_checksums(info),
+        "metrics": {"accuracy": results["accuracy"], "loss": results["loss"]},
+        "files": _file_hashes(target / "weights"),
+    }
+    (target / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    return target
+
+
+class PublishedModel(Predictor):
+    """A published model: `predict(...)` like a Predictor, its `card`, and `evaluate(split)`
+    on the local dataset build (equal to the card's accuracy when the build's checksums are)."""
+
+    @staticmethod
+    def folder_of(name: str, folder: Path = PUBLISHED_DIR) -> Path:
+        return Path(folder).absolute() / name
+
+    def __init__(self, name: str, folder: Path = PUBLISHED_DIR):
+        folder = self.folder_of(name, folder)
+        if not (folder / "card.json").is_file():
+            raise ConfigError(
+                f"no published model {name!r}; published: {', '.join(published_names()) or 'none'}"
+            )
+        self.card = json.loads((folder / "card.json").read_text())
+        found = _file_hashes(folder / "weights")
+        if found != self.card["files"]:
+            changed = sorted(set(found.items()) ^ set(self.card["files"].items()))
+            raise CheckpointError(
+                f"{folder}/weights differs from its card ({[f for f, _ in changed][:4]}); "
+                "reinstall mmjax"
+            )
+        experiment = experiment_from(self.card["config"])
+        model = jit_init(lambda: build_model(experiment.model, rngs=nnx.Rngs(0)))
+        state = nnx.state(model, KEPT)
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+            nnx.to_pure_dict(state),
+        )
+        nnx.replace_by_pure_dict(
+            state, ocp.StandardCheckpointer().restore(folder / "weights", target)
+        )
+        nnx.update(model, state)
+        super().__init__(experiment, self.card["dataset"], model, step=self.card["step"])
+        self.name = name
+        self._model = model
+
+    def evaluate(self, split: str, *, data_root: str = "") -> dict[str, Any]:
+        """Accuracy and loss on `split` of the local build, with the card's data settings;
+        `same_build` says whether its shards have the card's checksums."""
+        config = json.loads(json.dumps(self.card["config"]))
+        config["data"]["root"] = data_root
+        exp = experiment_from(config)
+        info = sources.load_info(sources.data_root(data_root), exp.data.name)
+        mesh = data_mesh(jax.devices()[:1])
+        graphdef, state = init_state(exp, mesh)
+        model, optimizer = nnx.merge(graphdef, state)
+        nnx.update(model, nnx.state(self._model, KEPT))
+        result = evaluate(graphdef, nnx.state((model, optimizer)), exp, split, mesh)
+        same = _build_checksums(info)["shards"].get(split) == (
+            self.card["dataset_build"]["shards"].get(split)
+        )
+        return result | {"same_build": same}

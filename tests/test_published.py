@@ -1,0 +1,61 @@
+"""Published models: load in research code, reproduce the card's accuracy, refuse tampering."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+import mmjax
+from mmjax.publish import PublishedModel, publish, published_names
+
+SPLITS = ("test", "test_human")
+
+
+@pytest.fixture(scope="module")
+def late():
+    return mmjax.load_pretrained("avdigits-late")
+
+
+def test_reproduces_the_card_accuracy_on_a_fresh_build(late, full_root):
+    for split in SPLITS:
+        result = late.evaluate(split, data_root=str(full_root))
+        assert result["same_build"], f"{split}: the fresh build's checksums differ from the card's"
+        assert result["accuracy"] == late.card["metrics"]["accuracy"][split]
+
+
+def test_predicts_like_a_predictor(late):
+    rng = np.random.default_rng(0)
+    probs = late.predict(
+        image=rng.random((3, 8, 8, 1), np.float32), audio=rng.standard_normal((3, 8000))
+    )
+    assert probs.shape == (3, 10)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_card_describes_the_run(late):
+    card = late.card
+    assert card["dataset_build"]["name"] == "avdigits" and card["dataset_build"]["version"]
+    assert set(card["metrics"]["accuracy"]) >= set(SPLITS)
+    assert card["files"] and all(len(h) == 64 for h in card["files"].values())
+    assert "avdigits-late" in published_names()
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    shutil.copytree(PublishedModel.folder_of("avdigits-late"), tmp_path / "avdigits-late")
+    victim = next(p for p in (tmp_path / "avdigits-late" / "weights").rglob("*") if p.is_file())
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    with pytest.raises(mmjax.CheckpointError, match="differs from its card"):
+        PublishedModel("avdigits-late", folder=tmp_path)
+
+
+def test_unknown_names_and_unfinished_runs(tmp_path, avdigits_root):
+    with pytest.raises(mmjax.ConfigError, match="avdigits-late"):
+        mmjax.load_pretrained("nothing-by-this-name")
+    cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")
+    mmjax.config.set_value(cfg, "data.root", str(avdigits_root))
+    mmjax.train(cfg, tmp_path / "run", stop_after=5, progress=False)
+    with pytest.raises(mmjax.CheckpointError, match="has not finished"):
+        publish(tmp_path / "run", "x", out_dir=tmp_path / "out")
+    (tmp_path / "out" / "x").mkdir(parents=True)
+    with pytest.raises(mmjax.ConfigError, match="exists"):
+        publish(tmp_path / "run", "x", out_dir=tmp_path / "out")
