@@ -7,6 +7,7 @@ from flax import nnx
 from mmjax import models as _models  # noqa: F401  (registers the built-in components)
 from mmjax.config import ConfigDict, load_config_file, model_config_from, set_value
 from mmjax.data.builders import avdigits as _avdigits  # noqa: F401  (registers AV-Digits)
+from mmjax.data.builders import emoji as _emoji  # noqa: F401  (registers emoji)
 from mmjax.errors import CheckpointError, ConfigError, DataError, InputError, MmjaxError
 from mmjax.models import MultimodalModel, build_model
 from mmjax.models.layers import jit_init

@@ -43,3 +43,29 @@ def avdigits_config(model: str, arg: str | None = None) -> ml_collections.Config
     elif arg:
         raise ConfigError(f"unknown config argument {arg!r}; expected nothing or 'tiny'")
     return cfg
+
+
+def emoji_config(model: str = "emoji_clip", arg: str | None = None) -> ml_collections.ConfigDict:
+    """An emoji image <-> caption experiment; arg "tiny" shrinks it for tests."""
+    train = TrainConfig(
+        batch_size=64,
+        steps=1000,
+        log_every=50,
+        checkpoint_every=250,
+        eval_batch_size=100,
+        eval_splits=(),  # retrieval and zero-shot metrics: mmjax.train.retrieval
+    )
+    cfg = ml_collections.ConfigDict(
+        {
+            "model": MODELS.get(model)(),
+            "optim": dataclasses.asdict(OptimConfig(learning_rate=1e-3, warmup_steps=100)),
+            "data": dataclasses.asdict(DataConfig(name="emoji", image_noise=0.0)),
+            "train": dataclasses.asdict(train),
+        }
+    )
+    if arg == "tiny":
+        cfg.train.steps, cfg.train.batch_size, cfg.train.log_every = 10, 16, 5
+        cfg.train.checkpoint_every, cfg.train.eval_batch_size = 10, 20
+    elif arg:
+        raise ConfigError(f"unknown config argument {arg!r}; expected nothing or 'tiny'")
+    return cfg

@@ -3,7 +3,8 @@
 A published model lives in `mmjax/published/<name>/`: `card.json` (the experiment config,
 the dataset build's shard checksums, the metrics measured at publication, and the sha256 of
 every weight file) and `weights/`, an Orbax checkpoint of the model's parameters and batch
-statistics (no optimizer state, so it stays small).
+statistics. No optimizer state, and no copy of frozen catalog encoders (they load from their
+pinned files), so it stays small.
 """
 
 import datetime
@@ -17,19 +18,36 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from mmjax.config import experiment_from
+from mmjax.config import ModelConfig, experiment_from
 from mmjax.data import sources
 from mmjax.errors import CheckpointError, ConfigError
 from mmjax.models import build_model
 from mmjax.models.layers import jit_init
 from mmjax.parallel import data_mesh
 from mmjax.predict import Predictor
+from mmjax.pretrained import place_pretrained
 from mmjax.train.loop import evaluate
 from mmjax.train.state import init_state
 from mmjax.train.workdir import read_experiment, restore_trained
 
 PUBLISHED_DIR = Path(__file__).parent / "published"
 KEPT = (nnx.Param, nnx.BatchStat)
+
+
+def _catalog_encoders(cfg: ModelConfig) -> set[str]:
+    """Modalities whose encoder is a frozen catalog encoder: its weights are the catalog
+    file's (sha256-pinned), so a published model names it instead of storing a copy."""
+    return {m for m, _ in cfg.pretrained if m in cfg.frozen}
+
+
+def _stored(cfg: ModelConfig) -> nnx.filterlib.Filter:
+    """What a published model stores: parameters and batch statistics, minus catalog encoders."""
+    skipped = _catalog_encoders(cfg)
+
+    def in_catalog_encoder(path: tuple, _: Any) -> bool:
+        return len(path) > 1 and path[0] == "encoders" and path[1] in skipped
+
+    return nnx.All(nnx.Any(*KEPT), nnx.Not(in_catalog_encoder))
 
 
 def published_names() -> list[str]:
@@ -67,8 +85,15 @@ def _git_revision() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def publish(workdir: str | Path, name: str, *, out_dir: Path = PUBLISHED_DIR) -> Path:
-    """Publish the latest checkpoint of the finished run in `workdir` as `out_dir/name`."""
+def publish(
+    workdir: str | Path,
+    name: str,
+    *,
+    out_dir: Path = PUBLISHED_DIR,
+    extra_metrics: dict[str, Any] | None = None,
+) -> Path:
+    """Publish the latest checkpoint of the finished run in `workdir` as `out_dir/name`;
+    `extra_metrics` (e.g. retrieval numbers) join the card's metrics."""
     workdir = Path(workdir)
     target = Path(out_dir).absolute() / name
     if target.exists():
@@ -82,7 +107,7 @@ def publish(workdir: str | Path, name: str, *, out_dir: Path = PUBLISHED_DIR) ->
     step, graphdef, state = restore_trained(workdir, exp, data_mesh(jax.devices()[:1]))
     model, _ = nnx.merge(graphdef, state)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(target / "weights", nnx.to_pure_dict(nnx.state(model, KEPT)))
+    checkpointer.save(target / "weights", nnx.to_pure_dict(nnx.state(model, _stored(exp.model))))
     checkpointer.wait_until_finished()
     info = sources.load_info(sources.data_root(exp.data.root), exp.data.name)
     card = {
@@ -94,7 +119,11 @@ def publish(workdir: str | Path, name: str, *, out_dir: Path = PUBLISHED_DIR) ->
         "config": record["config"],
         "dataset": record["dataset"],
         "dataset_build": _build_checksums(info),
-        "metrics": {"accuracy": results["accuracy"], "loss": results["loss"]},
+        "metrics": {"accuracy": results["accuracy"], "loss": results["loss"]}
+        | (extra_metrics or {}),
+        "catalog_encoders": {
+            m: n for m, n in exp.model.pretrained if m in _catalog_encoders(exp.model)
+        },
         "files": _file_hashes(target / "weights"),
     }
     (target / "card.json").write_text(json.dumps(card, indent=2) + "\n")
@@ -125,7 +154,8 @@ class PublishedModel(Predictor):
             )
         experiment = experiment_from(self.card["config"])
         model = jit_init(lambda: build_model(experiment.model, rngs=nnx.Rngs(0)))
-        state = nnx.state(model, KEPT)
+        place_pretrained(model, experiment.model)  # the frozen catalog encoders
+        state = nnx.state(model, _stored(experiment.model))
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),

@@ -139,3 +139,29 @@ def efficientnet_minilm_late() -> dict[str, Any]:
         "frozen": (),
         "pretrained": {"image": "", "text": ""},
     }
+
+
+@MODELS.register("emoji_clip")
+def emoji_clip() -> dict[str, Any]:
+    """Emoji image <-> caption two-tower (CLIP loss): a small CNN image tower trained against
+    the frozen, pretrained MiniLM-L6 text tower; group classification off (zero-shot only)."""
+    return {
+        "encoders": {
+            "image": {"name": "small_cnn", "in_channels": 3, "channels": (32, 64, 128), "dim": 256},
+            "text": {
+                "name": "text_transformer",
+                "vocab_size": 30522,
+                "hidden": 384,
+                "layers": 6,
+                "heads": 12,
+                "intermediate": 1536,
+                "dropout": 0.0,
+            },
+        },
+        "fusion": {"name": "clip", "dim": 128, "weight": 1.0},
+        "num_classes": 9,
+        "adversarial_weight": 0.0,
+        "classification_weight": 0.0,
+        "frozen": ("text",),
+        "pretrained": {"image": "", "text": "minilm-l6"},
+    }
