@@ -74,6 +74,20 @@ def _data_prepare(args: argparse.Namespace) -> None:
     print(f"prepared {args.name} in {root / args.name}: {sizes}")
 
 
+def _features_extract(args: argparse.Namespace) -> None:
+    from mmjax.features import extract
+
+    config = apply_overrides(load_config_file(args.config), args.set)
+    if args.data_dir:
+        set_value(config, "data.root", args.data_dir)
+    info = extract(config, args.out, splits=tuple(args.split or ()))
+    sizes = ", ".join(f"{s} {v['num_records']}" for s, v in info["splits"].items())
+    print(
+        f"cached {', '.join(info['cached'])} features in {args.out}: {sizes} "
+        f"({info['extract_seconds']:.1f} s); train on them with --set data.features={args.out}"
+    )
+
+
 def zoo_markdown() -> str:
     """The registered encoders, fusion heads and models as a Markdown table (docs/zoo.md)."""
     lines = [
@@ -151,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--data-dir")
     prepare.add_argument("--small", action="store_true", help="a small build, for tests")
     prepare.set_defaults(run=_data_prepare)
+
+    features = commands.add_parser("features", help="cached encoder outputs")
+    features_commands = features.add_subparsers(dest="features_command", required=True)
+    extract = features_commands.add_parser(
+        "extract", help="run the config's frozen encoders once over the dataset"
+    )
+    extract.add_argument("--config", required=True, help="configs/NAME.py[:arg]")
+    extract.add_argument("--out", required=True, help="a new directory for the features")
+    extract.add_argument("--split", action="append", help="split name (repeatable; default all)")
+    extract.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    extract.add_argument("--data-dir", help="dataset root (default $MMJAX_DATA or ~/.cache/mmjax)")
+    extract.set_defaults(run=_features_extract)
 
     zoo = commands.add_parser("zoo", help="the registered components")
     zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)

@@ -343,6 +343,9 @@ class DataConfig:
     audio_snr_db: float = 100.0  # SNR of white noise added to audio; 100 or more: no noise
     modality_dropout: float = 0.0  # training-time probability of masking each modality
     workers: int = 0  # grain worker processes; 0 reads in the training process
+    # A directory from `mmjax features extract`: frozen encoders' outputs stand in for
+    # their inputs, so training skips those encoders.
+    features: str = ""
 
     def __post_init__(self):
         _require(

@@ -109,7 +109,7 @@ def publish(
     checkpointer = ocp.StandardCheckpointer()
     checkpointer.save(target / "weights", nnx.to_pure_dict(nnx.state(model, _stored(exp.model))))
     checkpointer.wait_until_finished()
-    info = sources.load_info(sources.data_root(exp.data.root), exp.data.name)
+    info = sources.dataset_info(exp.data)
     card = {
         "name": name,
         "published": datetime.date.today().isoformat(),
@@ -175,7 +175,7 @@ class PublishedModel(Predictor):
         config = json.loads(json.dumps(self.card["config"]))
         config["data"]["root"] = data_root
         exp = experiment_from(config)
-        info = sources.load_info(sources.data_root(data_root), exp.data.name)
+        info = sources.dataset_info(exp.data)
         mesh = data_mesh(jax.devices()[:1])
         graphdef, state = init_state(exp, mesh)
         model, optimizer = nnx.merge(graphdef, state)

@@ -29,3 +29,13 @@ def full_root(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("avdigits_full")
     prepare_avdigits(root, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def emoji_root(tmp_path_factory: pytest.TempPathFactory):
+    """A small emoji image <-> caption build (real font, real Unicode names; a few seconds)."""
+    from mmjax.data.builders.emoji import prepare_emoji
+
+    root = tmp_path_factory.mktemp("emoji")
+    prepare_emoji(root, small=True, progress=False)
+    return root

@@ -32,7 +32,7 @@ def train_dataset(
     cfg: DataConfig, modalities: tuple[str, ...], global_batch: int, seed: int
 ) -> grain.IterDataset:
     """Endless, reshuffled-each-epoch training batches for this process; checkpointable."""
-    source = sources.open_split(sources.data_root(cfg.root), cfg.name, "train")
+    source = sources.open_split(cfg, "train")
     ds = grain.MapDataset.source(source)[jax.process_index() :: jax.process_count()]
     ds = ds.seed(seed).shuffle().repeat().map(Decode(modalities))
     ds = ds.random_map(AddNoise(cfg.image_noise, cfg.audio_snr_db))
@@ -51,7 +51,7 @@ def eval_batches(
     cfg: DataConfig, modalities: tuple[str, ...], split: str, batch_size: int
 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
     """Every record of `split` once, as (batch padded to `batch_size`, number of real rows)."""
-    source = sources.open_split(sources.data_root(cfg.root), cfg.name, split)
+    source = sources.open_split(cfg, split)
     ds = grain.MapDataset.source(source)[jax.process_index() :: jax.process_count()]
     ds = ds.map(Decode(modalities)).seed(EVAL_NOISE_SEED)
     ds = ds.random_map(AddNoise(cfg.image_noise, cfg.audio_snr_db))

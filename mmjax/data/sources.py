@@ -8,6 +8,8 @@ from typing import Any
 
 import grain
 
+from mmjax.config import DataConfig
+from mmjax.data import features_store
 from mmjax.registry import DATASETS
 
 
@@ -31,7 +33,25 @@ def load_info(root: Path, name: str) -> dict[str, Any]:
     return DATASETS.get(name).load_info(Path(root))
 
 
-def open_split(root: Path, name: str, split: str) -> grain.sources.ArrayRecordDataSource:
+def dataset_info(cfg: DataConfig) -> dict[str, Any]:
+    """The info of what `cfg` reads: its cached-features directory, else the dataset."""
+    if cfg.features:
+        return features_store.load_info(Path(cfg.features))
+    return load_info(data_root(cfg.root), cfg.name)
+
+
+def verify(cfg: DataConfig) -> None:
+    """DataError naming the first shard of what `cfg` reads whose checksum differs."""
+    if cfg.features:
+        features_store.verify(Path(cfg.features))
+    else:
+        DATASETS.get(cfg.name).verify(data_root(cfg.root))
+
+
+def open_split(cfg: DataConfig, split: str) -> grain.sources.ArrayRecordDataSource:
     """Random-access source over one split's ArrayRecord shards."""
-    paths = DATASETS.get(name).shard_paths(Path(root), split)
+    if cfg.features:
+        paths = features_store.shard_paths(Path(cfg.features), split)
+    else:
+        paths = DATASETS.get(cfg.name).shard_paths(data_root(cfg.root), split)
     return grain.sources.ArrayRecordDataSource([str(p) for p in paths])

@@ -5,6 +5,7 @@ import dataclasses
 import grain
 import numpy as np
 
+from mmjax.data.features_store import cached_keys
 from mmjax.data.records import decode_record
 
 # How a stored integer array becomes the float input the encoders expect.
@@ -13,7 +14,8 @@ _SCALES = {np.dtype("uint8"): 1 / 255.0, np.dtype("int16"): 1 / 32767.0}
 
 @dataclasses.dataclass(frozen=True)
 class Decode(grain.transforms.Map):
-    """record bytes -> {modality: float32 or int32 ids, <modality>_mask: True, label: int32}."""
+    """record bytes -> {modality: float32 or int32 ids, <modality>_mask: True, label: int32};
+    a cached modality gives its `m.tokens`, `m.token_mask`, `m.pooled` instead."""
 
     modalities: tuple[str, ...]
 
@@ -21,6 +23,10 @@ class Decode(grain.transforms.Map):
         record = decode_record(element)
         out = {}
         for m in self.modalities:
+            out[f"{m}_mask"] = np.bool_(True)
+            if f"{m}.pooled" in record:  # cached encoder outputs (mmjax features extract)
+                out |= {key: record[key] for key in cached_keys(m)}
+                continue
             x = record[m]
             if x.dtype in _SCALES:
                 out[m] = x.astype(np.float32) * _SCALES[x.dtype]
@@ -28,7 +34,6 @@ class Decode(grain.transforms.Map):
                 out[m] = x.astype(np.float32)
             else:  # token ids
                 out[m] = x.astype(np.int32)
-            out[f"{m}_mask"] = np.bool_(True)
         out["label"] = record["label"].astype(np.int32)
         return out
 

@@ -9,6 +9,7 @@ import numpy as np
 from flax import nnx
 
 from mmjax.config import ModelConfig
+from mmjax.data.features_store import cached_keys
 from mmjax.errors import InputError
 from mmjax.models.alignment import ModalityDiscriminator
 from mmjax.models.heads import Classifier
@@ -80,11 +81,14 @@ class MultimodalModel(nnx.Module):
     ) -> tuple[dict[str, Features], dict[str, jax.Array]]:
         """Every modality's Features and [B] presence mask (zeros and False when absent)."""
         validate_batch(batch, self.modalities)
-        present = [m for m in self.modalities if m in batch]
+        present = [k for m in self.modalities for k in (m, f"{m}.pooled") if k in batch]
         size = batch[present[0]].shape[0]
         features, masks = {}, {}
         for m in self.modalities:
-            if m in self.frozen and m in batch:
+            if f"{m}.pooled" in batch:  # cached outputs of this (frozen) encoder
+                features[m] = Features(*(batch[key] for key in cached_keys(m)))
+                masks[m] = batch.get(f"{m}_mask", jnp.ones((size,), bool))
+            elif m in self.frozen and m in batch:
                 out = self.encoders[m](batch[m], train=False)
                 features[m] = jax.tree.map(jax.lax.stop_gradient, out)
                 masks[m] = batch.get(f"{m}_mask", jnp.ones((size,), bool))
@@ -121,6 +125,20 @@ def _array(x: Any) -> Any:
     return x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
 
 
+def _check_cached(m: str, arrays: Mapping[str, Any], size: int | None) -> None:
+    """Cached Features of modality `m`: tokens [B, T, D], token_mask [B, T], pooled [B, D]."""
+    tokens, mask, pooled = (arrays.get(k) for k in cached_keys(m))
+    if tokens is None or mask is None:
+        _fail(m, "cached features with all of tokens, token_mask and pooled", "only some")
+    b, t, d = tokens.shape if tokens.ndim == 3 else (None, None, None)
+    if b != size or np.dtype(tokens.dtype).kind != "f":
+        _fail(f"{m}.tokens", f"a float array [{size}, T, D]", f"{tokens.dtype} {tokens.shape}")
+    if tuple(mask.shape) != (size, t) or mask.dtype != bool:
+        _fail(f"{m}.token_mask", f"a bool array [{size}, {t}]", f"{mask.dtype} {mask.shape}")
+    if tuple(pooled.shape) != (size, d) or np.dtype(pooled.dtype).kind != "f":
+        _fail(f"{m}.pooled", f"a float array [{size}, {d}]", f"{pooled.dtype} {pooled.shape}")
+
+
 def validate_batch(
     batch: Mapping[str, Any],
     modalities: tuple[str, ...],
@@ -131,14 +149,19 @@ def validate_batch(
     """Check a batch's keys, shapes and dtypes (and, for host arrays, its values); raise an
     InputError naming the field. Works on traced arrays too: their checks are static."""
     allowed = set(modalities) | {f"{m}_mask" for m in modalities} | {"label"}
+    allowed |= {key for m in modalities for key in cached_keys(m)}
     for key in batch:
         if key not in allowed:
             _fail(key, f"one of the model's keys {sorted(allowed)}", "an unknown key")
+    cached = [m for m in modalities if f"{m}.pooled" in batch]
     present = [m for m in modalities if m in batch]
-    if not present:
+    if not present + cached:
         _fail("batch", f"at least one of the modalities {list(modalities)}", sorted(batch))
     arrays = {k: _array(v) for k, v in batch.items()}
-    size = arrays[present[0]].shape[0] if arrays[present[0]].ndim else None
+    first = arrays[present[0]] if present else arrays[f"{cached[0]}.pooled"]
+    size = first.shape[0] if first.ndim else None
+    for m in cached:
+        _check_cached(m, arrays, size)
     for m in present:
         x = arrays[m]
         ranks = MODALITY_RANKS.get(m)

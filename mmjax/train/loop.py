@@ -12,10 +12,10 @@ from tqdm import tqdm
 
 from mmjax.config import ConfigDict, ExperimentConfig, experiment_from
 from mmjax.data import pipeline, sources
+from mmjax.data.features_store import check_cached_encoder
 from mmjax.errors import CheckpointError, ConfigError
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
-from mmjax.registry import DATASETS
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics import MetricsLog
 from mmjax.train.state import init_state, state_shardings
@@ -90,9 +90,11 @@ def _available_splits(info: dict[str, Any], wanted: tuple[str, ...]) -> tuple[li
 
 def _checked_dataset(exp: ExperimentConfig) -> dict[str, Any]:
     """The dataset's info, after its shards' checksums and its modalities are checked."""
-    root = sources.data_root(exp.data.root)
-    info = sources.load_info(root, exp.data.name)
-    DATASETS.get(exp.data.name).verify(root)
+    info = sources.dataset_info(exp.data)
+    sources.verify(exp.data)
+    for m, cached in info.get("cached", {}).items():
+        if m in exp.model.modalities:
+            check_cached_encoder(m, cached, exp.model)
     for m in exp.model.modalities:
         if m not in info["modalities"]:
             raise ConfigError(

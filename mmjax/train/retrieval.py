@@ -59,7 +59,7 @@ def two_tower_metrics(
         labels.append(batch["label"][:rows])
     image, text, label = (np.concatenate(x) for x in (images, texts, labels))
     similarity = image @ text.T
-    info = sources.load_info(sources.data_root(exp.data.root), exp.data.name)
+    info = sources.dataset_info(exp.data)
     names = list(info["class_names"])
     vocab = info["text_vocab"]
     prompts = jax.device_get(

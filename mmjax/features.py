@@ -1,0 +1,113 @@
+"""`mmjax features extract`: run a model's frozen encoders once over a dataset and store their
+outputs, so training the rest of the model can skip them (see data/features_store.py)."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from mmjax.config import ConfigDict, experiment_from
+from mmjax.data import features_store, sources
+from mmjax.data.pipeline import EVAL_NOISE_SEED
+from mmjax.data.records import decode_record, write_shards
+from mmjax.data.transforms import AddNoise, Decode
+from mmjax.errors import ConfigError
+from mmjax.models import build_model
+from mmjax.models.layers import jit_init
+from mmjax.pretrained import place_pretrained
+
+
+def extract(
+    config: ConfigDict | dict[str, Any],
+    out_dir: str | Path,
+    *,
+    splits: tuple[str, ...] = (),
+    batch_size: int = 100,
+) -> dict[str, Any]:
+    """Write the Features of every frozen encoder of `config`'s model, for every record of
+    `splits` (default: all), to `out_dir`; return its info. Inputs get the dataset's noise
+    once, drawn from a fixed per-record seed, as evaluation does."""
+    raw = config.to_dict() if isinstance(config, ConfigDict) else dict(config)
+    exp = experiment_from(json.loads(json.dumps(raw)))
+    cached = exp.model.frozen
+    if not cached:
+        raise ConfigError("model.frozen: name the encoders whose outputs to cache")
+    if exp.data.features:
+        raise ConfigError("data.features: extract from the dataset itself, not from features")
+    out = Path(out_dir).absolute()
+    if out.exists():
+        raise ConfigError(f"--out {out} exists; choose a new directory (nothing was changed)")
+    info = sources.dataset_info(exp.data)
+    sources.verify(exp.data)
+    splits = splits or tuple(info["splits"])
+    unknown = [s for s in splits if s not in info["splits"]]
+    if unknown:
+        raise ConfigError(f"--split {unknown}: the dataset has {', '.join(info['splits'])}")
+    started = time.perf_counter()
+    model = jit_init(lambda: build_model(exp.model, rngs=nnx.Rngs(exp.train.seed)))
+    place_pretrained(model, exp.model)
+    encode = _encoder_fn(model, cached)
+    decode = Decode(cached)
+    noise = AddNoise(exp.data.image_noise, exp.data.audio_snr_db)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    new_splits = {}
+    for split in splits:
+        source = sources.open_split(exp.data, split)
+        records = _split_records(source, decode, noise, encode, cached, batch_size)
+        shards = write_shards(records, staging, split)
+        new_splits[split] = {"num_records": len(source), "shards": shards}
+    new_info = info | {
+        "splits": new_splits,
+        "cached": {
+            m: {
+                "encoder": features_store.encoder_spec(exp.model, m),
+                "pretrained": dict(exp.model.pretrained).get(m, ""),
+            }
+            for m in cached
+        },
+        "source": {
+            "name": info["name"],
+            "version": info.get("version"),
+            "shards": {s: e["shards"] for s, e in info["splits"].items()},
+        },
+        "extract_seconds": round(time.perf_counter() - started, 2),
+    }
+    (staging / features_store.INFO).write_text(json.dumps(new_info, indent=2))
+    staging.rename(out)
+    return new_info
+
+
+def _encoder_fn(model: nnx.Module, modalities: tuple[str, ...]):
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def encode(state: nnx.State, batch: dict[str, jax.Array]) -> dict[str, tuple]:
+        model = nnx.merge(graphdef, state)
+        return {m: tuple(model.encoders[m](batch[m], train=False)) for m in modalities}
+
+    return lambda batch: jax.device_get(encode(state, batch))
+
+
+def _split_records(source, decode, noise, encode, cached, batch_size):
+    """The split's records in order, each with its cached modalities' Features."""
+    for start in range(0, len(source), batch_size):
+        indices = range(start, min(start + batch_size, len(source)))
+        raws = [source[i] for i in indices]
+        inputs = [
+            noise.random_map(decode.map(raw), np.random.default_rng([EVAL_NOISE_SEED, i]))
+            for raw, i in zip(raws, indices, strict=True)
+        ]
+        features = encode({m: np.stack([x[m] for x in inputs]) for m in cached})
+        for row, raw in enumerate(raws):
+            record = {k: v for k, v in decode_record(raw).items() if k not in cached}
+            for m in cached:
+                for key, value in zip(features_store.cached_keys(m), features[m], strict=True):
+                    record[key] = np.asarray(value[row])
+            yield record

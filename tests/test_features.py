@@ -1,0 +1,86 @@
+"""Cached encoder outputs: `mmjax features extract` and training on them skip frozen encoders
+and compute exactly what the encoders would have."""
+
+import shutil
+
+import numpy as np
+import pytest
+from flax import nnx
+
+import mmjax
+from mmjax.config import experiment_from, set_value
+from mmjax.data import pipeline
+from mmjax.errors import ConfigError, DataError
+from mmjax.features import extract
+from mmjax.models import build_model
+from mmjax.models.layers import jit_init
+from mmjax.pretrained import place_pretrained
+
+
+def _config(emoji_root, **values):
+    cfg = mmjax.load_config_file("configs/emoji_clip.py:tiny")
+    set_value(cfg, "data.root", str(emoji_root))
+    for key, value in values.items():
+        set_value(cfg, key.replace("__", "."), value)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def features(emoji_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("features") / "emoji_text"
+    info = extract(_config(emoji_root), out, splits=("train", "test"))
+    assert set(info["cached"]) == {"text"} and set(info["splits"]) == {"train", "test"}
+    return out
+
+
+def test_cached_features_equal_the_frozen_encoder(emoji_root, features):
+    raw_cfg, cached_cfg = _config(emoji_root), _config(emoji_root, data__features=str(features))
+    exp = experiment_from(raw_cfg.to_dict())
+    model = jit_init(lambda: build_model(exp.model, rngs=nnx.Rngs(0)))
+    place_pretrained(model, exp.model)
+    modalities = exp.model.modalities
+    raw, _ = next(pipeline.eval_batches(exp.data, modalities, "test", 8))
+    cached, _ = next(
+        pipeline.eval_batches(experiment_from(cached_cfg.to_dict()).data, modalities, "test", 8)
+    )
+    assert "text" not in cached and cached["text.tokens"].shape == (8, 16, 384)
+    np.testing.assert_array_equal(raw["label"], cached["label"])
+    inputs = lambda b: {k: v for k, v in b.items() if k != "label"}
+    (fused_raw, aux_raw), (fused_cached, aux_cached) = (
+        model.forward(inputs(b), train=False) for b in (raw, cached)
+    )
+    np.testing.assert_allclose(fused_cached, fused_raw, atol=1e-5)
+    np.testing.assert_allclose(aux_cached["contrastive"], aux_raw["contrastive"], atol=1e-5)
+
+
+def test_training_on_cached_features(emoji_root, features, tmp_path):
+    cfg = _config(emoji_root, data__features=str(features))
+    results = mmjax.train(cfg, tmp_path, progress=False)
+    assert results["completed"] and results["steps"] == 10
+
+
+def test_mismatched_models_and_bad_stores_are_refused(emoji_root, features, tmp_path):
+    unfrozen = _config(emoji_root, data__features=str(features), model__frozen=())
+    with pytest.raises(ConfigError, match=r"model\.frozen must include 'text'"):
+        mmjax.train(unfrozen, tmp_path / "a", progress=False)
+    other = _config(emoji_root, data__features=str(features), model__pretrained__text="")
+    with pytest.raises(ConfigError, match=r"model\.pretrained\.text differs"):
+        mmjax.train(other, tmp_path / "b", progress=False)
+    with pytest.raises(ConfigError, match="exists"):
+        extract(_config(emoji_root), features)
+    with pytest.raises(ConfigError, match=r"model\.frozen"):
+        extract(_config(emoji_root, model__frozen=()), tmp_path / "c")
+    missing = _config(emoji_root, data__features=str(tmp_path / "nothing"))
+    with pytest.raises(DataError, match="mmjax features extract"):
+        mmjax.train(missing, tmp_path / "d", progress=False)
+
+
+def test_a_changed_shard_is_detected(emoji_root, features, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(features, copy)
+    shard = next(copy.glob("test.array_record-*"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="changed since it was written"):
+        mmjax.train(_config(emoji_root, data__features=str(copy)), tmp_path / "e", progress=False)
