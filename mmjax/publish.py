@@ -167,7 +167,7 @@ class PublishedModel(Predictor):
         nnx.update(model, state)
         super().__init__(experiment, self.card["dataset"], model, step=self.card["step"])
         self.name = name
-        self._model = model
+        self.model = model
 
     def evaluate(self, split: str, *, data_root: str = "") -> dict[str, Any]:
         """Accuracy and loss on `split` of the local build, with the card's data settings;
@@ -179,7 +179,7 @@ class PublishedModel(Predictor):
         mesh = data_mesh(jax.devices()[:1])
         graphdef, state = init_state(exp, mesh)
         model, optimizer = nnx.merge(graphdef, state)
-        nnx.update(model, nnx.state(self._model, KEPT))
+        nnx.update(model, nnx.state(self.model, KEPT))
         result = evaluate(graphdef, nnx.state((model, optimizer)), exp, split, mesh)
         same = _build_checksums(info)["shards"].get(split) == (
             self.card["dataset_build"]["shards"].get(split)

@@ -59,3 +59,20 @@ def test_unknown_names_and_unfinished_runs(tmp_path, avdigits_root):
     (tmp_path / "out" / "x").mkdir(parents=True)
     with pytest.raises(mmjax.ConfigError, match="exists"):
         publish(tmp_path / "run", "x", out_dir=tmp_path / "out")
+
+
+def test_emoji_two_tower_reproduces_its_retrieval_numbers(tmp_path_factory):
+    """The card's test-split retrieval and zero-shot numbers, on a fresh full emoji build; the
+    frozen MiniLM text tower is not stored but loaded from its pinned catalog file."""
+    from mmjax.data.builders.emoji import prepare_emoji
+    from mmjax.train.retrieval import model_metrics
+
+    root = tmp_path_factory.mktemp("emoji_full")
+    prepare_emoji(root, progress=False)
+    two_tower = mmjax.load_pretrained("emoji-two-tower")
+    assert two_tower.card["catalog_encoders"] == {"text": "minilm-l6"}
+    config = mmjax.config.ConfigDict(two_tower.card["config"])
+    mmjax.config.set_value(config, "data.root", str(root))
+    exp = mmjax.config.experiment_from(config.to_dict())
+    measured = model_metrics(two_tower.model, exp, "test")
+    assert measured == two_tower.card["metrics"]["retrieval"]["test"]  # ratios of counts

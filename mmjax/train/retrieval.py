@@ -7,7 +7,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mmjax.config import experiment_from
+from mmjax.config import ExperimentConfig, experiment_from
 from mmjax.data import pipeline, sources
 from mmjax.errors import ConfigError
 from mmjax.parallel import data_mesh
@@ -39,17 +39,23 @@ def _embedder(model: nnx.Module):
 def two_tower_metrics(
     workdir: str | Path, split: str, *, data_root: str = "", batch_size: int = 100
 ) -> dict[str, Any]:
-    """Image <-> text retrieval (R@1, R@5 both ways) over every record of `split`, and zero-shot
-    accuracy of images against the text embeddings of the dataset's class names."""
-    record = read_experiment(Path(workdir))
-    config = record["config"]
+    """`model_metrics` of the latest checkpoint of `workdir`."""
+    config = read_experiment(Path(workdir))["config"]
     if data_root:
         config["data"]["root"] = data_root
     exp = experiment_from(config)
     _, graphdef, state = restore_trained(Path(workdir), exp, data_mesh(jax.devices()[:1]))
     model, _ = nnx.merge(graphdef, state)
+    return model_metrics(model, exp, split, batch_size=batch_size)
+
+
+def model_metrics(
+    model: nnx.Module, exp: ExperimentConfig, split: str, *, batch_size: int = 100
+) -> dict[str, Any]:
+    """Image <-> text retrieval (R@1, R@5 both ways) over every record of `split`, and zero-shot
+    accuracy of images against the text embeddings of the dataset's class names."""
     if set(exp.model.modalities) != {"image", "text"} or not hasattr(model.fusion, "embed"):
-        raise ConfigError("two_tower_metrics needs an image + text model with a two-tower head")
+        raise ConfigError("retrieval metrics need an image + text model with a two-tower head")
     embed = _embedder(model)
     images, texts, labels = [], [], []
     for batch, rows in pipeline.eval_batches(exp.data, exp.model.modalities, split, batch_size):
@@ -60,10 +66,9 @@ def two_tower_metrics(
     image, text, label = (np.concatenate(x) for x in (images, texts, labels))
     similarity = image @ text.T
     info = sources.dataset_info(exp.data)
-    names = list(info["class_names"])
     vocab = info["text_vocab"]
     prompts = jax.device_get(
-        embed({"text": tokenize(vocab["tokenizer"], names, length=vocab["length"])})
+        embed({"text": tokenize(vocab["tokenizer"], info["class_names"], length=vocab["length"])})
     )
     zero_shot = np.argmax(image @ prompts["text"].T, axis=1)
     return {
