@@ -56,7 +56,7 @@ def test_cached_features_equal_the_frozen_encoder(emoji_root, features):
 def test_training_on_cached_features(emoji_root, features, tmp_path):
     cfg = _config(emoji_root, data__features=str(features))
     results = mmjax.train(cfg, tmp_path, progress=False)
-    assert results["completed"] and results["steps"] == 10
+    assert results["completed"] and results["steps"] == 20
 
 
 def test_mismatched_models_and_bad_stores_are_refused(emoji_root, features, tmp_path):

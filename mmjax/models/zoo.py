@@ -6,89 +6,86 @@ from mmjax.registry import MODELS
 
 _SMALL_CNN = {"name": "small_cnn", "in_channels": 1, "channels": (32, 64), "dim": 64}
 _CNN_LSTM = {"name": "cnn_lstm", "channels": (16, 32), "hidden": 64}
+_LATE = {"name": "late_concat", "hidden": 128, "dropout": 0.1}
+_MINILM = {  # all-MiniLM-L6-v2's sizes, so `pretrained: minilm-l6` fits
+    "name": "text_transformer",
+    "vocab_size": 30522,
+    "hidden": 384,
+    "layers": 6,
+    "heads": 12,
+    "intermediate": 1536,
+}
+
+
+def _model(
+    encoders: dict[str, dict[str, Any]],
+    fusion: dict[str, Any],
+    *,
+    num_classes: int = 10,
+    classification_weight: float = 1.0,
+    frozen: tuple[str, ...] = (),
+    pretrained: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A `model` section; every modality gets a `pretrained` entry ("" = none) so that
+    `--set model.pretrained.<modality>=NAME` works on any model."""
+    return {
+        "encoders": {m: dict(spec) for m, spec in encoders.items()},
+        "fusion": dict(fusion),
+        "num_classes": num_classes,
+        "adversarial_weight": 0.0,
+        "classification_weight": classification_weight,
+        "frozen": frozen,
+        "pretrained": {m: "" for m in encoders} | (pretrained or {}),
+    }
 
 
 @MODELS.register("avdigits_late")
 def avdigits_late() -> dict[str, Any]:
     """AV-Digits: small CNN on the 8x8 digit, CNN-LSTM on the spoken digit, late concat + MLP."""
-    return {
-        "encoders": {"image": dict(_SMALL_CNN), "audio": dict(_CNN_LSTM)},
-        "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
-        "num_classes": 10,
-        "adversarial_weight": 0.0,
-        "classification_weight": 1.0,
-        "frozen": (),
-        "pretrained": {"image": "", "audio": ""},
-    }
+    return _model({"image": _SMALL_CNN, "audio": _CNN_LSTM}, _LATE)
 
 
 @MODELS.register("avdigits_early")
 def avdigits_early() -> dict[str, Any]:
     """AV-Digits: image patches and log-mel frames concatenated early into one Transformer."""
-    return {
-        "encoders": {
+    return _model(
+        {
             "image": {"name": "image_patches", "in_channels": 1, "patch": 2, "dim": 64},
             "audio": {"name": "audio_frames", "stride": 4, "dim": 64},
         },
-        "fusion": {"name": "early_concat", "dim": 64, "layers": 2, "heads": 4, "dropout": 0.1},
-        "num_classes": 10,
-        "adversarial_weight": 0.0,
-        "classification_weight": 1.0,
-        "frozen": (),
-        "pretrained": {"image": "", "audio": ""},
-    }
+        {"name": "early_concat", "dim": 64, "layers": 2, "heads": 4, "dropout": 0.1},
+    )
 
 
 @MODELS.register("avdigits_image")
 def avdigits_image() -> dict[str, Any]:
     """AV-Digits image-only baseline (same image tower as avdigits_late)."""
-    return {
-        "encoders": {"image": dict(_SMALL_CNN)},
-        "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
-        "num_classes": 10,
-        "adversarial_weight": 0.0,
-        "classification_weight": 1.0,
-        "frozen": (),
-        "pretrained": {"image": ""},
-    }
+    return _model({"image": _SMALL_CNN}, _LATE)
 
 
 @MODELS.register("avdigits_audio")
 def avdigits_audio() -> dict[str, Any]:
     """AV-Digits audio-only baseline (same audio tower as avdigits_late)."""
-    return {
-        "encoders": {"audio": dict(_CNN_LSTM)},
-        "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
-        "num_classes": 10,
-        "adversarial_weight": 0.0,
-        "classification_weight": 1.0,
-        "frozen": (),
-        "pretrained": {"audio": ""},
-    }
+    return _model({"audio": _CNN_LSTM}, _LATE)
 
 
 @MODELS.register("resnet18_bilstm_late")
 def resnet18_bilstm_late() -> dict[str, Any]:
     """Image + caption classifier: ResNet-18 (CIFAR stem) and a BiLSTM, late concat + MLP."""
-    return {
-        "encoders": {
+    return _model(
+        {
             "image": {"name": "resnet18", "in_channels": 3, "width": 64, "stem": "cifar"},
             "text": {"name": "bilstm", "vocab_size": 10000, "embed_dim": 128, "hidden": 128},
         },
-        "fusion": {"name": "late_concat", "hidden": 256, "dropout": 0.1},
-        "num_classes": 10,
-        "adversarial_weight": 0.0,
-        "classification_weight": 1.0,
-        "frozen": (),
-        "pretrained": {"image": "", "text": ""},
-    }
+        {"name": "late_concat", "hidden": 256, "dropout": 0.1},
+    )
 
 
 @MODELS.register("avdigits_audio_autoencoder")
 def avdigits_audio_autoencoder() -> dict[str, Any]:
     """AV-Digits audio, reconstruction pretraining: a conv autoencoder, no cross-entropy."""
-    return {
-        "encoders": {
+    return _model(
+        {
             "audio": {
                 "name": "conv_autoencoder",
                 "channels": (16, 32),
@@ -96,13 +93,9 @@ def avdigits_audio_autoencoder() -> dict[str, Any]:
                 "reconstruction_weight": 1.0,
             }
         },
-        "fusion": {"name": "late_concat", "hidden": 128, "dropout": 0.1},
-        "num_classes": 10,
-        "adversarial_weight": 0.0,
-        "classification_weight": 0.0,
-        "frozen": (),
-        "pretrained": {"audio": ""},
-    }
+        _LATE,
+        classification_weight=0.0,
+    )
 
 
 @MODELS.register("avdigits_audio_conv")
@@ -120,48 +113,24 @@ def efficientnet_minilm_late() -> dict[str, Any]:
     encoders, late concat + MLP; start from the published weights with
     `pretrained={"image": "efficientnet-lite0", "text": "minilm-l6"}` (and freeze with
     `frozen=("image", "text")` to train only the head)."""
-    return {
-        "encoders": {
-            "image": {"name": "efficientnet_lite0", "in_channels": 3},
-            "text": {
-                "name": "text_transformer",
-                "vocab_size": 30522,
-                "hidden": 384,
-                "layers": 6,
-                "heads": 12,
-                "intermediate": 1536,
-            },
-        },
-        "fusion": {"name": "late_concat", "hidden": 256, "dropout": 0.1},
-        "num_classes": 10,
-        "adversarial_weight": 0.0,
-        "classification_weight": 1.0,
-        "frozen": (),
-        "pretrained": {"image": "", "text": ""},
-    }
+    return _model(
+        {"image": {"name": "efficientnet_lite0", "in_channels": 3}, "text": _MINILM},
+        {"name": "late_concat", "hidden": 256, "dropout": 0.1},
+    )
 
 
 @MODELS.register("emoji_clip")
 def emoji_clip() -> dict[str, Any]:
     """Emoji image <-> caption two-tower (CLIP loss): a small CNN image tower trained against
     the frozen, pretrained MiniLM-L6 text tower; group classification off (zero-shot only)."""
-    return {
-        "encoders": {
+    return _model(
+        {
             "image": {"name": "small_cnn", "in_channels": 3, "channels": (32, 64, 128), "dim": 256},
-            "text": {
-                "name": "text_transformer",
-                "vocab_size": 30522,
-                "hidden": 384,
-                "layers": 6,
-                "heads": 12,
-                "intermediate": 1536,
-                "dropout": 0.0,
-            },
+            "text": _MINILM | {"dropout": 0.0},
         },
-        "fusion": {"name": "clip", "dim": 128, "weight": 1.0},
-        "num_classes": 9,
-        "adversarial_weight": 0.0,
-        "classification_weight": 0.0,
-        "frozen": ("text",),
-        "pretrained": {"image": "", "text": "minilm-l6"},
-    }
+        {"name": "clip", "dim": 128, "weight": 1.0},
+        num_classes=9,
+        classification_weight=0.0,
+        frozen=("text",),
+        pretrained={"text": "minilm-l6"},
+    )
