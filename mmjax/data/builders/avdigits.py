@@ -25,7 +25,6 @@ Layout: `root/avdigits/info.json` plus `{split}.array_record-*` shards of npz re
 
 import importlib.util
 import itertools
-import json
 import os
 import shutil
 import subprocess
@@ -39,10 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from mmjax.data.audio_io import prepare_waveform, read_wav
-from mmjax.data.records import sha256_file, write_shards
-from mmjax.data.sources import Dataset
+from mmjax.data.builders.built import Built, building, write_info
+from mmjax.data.records import write_shards
 from mmjax.errors import DataError, InputError
-from mmjax.registry import DATASETS
 
 NAME = "avdigits"
 VERSION = "1.1.0"
@@ -157,9 +155,7 @@ def prepare_avdigits(
         else _missing_split()["missing"]
     )
 
-    build_dir = Path(tempfile.mkdtemp(prefix=f".{NAME}-build-", dir=root))
-    build_dir.chmod(0o755)  # mkdtemp's 0o700 would otherwise stick to the final dir
-    try:
+    with building(root / NAME) as build_dir:
         splits = {}
         for split in ("train", "val", "test"):
             records = _records(audio[split], images, labels, pools[split], 1, rng)
@@ -170,67 +166,10 @@ def prepare_avdigits(
         else:
             splits["test_human"] = _missing_split()
         info = _info(splits, notes, skipped, seed, small, time.perf_counter() - started)
-        (build_dir / "info.json").write_text(json.dumps(info, indent=2))
-        _move_into_place(build_dir, root / NAME)
-    except BaseException:
-        shutil.rmtree(build_dir, ignore_errors=True)
-        raise
+        write_info(build_dir, info)
     log(f"{NAME}: " + ", ".join(f"{k} {v['num_records']}" for k, v in splits.items()))
     log(f"{NAME}: built {root / NAME} in {info['build_seconds']:.1f} s")
     return info
-
-
-def load_info(root: Path) -> dict:
-    """Reads `root/avdigits/info.json`; DataError says how to build it when missing."""
-    path = Path(root) / NAME / "info.json"
-    if not path.is_file():
-        raise DataError(
-            f"AV-Digits is not built: {path} is missing. Build it with "
-            f"`mmjax data prepare {NAME}` (sources: `{APT_ALL}` and `{PIP_SKLEARN}`)"
-        )
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(
-            f"{path}: unreadable ({e}); rebuild with `mmjax data prepare {NAME}`"
-        ) from None
-    if not isinstance(info, dict) or set(SPLITS) - set(info.get("splits", {})):
-        raise DataError(
-            f"{path}: expected splits {SPLITS}; rebuild with `mmjax data prepare {NAME}`"
-        )
-    if info.get("version") != VERSION:
-        raise DataError(
-            f"{path}: built by AV-Digits version {info.get('version')}, this mmjax reads "
-            f"{VERSION} (other splits); rebuild with `mmjax data prepare {NAME}`"
-        )
-    return info
-
-
-def shard_paths(root: Path, split: str) -> list[Path]:
-    """The shard files of one split, in order; DataError if the split was not built."""
-    if split not in SPLITS:
-        raise DataError(f"split: expected one of {SPLITS}, got {split!r}")
-    entry = load_info(root)["splits"][split]
-    if "missing" in entry:
-        raise DataError(f"AV-Digits split {split!r} was not built: {entry['missing']}")
-    paths = [Path(root) / NAME / shard["file"] for shard in entry["shards"]]
-    for path in paths:
-        if not path.is_file():
-            raise DataError(f"{path} is missing; rebuild with `mmjax data prepare {NAME}`")
-    return paths
-
-
-def verify_checksums(root: Path) -> None:
-    """Checks every shard's sha256 against info.json; DataError names the first bad shard."""
-    for split, entry in load_info(root)["splits"].items():
-        if "missing" in entry:
-            continue
-        for path, shard in zip(shard_paths(root, split), entry["shards"], strict=True):
-            if sha256_file(path) != shard["sha256"]:
-                raise DataError(
-                    f"{path}: sha256 differs from info.json's {shard['sha256']}; the shard is "
-                    f"corrupt, rebuild with `mmjax data prepare {NAME}`"
-                )
 
 
 def _quiet(*_args: object) -> None:
@@ -602,20 +541,8 @@ def _last_line(argv: list[str]) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def _move_into_place(build_dir: Path, final: Path) -> None:
-    """Renames the finished build over `final`; an old build is deleted only afterwards."""
-    old = Path(tempfile.mkdtemp(prefix=f".{NAME}-old-", dir=final.parent))
-    if final.exists():
-        final.rename(old / final.name)
-    build_dir.rename(final)
-    shutil.rmtree(old)
-
-
-DATASETS.register(NAME)(
-    Dataset(
-        prepare=prepare_avdigits,
-        load_info=load_info,
-        shard_paths=shard_paths,
-        verify=verify_checksums,
-    )
-)
+BUILT = Built(NAME, "AV-Digits", VERSION, SPLITS, sources=f"`{APT_ALL}` and `{PIP_SKLEARN}`")
+load_info = BUILT.load_info
+shard_paths = BUILT.shard_paths
+verify_checksums = BUILT.verify
+BUILT.register(prepare_avdigits)

@@ -19,21 +19,17 @@ Layout: `root/emoji/info.json` plus `{split}.array_record-*` shards of npz recor
 
 import hashlib
 import importlib.metadata
-import json
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mmjax.data.records import sha256_file, write_shards
-from mmjax.data.sources import Dataset
+from mmjax.data.builders.built import Built, building, write_info
+from mmjax.data.records import write_shards
 from mmjax.errors import DataError
-from mmjax.registry import DATASETS
 
 NAME = "emoji"
 VERSION = "1.0.0"
@@ -137,9 +133,7 @@ def prepare_emoji(root: Path, *, small: bool = False, seed: int = 0, progress: b
     for e in kept:
         by_split[split_of(keys[base_key(e.caption)])].append(e)
 
-    build_dir = Path(tempfile.mkdtemp(prefix=f".{NAME}-build-", dir=root))
-    build_dir.chmod(0o755)  # mkdtemp's 0o700 would otherwise stick to the final dir
-    try:
+    with building(root / NAME) as build_dir:
         splits = {}
         for split, members in by_split.items():
             records = [
@@ -185,67 +179,12 @@ def prepare_emoji(root: Path, *, small: bool = False, seed: int = 0, progress: b
             "small": small,
             "build_seconds": round(time.perf_counter() - started, 2),
         }
-        (build_dir / "info.json").write_text(
-            json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8"
-        )
-        _move_into_place(build_dir, root / NAME)
-    except BaseException:
-        shutil.rmtree(build_dir, ignore_errors=True)
-        raise
+        write_info(build_dir, info)
     for note in notes[1:]:
         log(f"{NAME}: {note}")
     log(f"{NAME}: " + ", ".join(f"{k} {v['num_records']}" for k, v in splits.items()))
     log(f"{NAME}: built {root / NAME} in {info['build_seconds']:.1f} s")
     return info
-
-
-def load_info(root: Path) -> dict:
-    """Reads `root/emoji/info.json`; DataError says how to build it when missing."""
-    path = Path(root) / NAME / "info.json"
-    if not path.is_file():
-        raise DataError(
-            f"Emoji is not built: {path} is missing. Build it with `mmjax data prepare {NAME}` "
-            f"(sources: `{APT}`)"
-        )
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(
-            f"{path}: unreadable ({e}); rebuild with `mmjax data prepare {NAME}`"
-        ) from None
-    if not isinstance(info, dict) or set(SPLITS) - set(info.get("splits", {})):
-        raise DataError(
-            f"{path}: expected splits {SPLITS}; rebuild with `mmjax data prepare {NAME}`"
-        )
-    if info.get("version") != VERSION:
-        raise DataError(
-            f"{path}: built by Emoji version {info.get('version')}, this mmjax reads {VERSION}; "
-            f"rebuild with `mmjax data prepare {NAME}`"
-        )
-    return info
-
-
-def shard_paths(root: Path, split: str) -> list[Path]:
-    """The shard files of one split, in order; DataError if they are missing."""
-    if split not in SPLITS:
-        raise DataError(f"split: expected one of {SPLITS}, got {split!r}")
-    entry = load_info(root)["splits"][split]
-    paths = [Path(root) / NAME / shard["file"] for shard in entry["shards"]]
-    for path in paths:
-        if not path.is_file():
-            raise DataError(f"{path} is missing; rebuild with `mmjax data prepare {NAME}`")
-    return paths
-
-
-def verify_checksums(root: Path) -> None:
-    """Checks every shard's sha256 against info.json; DataError names the first bad shard."""
-    for split, entry in load_info(root)["splits"].items():
-        for path, shard in zip(shard_paths(root, split), entry["shards"], strict=True):
-            if sha256_file(path) != shard["sha256"]:
-                raise DataError(
-                    f"{path}: sha256 differs from info.json's {shard['sha256']}; the shard is "
-                    f"corrupt, rebuild with `mmjax data prepare {NAME}`"
-                )
 
 
 def _quiet(*_args: object) -> None:
@@ -385,20 +324,8 @@ def _dpkg_version(package: str) -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
-def _move_into_place(build_dir: Path, final: Path) -> None:
-    """Renames the finished build over `final`; an old build is deleted only afterwards."""
-    old = Path(tempfile.mkdtemp(prefix=f".{NAME}-old-", dir=final.parent))
-    if final.exists():
-        final.rename(old / final.name)
-    build_dir.rename(final)
-    shutil.rmtree(old)
-
-
-DATASETS.register(NAME)(
-    Dataset(
-        prepare=prepare_emoji,
-        load_info=load_info,
-        shard_paths=shard_paths,
-        verify=verify_checksums,
-    )
-)
+BUILT = Built(NAME, "Emoji", VERSION, SPLITS, sources=f"`{APT}`")
+load_info = BUILT.load_info
+shard_paths = BUILT.shard_paths
+verify_checksums = BUILT.verify
+BUILT.register(prepare_emoji)
