@@ -85,6 +85,13 @@ def _git_revision() -> str:
     return out.stdout.strip() or "unknown"
 
 
+def _portable(config: dict[str, Any]) -> dict[str, Any]:
+    """The run's config without where its data lived on the publishing machine."""
+    config = json.loads(json.dumps(config))
+    config["data"]["root"] = ""
+    return config
+
+
 def publish(
     workdir: str | Path,
     name: str,
@@ -116,7 +123,7 @@ def publish(
         "publishing_revision": _git_revision(),  # the run may predate it
         "step": step,
         "parameters": sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))),
-        "config": record["config"],
+        "config": _portable(record["config"]),
         "dataset": record["dataset"],
         "dataset_build": _build_checksums(info),
         "metrics": {"accuracy": results["accuracy"], "loss": results["loss"]}

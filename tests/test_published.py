@@ -9,6 +9,7 @@ import mmjax
 from mmjax.publish import PublishedModel, publish, published_names
 
 SPLITS = ("test", "test_human")
+AVDIGITS_MODELS = [n for n in published_names() if n.startswith("avdigits-")]
 
 
 @pytest.fixture(scope="module")
@@ -16,11 +17,13 @@ def late():
     return mmjax.load_pretrained("avdigits-late")
 
 
-def test_reproduces_the_card_accuracy_on_a_fresh_build(late, full_root):
+@pytest.mark.parametrize("name", AVDIGITS_MODELS)
+def test_reproduces_the_card_accuracy_on_a_fresh_build(name, full_root):
+    published = mmjax.load_pretrained(name)
     for split in SPLITS:
-        result = late.evaluate(split, data_root=str(full_root))
+        result = published.evaluate(split, data_root=str(full_root))
         assert result["same_build"], f"{split}: the fresh build's checksums differ from the card's"
-        assert result["accuracy"] == late.card["metrics"]["accuracy"][split]
+        assert result["accuracy"] == published.card["metrics"]["accuracy"][split]
 
 
 def test_predicts_like_a_predictor(late):
