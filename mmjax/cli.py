@@ -3,6 +3,7 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -80,7 +81,8 @@ def _features_extract(args: argparse.Namespace) -> None:
     config = apply_overrides(load_config_file(args.config), args.set)
     if args.data_dir:
         set_value(config, "data.root", args.data_dir)
-    info = extract(config, args.out, splits=tuple(args.split or ()))
+    out = Path(args.out).absolute()
+    info = extract(config, out, splits=tuple(args.split or ()))
     sizes = ", ".join(f"{s} {v['num_records']}" for s, v in info["splits"].items())
     print(
         f"cached {', '.join(info['cached'])} features in {args.out}: {sizes} "

@@ -19,7 +19,8 @@ from mmjax.data.transforms import AddNoise, Decode
 from mmjax.errors import ConfigError
 from mmjax.models import build_model
 from mmjax.models.layers import jit_init
-from mmjax.pretrained import place_pretrained
+from mmjax.parallel import data_mesh
+from mmjax.train.warm_start import initial_weights
 
 
 def extract(
@@ -50,7 +51,7 @@ def extract(
         raise ConfigError(f"--split {unknown}: the dataset has {', '.join(info['splits'])}")
     started = time.perf_counter()
     model = jit_init(lambda: build_model(exp.model, rngs=nnx.Rngs(exp.train.seed)))
-    place_pretrained(model, exp.model)
+    initial_weights(model, exp, data_mesh(jax.devices()[:1]))  # as a fresh run starts
     encode = _encoder_fn(model, cached)
     decode = Decode(cached)
     noise = AddNoise(exp.data.image_noise, exp.data.audio_snr_db)
@@ -69,6 +70,8 @@ def extract(
             m: {
                 "encoder": features_store.encoder_spec(exp.model, m),
                 "pretrained": dict(exp.model.pretrained).get(m, ""),
+                "weights_sha256": features_store.weights_sha256(model.encoders[m]),
+                "noise": features_store.noise_of(exp.data),
             }
             for m in cached
         },

@@ -10,11 +10,13 @@ pinned files), so it stays small.
 import datetime
 import hashlib
 import json
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -25,13 +27,14 @@ from mmjax.models import build_model
 from mmjax.models.layers import jit_init
 from mmjax.parallel import data_mesh
 from mmjax.predict import Predictor
-from mmjax.pretrained import place_pretrained
+from mmjax.pretrained import place
+from mmjax.pretrained.catalog import entry as catalog_entry
 from mmjax.train.loop import evaluate
 from mmjax.train.state import init_state
 from mmjax.train.workdir import read_experiment, restore_trained
 
 PUBLISHED_DIR = Path(__file__).parent / "published"
-KEPT = (nnx.Param, nnx.BatchStat)
+KEPT = nnx.Not(nnx.RngState)  # parameters, batch statistics, frozen tables
 
 
 def _catalog_encoders(cfg: ModelConfig) -> set[str]:
@@ -41,13 +44,13 @@ def _catalog_encoders(cfg: ModelConfig) -> set[str]:
 
 
 def _stored(cfg: ModelConfig) -> nnx.filterlib.Filter:
-    """What a published model stores: parameters and batch statistics, minus catalog encoders."""
+    """What a published model stores: every variable but RNG state, minus catalog encoders."""
     skipped = _catalog_encoders(cfg)
 
     def in_catalog_encoder(path: tuple, _: Any) -> bool:
         return len(path) > 1 and path[0] == "encoders" and path[1] in skipped
 
-    return nnx.All(nnx.Any(*KEPT), nnx.Not(in_catalog_encoder))
+    return nnx.All(KEPT, nnx.Not(in_catalog_encoder))
 
 
 def published_names() -> list[str]:
@@ -65,6 +68,13 @@ def _file_hashes(folder: Path) -> dict[str, str]:
 
 
 def _build_checksums(info: dict[str, Any]) -> dict[str, Any]:
+    if "source" in info:  # a cached-features store: the dataset build it was made from
+        return dict(info["source"]) | {
+            "shards": {
+                split: {s["file"]: s["sha256"] for s in shards}
+                for split, shards in info["source"]["shards"].items()
+            }
+        }
     return {
         "name": info["name"],
         "version": info.get("version"),
@@ -89,6 +99,7 @@ def _portable(config: dict[str, Any]) -> dict[str, Any]:
     """The run's config without where its data lived on the publishing machine."""
     config = json.loads(json.dumps(config))
     config["data"]["root"] = ""
+    config["data"]["features"] = ""  # a cached-features store is evaluated on its dataset
     return config
 
 
@@ -113,10 +124,12 @@ def publish(
     exp = experiment_from(record["config"])
     step, graphdef, state = restore_trained(workdir, exp, data_mesh(jax.devices()[:1]))
     model, _ = nnx.merge(graphdef, state)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(target / "weights", nnx.to_pure_dict(nnx.state(model, _stored(exp.model))))
-    checkpointer.wait_until_finished()
     info = sources.dataset_info(exp.data)
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(staging / "weights", nnx.to_pure_dict(nnx.state(model, _stored(exp.model))))
+    checkpointer.wait_until_finished()
     card = {
         "name": name,
         "published": datetime.date.today().isoformat(),
@@ -131,9 +144,10 @@ def publish(
         "catalog_encoders": {
             m: n for m, n in exp.model.pretrained if m in _catalog_encoders(exp.model)
         },
-        "files": _file_hashes(target / "weights"),
+        "files": _file_hashes(staging / "weights"),
     }
-    (target / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (staging / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    staging.rename(target)
     return target
 
 
@@ -161,7 +175,8 @@ class PublishedModel(Predictor):
             )
         experiment = experiment_from(self.card["config"])
         model = jit_init(lambda: build_model(experiment.model, rngs=nnx.Rngs(0)))
-        place_pretrained(model, experiment.model)  # the frozen catalog encoders
+        for m in _catalog_encoders(experiment.model):  # not stored: load their pinned files
+            place(model.encoders[m], catalog_entry(dict(experiment.model.pretrained)[m]))
         state = nnx.state(model, _stored(experiment.model))
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = jax.tree.map(
@@ -176,9 +191,22 @@ class PublishedModel(Predictor):
         self.name = name
         self.model = model
 
+    def _require_classifier(self) -> None:
+        if self.experiment.model.classification_weight == 0:
+            raise ConfigError(
+                f"{self.name} trained no classifier (model.classification_weight is 0); use "
+                "its embeddings: mmjax.train.retrieval.model_metrics(published.model, ...) or "
+                "published.model.fusion.embed(...)"
+            )
+
+    def predict(self, **inputs: Any) -> np.ndarray:
+        self._require_classifier()
+        return super().predict(**inputs)
+
     def evaluate(self, split: str, *, data_root: str = "") -> dict[str, Any]:
         """Accuracy and loss on `split` of the local build, with the card's data settings;
         `same_build` says whether its shards have the card's checksums."""
+        self._require_classifier()
         config = json.loads(json.dumps(self.card["config"]))
         config["data"]["root"] = data_root
         exp = experiment_from(config)

@@ -10,9 +10,10 @@ from flax import nnx
 import mmjax
 from mmjax.config import experiment_from, set_value
 from mmjax.data import pipeline
-from mmjax.errors import ConfigError, DataError
+from mmjax.data.features_store import check_cached_weights, weights_sha256
+from mmjax.errors import ConfigError, DataError, InputError
 from mmjax.features import extract
-from mmjax.models import build_model
+from mmjax.models import build_model, validate_batch
 from mmjax.models.layers import jit_init
 from mmjax.pretrained import place_pretrained
 
@@ -84,3 +85,31 @@ def test_a_changed_shard_is_detected(emoji_root, features, tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(DataError, match="changed since it was written"):
         mmjax.train(_config(emoji_root, data__features=str(copy)), tmp_path / "e", progress=False)
+
+
+def test_noise_other_than_the_stores_is_refused(emoji_root, features, tmp_path):
+    noisy = _config(emoji_root, data__features=str(features), data__image_noise=0.1)
+    with pytest.raises(ConfigError, match="noise"):
+        mmjax.train(noisy, tmp_path, progress=False)
+
+
+def test_weights_other_than_the_stores_are_refused():
+    model = mmjax.create_model("avdigits_image")
+    same = {"image": {"weights_sha256": weights_sha256(model.encoders["image"])}}
+    check_cached_weights(same, model)
+    other = mmjax.create_model("avdigits_image", seed=1)
+    with pytest.raises(ConfigError, match="other weights"):
+        check_cached_weights(same, other)
+
+
+def test_batches_mixing_inputs_and_cached_features_are_refused():
+    cached = {
+        "text.tokens": np.zeros((2, 3, 4), np.float32),
+        "text.token_mask": np.ones((2, 3), bool),
+        "text.pooled": np.zeros((2, 4), np.float32),
+    }
+    validate_batch(cached, ("text",))
+    with pytest.raises(InputError, match="either the input or its cached features"):
+        validate_batch(cached | {"text": np.ones((2, 5), np.int32)}, ("text",))
+    with pytest.raises(InputError, match="all of tokens, token_mask and pooled"):
+        validate_batch({k: v for k, v in cached.items() if k != "text.pooled"}, ("text",))

@@ -79,3 +79,5 @@ def test_emoji_two_tower_reproduces_its_retrieval_numbers(tmp_path_factory):
     exp = mmjax.config.experiment_from(config.to_dict())
     measured = model_metrics(two_tower.model, exp, "test")
     assert measured == two_tower.card["metrics"]["retrieval"]["test"]  # ratios of counts
+    with pytest.raises(mmjax.ConfigError, match="trained no classifier"):
+        two_tower.predict(image=np.zeros((1, 32, 32, 3), np.float32))

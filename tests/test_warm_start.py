@@ -8,9 +8,10 @@ from flax import nnx
 import mmjax
 from mmjax.config import experiment_from, set_value
 from mmjax.errors import CheckpointError, ConfigError
+from mmjax.experiments import avdigits_config
 from mmjax.parallel import data_mesh
 from mmjax.train.state import init_state
-from mmjax.train.warm_start import COPIED, warm_start
+from mmjax.train.warm_start import COPIED, initial_weights, warm_start
 from mmjax.train.workdir import read_experiment, restore_trained
 
 
@@ -88,3 +89,14 @@ def test_mismatched_and_unknown_modules_are_config_errors(avdigits_root, pretrai
     set_value(empty, "train.init_modules", ())
     with pytest.raises(ConfigError, match="init_modules"):
         experiment_from(empty.to_dict())
+
+
+def test_init_from_may_not_overwrite_a_pretrained_encoder():
+    config = avdigits_config("avdigits_late", "tiny").to_dict()
+    config["model"] = mmjax.MODELS.get("efficientnet_minilm_late")()
+    config["model"]["pretrained"]["text"] = "minilm-l6"
+    config["train"]["init_from"] = "runs/anything"
+    exp = experiment_from(config)
+    model = mmjax.create_model("avdigits_image")  # refused before any weight is read
+    with pytest.raises(ConfigError, match=r"model\.pretrained\.text already loads"):
+        initial_weights(model, exp, data_mesh())

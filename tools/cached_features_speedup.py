@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--features", required=True)
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be >= 2 (percentiles need two timings)")
     medians = {}
     for name, features in (("end to end, text frozen", ""), ("cached text", args.features)):
         times = step_times(features, args.steps)

@@ -31,6 +31,7 @@ from mmjax.parallel import data_mesh, put_batch
 from mmjax.train.loop import evaluate_workdir
 from mmjax.train.state import init_state, state_shardings
 from mmjax.train.step import make_train_step
+from mmjax.train.workdir import read_experiment
 
 TIMED_STEPS = 10
 
@@ -89,6 +90,12 @@ def run_head(fusion: str, seeds: list[int], steps: int, data_dir: str, workdir: 
         run_dir = workdir / fusion / f"seed{seed}"
         done = run_dir / "compare_row.json"
         if done.exists():  # finished by an earlier, interrupted invocation
+            saved = read_experiment(run_dir)["config"]
+            if saved["train"]["steps"] != steps:
+                raise SystemExit(
+                    f"{run_dir} ran {saved['train']['steps']} steps, not {steps}; "
+                    "use another --workdir"
+                )
             runs.append(json.loads(done.read_text()))
             continue
         results = mmjax.train(experiment(fusion, seed, steps, data_dir), run_dir, progress=False)

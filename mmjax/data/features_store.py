@@ -3,15 +3,22 @@
 Layout: DIR/info.json and DIR/<split>.array_record-*; each record is the dataset's record with
 every cached modality `m` replaced by its encoder's Features: `m.tokens` [T, D] float32,
 `m.token_mask` [T] bool and `m.pooled` [D] float32. info.json is the source dataset's info
-plus `cached` ({m: {"encoder": spec, "pretrained": name}}) and `source` (its build checksums).
+plus `cached` ({m: {"encoder": spec, "pretrained": name, "weights_sha256", "noise"}}) and
+`source` (the dataset build's checksums). Inputs get the dataset's noise once, from a fixed
+per-record seed, so training on the store sees one noise draw, not a fresh one per epoch.
 """
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from mmjax.config import ModelConfig
+import jax
+import numpy as np
+from flax import nnx
+
+from mmjax.config import DataConfig, ExperimentConfig, ModelConfig
 from mmjax.data.records import sha256_file
 from mmjax.errors import ConfigError, DataError
 
@@ -59,9 +66,41 @@ def encoder_spec(cfg: ModelConfig, modality: str) -> dict[str, Any]:
     return {"name": component.name, **fields}
 
 
-def check_cached_encoder(modality: str, cached: dict[str, Any], cfg: ModelConfig) -> None:
+def weights_sha256(module: nnx.Module) -> str:
+    """A fingerprint of a module's weights: every variable but RNG state, in path order."""
+    digest = hashlib.sha256()
+    flat = nnx.to_flat_state(jax.device_get(nnx.state(module, nnx.Not(nnx.RngState))))
+    for path, value in sorted(flat, key=lambda item: "/".join(map(str, item[0]))):
+        digest.update("/".join(map(str, path)).encode())
+        digest.update(np.ascontiguousarray(np.asarray(value)).tobytes())
+    return digest.hexdigest()
+
+
+def noise_of(data: DataConfig) -> dict[str, float]:
+    return {"image_noise": data.image_noise, "audio_snr_db": data.audio_snr_db}
+
+
+def check_cached_weights(cached: dict[str, Any], model: nnx.Module) -> None:
+    """ConfigError unless each cached modality's encoder in `model` has the weights the
+    features were computed with (e.g. the same init_from run, the same seed)."""
+    for m, entry in cached.items():
+        if m in model.encoders and weights_sha256(model.encoders[m]) != entry["weights_sha256"]:
+            raise ConfigError(
+                f"data.features: the features of {m!r} were computed by an encoder with other "
+                "weights than this run's (another train.init_from, seed or pretrained file); "
+                "extract them again with this config"
+            )
+
+
+def check_cached_encoder(modality: str, cached: dict[str, Any], exp: ExperimentConfig) -> None:
     """ConfigError unless the model's encoder for `modality` is frozen and is the one (same
-    config, same published weights) whose outputs were cached."""
+    config, same published weights, same input noise) whose outputs were cached."""
+    cfg = exp.model
+    if noise_of(exp.data) != cached["noise"]:
+        raise ConfigError(
+            f"data noise {noise_of(exp.data)} differs from the noise the cached {modality!r} "
+            f"features were computed with ({cached['noise']}); they hold one fixed draw"
+        )
     if modality not in cfg.frozen:
         raise ConfigError(
             f"model.frozen must include {modality!r}: data.features holds its encoder's outputs, "

@@ -87,6 +87,12 @@ class MultimodalModel(nnx.Module):
         for m in self.modalities:
             if f"{m}.pooled" in batch:  # cached outputs of this (frozen) encoder
                 features[m] = Features(*(batch[key] for key in cached_keys(m)))
+                if features[m].pooled.shape[-1] != self.encoders[m].dim:
+                    _fail(
+                        f"{m}.pooled",
+                        f"features of width {self.encoders[m].dim} (the encoder's)",
+                        f"width {features[m].pooled.shape[-1]}",
+                    )
                 masks[m] = batch.get(f"{m}_mask", jnp.ones((size,), bool))
             elif m in self.frozen and m in batch:
                 out = self.encoders[m](batch[m], train=False)
@@ -127,9 +133,7 @@ def _array(x: Any) -> Any:
 
 def _check_cached(m: str, arrays: Mapping[str, Any], size: int | None) -> None:
     """Cached Features of modality `m`: tokens [B, T, D], token_mask [B, T], pooled [B, D]."""
-    tokens, mask, pooled = (arrays.get(k) for k in cached_keys(m))
-    if tokens is None or mask is None:
-        _fail(m, "cached features with all of tokens, token_mask and pooled", "only some")
+    tokens, mask, pooled = (arrays[k] for k in cached_keys(m))
     b, t, d = tokens.shape if tokens.ndim == 3 else (None, None, None)
     if b != size or np.dtype(tokens.dtype).kind != "f":
         _fail(f"{m}.tokens", f"a float array [{size}, T, D]", f"{tokens.dtype} {tokens.shape}")
@@ -153,8 +157,13 @@ def validate_batch(
     for key in batch:
         if key not in allowed:
             _fail(key, f"one of the model's keys {sorted(allowed)}", "an unknown key")
-    cached = [m for m in modalities if f"{m}.pooled" in batch]
+    cached = [m for m in modalities if any(k in batch for k in cached_keys(m))]
     present = [m for m in modalities if m in batch]
+    for m in cached:
+        if m in present:
+            _fail(m, "either the input or its cached features", "both")
+        if not all(k in batch for k in cached_keys(m)):
+            _fail(m, "cached features with all of tokens, token_mask and pooled", "only some")
     if not present + cached:
         _fail("batch", f"at least one of the modalities {list(modalities)}", sorted(batch))
     arrays = {k: _array(v) for k, v in batch.items()}

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from mmjax.config import ConfigDict, ExperimentConfig, experiment_from
 from mmjax.data import pipeline, sources
-from mmjax.data.features_store import check_cached_encoder
+from mmjax.data.features_store import check_cached_encoder, check_cached_weights
 from mmjax.errors import CheckpointError, ConfigError
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
@@ -94,7 +94,7 @@ def _checked_dataset(exp: ExperimentConfig) -> dict[str, Any]:
     sources.verify(exp.data)
     for m, cached in info.get("cached", {}).items():
         if m in exp.model.modalities:
-            check_cached_encoder(m, cached, exp.model)
+            check_cached_encoder(m, cached, exp)
     for m in exp.model.modalities:
         if m not in info["modalities"]:
             raise ConfigError(
@@ -167,6 +167,7 @@ def train(
         if fresh and (exp.train.init_from or exp.model.pretrained):
             state = warm_start(graphdef, state, exp, mesh)
         step, state, earlier_seconds = _resume(checkpointer, config, state, shardings, data_iter)
+        check_cached_weights(info.get("cached", {}), nnx.merge(graphdef, state)[0])
         write_experiment(workdir, config, info)
         train_step = make_train_step(graphdef, shardings, mesh)
         last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)

@@ -59,7 +59,8 @@ def model_metrics(
     embed = _embedder(model)
     images, texts, labels = [], [], []
     for batch, rows in pipeline.eval_batches(exp.data, exp.model.modalities, split, batch_size):
-        out = jax.device_get(embed({m: batch[m] for m in ("image", "text")}))
+        inputs = {k: v for k, v in batch.items() if k != "label" and not k.endswith("_mask")}
+        out = jax.device_get(embed(inputs))  # raw inputs or cached features
         images.append(out["image"][:rows])
         texts.append(out["text"][:rows])
         labels.append(batch["label"][:rows])

@@ -13,7 +13,8 @@ from mmjax.pretrained import place_pretrained
 from mmjax.train.state import state_shardings
 from mmjax.train.workdir import read_experiment, restore_trained
 
-COPIED = (nnx.Param, nnx.BatchStat)  # optimizer moments and RNG streams start fresh
+# Parameters, batch statistics and frozen tables; optimizer moments and RNG streams start fresh.
+COPIED = nnx.Not(nnx.RngState)
 
 
 def _submodule(model: nnx.Module, path: str, which: str) -> nnx.Module:
@@ -46,11 +47,28 @@ def warm_start(
     """`state` with published weights in the encoders `exp.model.pretrained` names, then
     `exp.train.init_modules` copied from `exp.train.init_from`'s latest checkpoint."""
     model, optimizer = nnx.merge(graphdef, state)
+    initial_weights(model, exp, mesh)
+    new_state = nnx.state((model, optimizer))
+    return jax.device_put(new_state, state_shardings(new_state, mesh))
+
+
+def initial_weights(model: nnx.Module, exp: ExperimentConfig, mesh: jax.sharding.Mesh) -> None:
+    """Put a fresh run's starting weights into `model`: the catalog encoders of
+    `exp.model.pretrained`, then the modules `exp.train.init_from` provides."""
+    if exp.train.init_from:
+        for m, name in exp.model.pretrained:
+            if any(
+                p in ("encoders", f"encoders.{m}") or p.startswith(f"encoders.{m}.")
+                for p in exp.train.init_modules
+            ):
+                raise ConfigError(
+                    f"train.init_modules copies encoders.{m} from {exp.train.init_from}, but "
+                    f"model.pretrained.{m} already loads {name!r} into it; name the modules to "
+                    "copy (e.g. 'encoders.image', 'fusion') or drop one of the two"
+                )
     place_pretrained(model, exp.model)
     if exp.train.init_from:
         _copy_modules(model, exp, mesh)
-    new_state = nnx.state((model, optimizer))
-    return jax.device_put(new_state, state_shardings(new_state, mesh))
 
 
 def _copy_modules(model: nnx.Module, exp: ExperimentConfig, mesh: jax.sharding.Mesh) -> None:

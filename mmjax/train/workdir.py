@@ -22,6 +22,8 @@ RESUMABLE_CHANGES = (
     "train.keep_checkpoints",
     "train.eval_batch_size",
     "train.eval_splits",
+    "train.init_from",  # only a fresh run reads these two
+    "train.init_modules",
 )
 
 
