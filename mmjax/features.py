@@ -75,11 +75,7 @@ def extract(
             }
             for m in cached
         },
-        "source": {
-            "name": info["name"],
-            "version": info.get("version"),
-            "shards": {s: e["shards"] for s, e in info["splits"].items()},
-        },
+        "source": sources.build_checksums(info),
         "extract_seconds": round(time.perf_counter() - started, 2),
     }
     (staging / features_store.INFO).write_text(json.dumps(new_info, indent=2))

@@ -67,24 +67,6 @@ def _file_hashes(folder: Path) -> dict[str, str]:
     }
 
 
-def _build_checksums(info: dict[str, Any]) -> dict[str, Any]:
-    if "source" in info:  # a cached-features store: the dataset build it was made from
-        return dict(info["source"]) | {
-            "shards": {
-                split: {s["file"]: s["sha256"] for s in shards}
-                for split, shards in info["source"]["shards"].items()
-            }
-        }
-    return {
-        "name": info["name"],
-        "version": info.get("version"),
-        "shards": {
-            split: {s["file"]: s["sha256"] for s in entry["shards"]}
-            for split, entry in info["splits"].items()
-        },
-    }
-
-
 def _git_revision() -> str:
     try:
         out = subprocess.run(
@@ -138,7 +120,7 @@ def publish(
         "parameters": sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))),
         "config": _portable(record["config"]),
         "dataset": record["dataset"],
-        "dataset_build": _build_checksums(info),
+        "dataset_build": sources.build_checksums(info),
         "metrics": {"accuracy": results["accuracy"], "loss": results["loss"]}
         | (extra_metrics or {}),
         "catalog_encoders": {
@@ -216,7 +198,7 @@ class PublishedModel(Predictor):
         model, optimizer = nnx.merge(graphdef, state)
         nnx.update(model, nnx.state(self.model, KEPT))
         result = evaluate(graphdef, nnx.state((model, optimizer)), exp, split, mesh)
-        same = _build_checksums(info)["shards"].get(split) == (
+        same = sources.build_checksums(info)["shards"].get(split) == (
             self.card["dataset_build"]["shards"].get(split)
         )
         return result | {"same_build": same}

@@ -4,8 +4,9 @@ Layout: DIR/info.json and DIR/<split>.array_record-*; each record is the dataset
 every cached modality `m` replaced by its encoder's Features: `m.tokens` [T, D] float32,
 `m.token_mask` [T] bool and `m.pooled` [D] float32. info.json is the source dataset's info
 plus `cached` ({m: {"encoder": spec, "pretrained": name, "weights_sha256", "noise"}}) and
-`source` (the dataset build's checksums). Inputs get the dataset's noise once, from a fixed
-per-record seed, so training on the store sees one noise draw, not a fresh one per epoch.
+`source` (`sources.build_checksums` of the dataset build). Inputs get the dataset's noise
+once, from a fixed per-record seed, so training on the store sees one noise draw, not a fresh
+one per epoch.
 """
 
 import dataclasses

@@ -55,3 +55,18 @@ def open_split(cfg: DataConfig, split: str) -> grain.sources.ArrayRecordDataSour
     else:
         paths = DATASETS.get(cfg.name).shard_paths(data_root(cfg.root), split)
     return grain.sources.ArrayRecordDataSource([str(p) for p in paths])
+
+
+def build_checksums(info: dict[str, Any]) -> dict[str, Any]:
+    """{name, version, shards: {split: {file: sha256}}}: what identifies a dataset build. For
+    a cached-features store, the build it was extracted from."""
+    if "source" in info:
+        return info["source"]
+    return {
+        "name": info["name"],
+        "version": info.get("version"),
+        "shards": {
+            split: {s["file"]: s["sha256"] for s in entry["shards"]}
+            for split, entry in info["splits"].items()
+        },
+    }
