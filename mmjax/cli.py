@@ -90,6 +90,29 @@ def _features_extract(args: argparse.Namespace) -> None:
     )
 
 
+def _bench(args: argparse.Namespace) -> None:
+    # The suite lives next to the package in a source checkout (DESIGN.md: benchmarks/).
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "harness.py").is_file():
+        raise MmjaxError(
+            "mmjax bench runs the suite in benchmarks/ of a source checkout: clone the "
+            "repository and pip install -e '.[bench]' there"
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks import harness, report
+
+    unknown = [s for s in args.suite if s not in harness.SUITES]
+    if unknown:
+        raise MmjaxError(f"unknown suite {unknown[0]!r}; suites: {', '.join(harness.SUITES)}")
+    out = Path(args.out) if args.out else root / "benchmarks" / "results"
+    ctx = harness.Context(smoke=args.smoke, out_dir=out)
+    harness.run(list(args.suite) or list(harness.SUITES), ctx)
+    table, figure = report.write(ctx.results_path)
+    print(f"{len(ctx.records)} measurements appended to {ctx.results_path}")
+    print(f"table: {table}\nplot: {figure}")
+
+
 def zoo_markdown() -> str:
     """The registered encoders, fusion heads and models as a Markdown table (docs/zoo.md)."""
     lines = [
@@ -179,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     extract.add_argument("--data-dir", help="dataset root (default $MMJAX_DATA or ~/.cache/mmjax)")
     extract.set_defaults(run=_features_extract)
+
+    bench = commands.add_parser("bench", help="run the benchmark suites (benchmarks/)")
+    bench.add_argument("suite", nargs="*", help="suites to run (default: all)")
+    bench.add_argument("--smoke", action="store_true", help="every suite at tiny sizes")
+    bench.add_argument("--out", help="results folder (default benchmarks/results)")
+    bench.set_defaults(run=_bench)
 
     zoo = commands.add_parser("zoo", help="the registered components")
     zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)

@@ -134,6 +134,18 @@ def test_label_out_of_range_is_rejected():
         validate_batch(batch, ("image",), num_classes=10)
 
 
+def test_bfloat16_inputs_are_floating():
+    import ml_dtypes
+
+    from mmjax.models import validate_batch
+
+    image = np.zeros((2, 8, 8, 1), ml_dtypes.bfloat16)
+    validate_batch({"image": image}, ("image",))  # numpy calls bfloat16 kind "V"
+    image[1, 0, 0, 0] = np.inf
+    with pytest.raises(mmjax.InputError, match="image: expected finite values"):
+        validate_batch({"image": image}, ("image",))
+
+
 def test_missing_dataset_names_the_prepare_command(tmp_path):
     cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")
     set_value(cfg, "data.root", str(tmp_path))

@@ -122,6 +122,12 @@ def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs) -> MultimodalModel:
     )
 
 
+def _kind(dtype: Any) -> str:
+    """numpy's dtype kind ('f', 'i', 'u', 'b', ...), with bfloat16 and the other ml_dtypes
+    floats (kind 'V' to numpy) as 'f'."""
+    return "f" if jnp.issubdtype(dtype, jnp.floating) else np.dtype(dtype).kind
+
+
 def _fail(field: str, expected: str, got: Any) -> None:
     raise InputError(f"{field}: expected {expected}, got {got}")
 
@@ -135,11 +141,11 @@ def _check_cached(m: str, arrays: Mapping[str, Any], size: int | None) -> None:
     """Cached Features of modality `m`: tokens [B, T, D], token_mask [B, T], pooled [B, D]."""
     tokens, mask, pooled = (arrays[k] for k in cached_keys(m))
     b, t, d = tokens.shape if tokens.ndim == 3 else (None, None, None)
-    if b != size or np.dtype(tokens.dtype).kind != "f":
+    if b != size or _kind(tokens.dtype) != "f":
         _fail(f"{m}.tokens", f"a float array [{size}, T, D]", f"{tokens.dtype} {tokens.shape}")
     if tuple(mask.shape) != (size, t) or mask.dtype != bool:
         _fail(f"{m}.token_mask", f"a bool array [{size}, {t}]", f"{mask.dtype} {mask.shape}")
-    if tuple(pooled.shape) != (size, d) or np.dtype(pooled.dtype).kind != "f":
+    if tuple(pooled.shape) != (size, d) or _kind(pooled.dtype) != "f":
         _fail(f"{m}.pooled", f"a float array [{size}, {d}]", f"{pooled.dtype} {pooled.shape}")
 
 
@@ -176,14 +182,14 @@ def validate_batch(
         ranks = MODALITY_RANKS.get(m)
         if ranks and x.ndim not in ranks:
             _fail(m, f"rank {' or '.join(map(str, ranks))} (batch axis first)", f"shape {x.shape}")
-        if m in MODALITY_KINDS and np.dtype(x.dtype).kind not in MODALITY_KINDS[m]:
+        if m in MODALITY_KINDS and _kind(x.dtype) not in MODALITY_KINDS[m]:
             kind = "a floating" if MODALITY_KINDS[m] == "f" else "an integer"
             _fail(m, f"{kind} dtype", x.dtype)
         if sample_shapes and m in sample_shapes and tuple(x.shape[1:]) != tuple(sample_shapes[m]):
             _fail(m, f"per-sample shape {tuple(sample_shapes[m])}", f"{tuple(x.shape[1:])}")
         if x.shape[0] != size:
             _fail(m, f"batch size {size} (as {present[0]})", x.shape[0])
-        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.isfinite(x).all():
+        if isinstance(x, np.ndarray) and _kind(x.dtype) == "f" and not np.isfinite(x).all():
             _fail(m, "finite values", "NaN or infinity")
     for m in modalities:
         mask = arrays.get(f"{m}_mask")
@@ -191,7 +197,7 @@ def validate_batch(
             _fail(f"{m}_mask", f"a bool array of shape ({size},)", f"{mask.dtype} {mask.shape}")
     label = arrays.get("label")
     if label is not None:
-        if np.dtype(label.dtype).kind not in "iu" or tuple(label.shape) != (size,):
+        if _kind(label.dtype) not in "iu" or tuple(label.shape) != (size,):
             _fail("label", f"an integer array of shape ({size},)", f"{label.dtype} {label.shape}")
         host = num_classes is not None and isinstance(label, np.ndarray) and label.size
         if host and (label.min() < 0 or label.max() >= num_classes):

@@ -1,0 +1,62 @@
+"""extract: every registered encoder's forward pass (inference mode), across batch sizes.
+
+This is feature extraction as `mmjax features extract` runs it: parameters and inputs on the
+device, one jitted program per (encoder, batch size).
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from benchmarks import inputs
+from benchmarks.harness import Context, measurement, time_program
+from mmjax import perf
+from mmjax.models.layers import jit_init
+from mmjax.registry import ENCODERS
+
+# A smoke run times one encoder per kind (CNN, CNN-LSTM, RNN, Transformer); tests/
+# test_components.py already runs every encoder.
+SMOKE_ENCODERS = ("small_cnn", "cnn_lstm", "bilstm", "text_transformer")
+
+
+def forward_program(encoder: nnx.Module):
+    """(jitted forward(state, x) -> pooled features, the encoder's state)."""
+    graphdef, state = nnx.split(encoder)
+
+    def forward(state, x):
+        return nnx.merge(graphdef, state)(x, train=False).pooled
+
+    return jax.jit(forward), state
+
+
+def run(ctx: Context) -> None:
+    size = inputs.sizes(ctx)
+    for name in SMOKE_ENCODERS if ctx.smoke else ENCODERS.names():
+        cls = ENCODERS.get(name)
+        cfg = inputs.encoder_config(cls, ctx, size)
+        encoder = jit_init(lambda cls=cls, cfg=cfg: cls(cfg, rngs=nnx.Rngs(0)))
+        params = sum(x.size for x in jax.tree.leaves(nnx.state(encoder, nnx.Param)))
+        forward, state = forward_program(encoder)
+        for batch in size.batches:
+            x = jnp.asarray(inputs.encoder_input(cls, cfg, size, batch))
+            compiled, stats = time_program(ctx, forward, (state, x))
+            ctx.record(
+                "extract",
+                model=name,
+                modality=cls.modality,
+                variant="forward",
+                batch=batch,
+                shapes={"input": list(x.shape)},
+                dtype="float32",
+                mesh="1",
+                params=params,
+                **measurement(
+                    ctx,
+                    compiled=compiled,
+                    stats=stats,
+                    flops=perf.matmul_flops(forward, state, x),
+                    batch=batch,
+                    dtype="float32",
+                    devices=1,
+                ),
+            )

@@ -1,0 +1,141 @@
+"""train: the whole train step (forward, backward, AdamW update, metrics) as `mmjax train`
+runs it, on one device and on the data-parallel mesh over every device.
+
+The batch is device-resident (placed once), so this is the step's own speed; the pipeline
+suite measures what feeding it costs. ResNet-50 in bfloat16 is the accelerator anchor
+(reference/performance-anchors.md 1A): there its params, activations and optimizer state are
+all bfloat16 (a cast of the float32 state; mixed precision with float32 master weights is
+a separate knob).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import inputs
+from benchmarks.harness import Context, measurement, time_program
+from mmjax import perf
+from mmjax.config import experiment_from
+from mmjax.models.zoo import _model
+from mmjax.parallel import data_mesh, put_batch
+from mmjax.registry import MODELS
+from mmjax.train.state import init_state, state_shardings
+from mmjax.train.step import make_train_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One model at one batch size; `batch_fn(size)` makes its host batch."""
+
+    name: str
+    section: dict
+    batch: int
+    image: int = 0  # image side (0: no image input)
+    text: int = 0  # text tokens (0: no text input)
+    audio: int = 0  # audio samples (0: no audio input)
+    dtype: str = "float32"
+    data_parallel: bool = True  # also on the mesh over every device (when there are several)
+
+
+def _resnet50(classes: int = 1000, **image_fields) -> dict:
+    spec = {"name": "resnet50", "in_channels": 3, **image_fields}
+    return _model({"image": spec}, {"name": "late_concat", "hidden": 512}, num_classes=classes)
+
+
+def cases(ctx: Context) -> list[Case]:
+    late, early, rb = (
+        MODELS.get(n)() for n in ("avdigits_late", "avdigits_early", "resnet18_bilstm_late")
+    )
+    if ctx.smoke:
+        small = inputs.smoke_section(MODELS.get("avdigits_late")())
+        return [
+            Case("avdigits_late", small, 4, image=8, audio=2000),
+            Case(
+                "resnet50",
+                _resnet50(10, width=8),
+                4,
+                image=32,
+                dtype="bfloat16",
+                data_parallel=False,
+            ),
+        ]
+    if ctx.accelerator:
+        return [
+            Case("avdigits_late", late, 256, image=8, audio=8000),
+            Case("resnet18_bilstm_late", rb, 256, image=32, text=32),
+            Case("resnet50", _resnet50(), 256, image=224, dtype="bfloat16"),
+            Case("resnet50", _resnet50(), 256, image=224),
+        ]
+    return [
+        Case("avdigits_late", late, 64, image=8, audio=8000),
+        Case("avdigits_early", early, 64, image=8, audio=8000),
+        Case("resnet18_bilstm_late", rb, 32, image=32, text=32),
+        Case("resnet50", _resnet50(), 16, image=64),
+        Case("resnet50", _resnet50(), 16, image=64, dtype="bfloat16"),
+    ]
+
+
+def host_batch(case: Case, classes: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    channels = case.section["encoders"].get("image", {}).get("in_channels", 1)
+    batch = {"label": inputs.label_batch(case.batch, classes)}
+    if case.image:
+        side = case.image
+        batch["image"] = rng.random((case.batch, side, side, channels), np.float32)
+    if case.audio:
+        batch["audio"] = rng.standard_normal((case.batch, case.audio), np.float32)
+    if case.text:
+        vocab = case.section["encoders"]["text"]["vocab_size"]
+        batch["text"] = rng.integers(1, vocab, (case.batch, case.text), np.int32)
+    for m in case.section["encoders"]:
+        batch[f"{m}_mask"] = np.ones(case.batch, bool)
+    return batch
+
+
+def _cast(tree, dtype: str):
+    """Every floating leaf of `tree` in `dtype` (integers, bools and keys unchanged)."""
+
+    def cast(x):
+        floating = hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+        return x.astype(dtype) if floating else x
+
+    return jax.tree.map(cast, tree)
+
+
+def run(ctx: Context) -> None:
+    for case in cases(ctx):
+        meshes = [data_mesh(jax.devices()[:1])]
+        if case.data_parallel and jax.device_count() > 1:
+            meshes.append(data_mesh())
+        exp = experiment_from(
+            {"model": case.section, "train": {"batch_size": case.batch, "steps": 1000}}
+        )
+        host = host_batch(case, exp.model.num_classes)
+        for mesh in meshes:
+            graphdef, state = init_state(exp, mesh)
+            state = _cast(state, case.dtype)
+            batch = put_batch(_cast(host, case.dtype), mesh)
+            step = make_train_step(graphdef, state_shardings(state, mesh), mesh)
+            flops = perf.matmul_flops(step, state, batch)  # traced before the state is donated
+            compiled, stats = time_program(ctx, step, (state, batch), carry=True)
+            ctx.record(
+                "train",
+                model=case.name,
+                modality="+".join(exp.model.modalities),
+                variant="train_step",
+                batch=case.batch,
+                shapes={k: list(v.shape) for k, v in host.items()},
+                dtype=case.dtype,
+                mesh=f"data={mesh.size}",
+                **measurement(
+                    ctx,
+                    compiled=compiled,
+                    stats=stats,
+                    flops=flops,
+                    batch=case.batch,
+                    dtype=case.dtype,
+                    devices=mesh.size,
+                ),
+            )

@@ -1,0 +1,108 @@
+"""The benchmark harness and its timing suites run, and what they write is well-formed.
+
+Timings are never asserted (DESIGN.md): these tests check that every record has the fields
+the issue names, with sane values, and that the CLI writes the JSONL, table and plot.
+(tests/test_bench_suites.py covers the pipeline and checkpoint suites, and
+tests/test_peer_torch.py the PyTorch peers.)
+"""
+
+import json
+import math
+
+import jax
+import pytest
+
+from benchmarks import harness, report
+from mmjax.cli import main
+
+TIMING_FIELDS = (
+    "model",
+    "variant",
+    "batch",
+    "dtype",
+    "mesh",
+    "device_kind",
+    "git_revision",
+    "compile_s",
+    "step_ms_p10",
+    "step_ms_p50",
+    "step_ms_p90",
+    "samples_per_s",
+    "flops",
+    "xla_flops",
+    "mfu",
+)
+
+
+def _check_timing(record: dict) -> None:
+    missing = [f for f in TIMING_FIELDS if f not in record]
+    assert not missing, f"{record['suite']} {record['model']}: no {missing}"
+    assert record["compile_s"] > 0 and record["flops"] > 0
+    assert 0 < record["step_ms_p10"] <= record["step_ms_p50"] <= record["step_ms_p90"]
+    assert math.isclose(record["samples_per_s"], record["batch"] * 1000 / record["step_ms_p50"])
+    assert record["peak_source"].startswith("measured:matmul")  # CPU: the same-run peak
+    assert record["mfu"] > 0 and math.isfinite(record["mfu"])
+
+
+@pytest.fixture(scope="module")
+def timing_run(tmp_path_factory):
+    ctx = harness.Context(smoke=True, out_dir=tmp_path_factory.mktemp("bench"))
+    harness.run(["fused", "train"], ctx, log=lambda _: None)
+    return ctx
+
+
+def test_fused_suite_records(timing_run):
+    rows = [r for r in timing_run.records if r["suite"] == "fused"]
+    heads = [r for r in rows if r["model"].startswith("avdigits:")]
+    encoders = [r for r in rows if r["model"].startswith("encoder:")]
+    assert {r["variant"] for r in heads} == {"forward", "forward+backward"}
+    assert {r["model"] for r in encoders} == {"encoder:small_cnn", "encoder:cnn_lstm"}
+    for r in rows:
+        _check_timing(r)
+    for r in heads:
+        same = [e for e in encoders if e["variant"] == r["variant"] and e["batch"] == r["batch"]]
+        assert math.isclose(r["encoders_ms"], sum(e["step_ms_p50"] for e in same))
+        assert math.isclose(r["fusion_overhead"], r["step_ms_p50"] / r["encoders_ms"] - 1)
+        # the whole model runs both encoders: more model FLOPs than their sum
+        assert r["flops"] > sum(e["flops"] for e in same)
+
+
+def test_train_suite_records(timing_run):
+    rows = [r for r in timing_run.records if r["suite"] == "train"]
+    for r in rows:
+        _check_timing(r)
+    meshes = {(r["model"], r["mesh"]) for r in rows}
+    assert ("avdigits_late", "data=1") in meshes
+    assert ("avdigits_late", f"data={jax.device_count()}") in meshes
+    assert any(r["model"] == "resnet50" and r["dtype"] == "bfloat16" for r in rows)
+    # the train step's count includes the backward pass: about 3x one forward pass
+    fused = [r for r in timing_run.records if r["suite"] == "fused"]
+    assert all(r["flops"] > 0 for r in fused)
+
+
+def test_results_file_holds_every_record(timing_run):
+    lines = report.read_jsonl(timing_run.results_path)
+    assert lines == json.loads(json.dumps(timing_run.records))
+    assert timing_run.results_path.name.endswith("-smoke.jsonl")
+
+
+def test_cli_writes_results_table_and_plot(tmp_path, capsys):
+    assert main(["bench", "extract", "--smoke", "--out", str(tmp_path)]) == 0
+    (results,) = tmp_path.glob("*.jsonl")
+    records = report.read_jsonl(results)
+    extract = [r for r in records if r["suite"] == "extract"]
+    assert {r["model"] for r in extract} == {"small_cnn", "cnn_lstm", "bilstm", "text_transformer"}
+    for r in extract:
+        _check_timing(r)
+    table = results.with_suffix(".md").read_text()
+    assert "## extract" in table and "| small_cnn |" in table
+    assert results.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a second run replaces the first run's rows in the table; the JSONL keeps both
+    assert main(["bench", "extract", "--smoke", "--out", str(tmp_path)]) == 0
+    assert len(report.read_jsonl(results)) == 2 * len(records)
+    assert results.with_suffix(".md").read_text().count("| small_cnn |") == 1
+
+
+def test_cli_rejects_an_unknown_suite(tmp_path, capsys):
+    assert main(["bench", "extrakt", "--out", str(tmp_path)]) == 2
+    assert "unknown suite 'extrakt'" in capsys.readouterr().err
