@@ -106,3 +106,19 @@ def test_cli_writes_results_table_and_plot(tmp_path, capsys):
 def test_cli_rejects_an_unknown_suite(tmp_path, capsys):
     assert main(["bench", "extrakt", "--out", str(tmp_path)]) == 2
     assert "unknown suite 'extrakt'" in capsys.readouterr().err
+
+
+def test_peer_suite_records(tmp_path):
+    ctx = harness.Context(smoke=True, out_dir=tmp_path)
+    harness.run(["peer"], ctx, log=lambda _: None)
+    rows = [r for r in ctx.records if r["suite"] == "peer"]
+    assert {r["variant"] for r in rows} == {"train_step", "forward"}
+    for r in rows:
+        assert r["mmjax_ms"] > 0 and r["eager_ms"] > 0 and r["compile_ms"] > 0
+        assert r["torch_threads"] >= 1 and r["rounds"] >= 2
+        for peer in ("eager", "compile"):
+            low, high = r[f"ratio_vs_{peer}_iqr"]
+            assert 0 < low <= r[f"ratio_vs_{peer}"] <= high
+    (train,) = (r for r in rows if r["variant"] == "train_step")
+    assert train["target_vs_eager"] == 0.8 and train["target_vs_compile"] == 1.0
+    assert isinstance(train["meets_target_vs_eager"], bool)
