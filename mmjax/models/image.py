@@ -21,6 +21,8 @@ from mmjax.models.layers import (
     Features,
     TransformerBlock,
     features_from_tokens,
+    max_pool,
+    same_conv,
     sinusoidal_positions,
 )
 from mmjax.registry import ENCODERS
@@ -55,7 +57,7 @@ class SmallCNN(nnx.Module):
         for block in self.blocks:
             x = block(x, train=train)
             if min(x.shape[1:3]) >= 4:
-                x = nnx.max_pool(x, (2, 2), (2, 2))
+                x = max_pool(x, 2, 2)
         return _grid_features(self.proj(x))
 
 
@@ -96,7 +98,7 @@ class VGG(nnx.Module):
             for layer in stage:
                 x = layer(x, train=train)
             if min(x.shape[1:3]) >= 2:
-                x = nnx.max_pool(x, (2, 2), (2, 2))
+                x = max_pool(x, 2, 2)
         return _grid_features(x)
 
 
@@ -214,7 +216,7 @@ class ResNet(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> Features:
         x = self.stem(x, train=train)
         if self.pool_stem:
-            x = nnx.max_pool(x, (3, 3), (2, 2), padding="SAME")
+            x = max_pool(x, 3, 2, padding="SAME")
         for block in self.blocks:
             x = block(x, train=train)
         return _grid_features(x)
@@ -300,7 +302,7 @@ class TFConvBN(nnx.Module):
         self.act = act
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = self.norm(self.conv(x), use_running_average=not train)
+        x = self.norm(same_conv(self.conv, x), use_running_average=not train)
         return jax.nn.relu6(x) if self.act else x
 
 

@@ -1,5 +1,6 @@
 """Shared NNX building blocks and the Features type every encoder returns."""
 
+import functools
 import itertools
 from collections.abc import Callable
 from typing import NamedTuple
@@ -71,8 +72,74 @@ class ConvBNReLU(nnx.Module):
         self.relu = relu
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = self.norm(self.conv(x), use_running_average=not train)
+        x = self.norm(same_conv(self.conv, x), use_running_average=not train)
         return nnx.relu(x) if self.relu else x
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """XLA's (and TensorFlow's) "SAME" padding of one spatial axis: (low, high)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def same_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    """`conv(x)` for a bias-free, "SAME"-padded 2-D `nnx.Conv` over NHWC `x`, in the form XLA
+    runs fastest (benchmarks/NOTES.md): on maps smaller than the kernel (ResNet's last stages
+    on small images) as patches times a matrix, since XLA:CPU's direct convolution is ~30x
+    slower there; a depthwise conv as a sum of shifted, strided slices times the per-channel
+    weights, since XLA:CPU's grouped convolution runs at ~2 % of its matmul peak. Other
+    convolutions, and every conv on GPU/TPU, go to `conv` itself. The results equal
+    `conv(x)` to float rounding (tests/test_layers.py)."""
+    kernel = conv.kernel[...]
+    (kh, kw), (sh, sw) = conv.kernel_size, conv.strides or (1, 1)
+    cpu = jax.default_backend() == "cpu"
+    if not cpu or conv.padding != "SAME" or conv.use_bias or conv.kernel_dilation not in (1, None):
+        return conv(x)
+    (h_lo, h_hi), (w_lo, w_hi) = (
+        _same_padding(x.shape[1], kh, sh),
+        _same_padding(x.shape[2], kw, sw),
+    )
+    channels = x.shape[-1]
+    if conv.feature_group_count == channels == kernel.shape[-1] and channels > 1:
+        padded = jnp.pad(x, ((0, 0), (h_lo, h_hi), (w_lo, w_hi), (0, 0)))
+        out_h, out_w = -(-x.shape[1] // sh), -(-x.shape[2] // sw)
+        out = jnp.zeros((x.shape[0], out_h, out_w, channels), x.dtype)
+        for i, j in itertools.product(range(kh), range(kw)):
+            window = padded[:, i : i + (out_h - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw]
+            out = out + window * kernel[i, j, 0]
+        return out
+    if conv.feature_group_count == 1 and (x.shape[1] < kh or x.shape[2] < kw):
+        patches = jax.lax.conv_general_dilated_patches(
+            x,
+            (kh, kw),
+            (sh, sw),
+            ((h_lo, h_hi), (w_lo, w_hi)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )  # [B, H', W', C * kh * kw], features ordered (C, kh, kw)
+        weights = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(-1, kernel.shape[-1])
+        return patches @ weights.astype(patches.dtype)
+    return conv(x)
+
+
+def max_pool(x: jax.Array, window: int, stride: int, *, padding: str = "VALID") -> jax.Array:
+    """Max over `window` x `window` patches of NHWC `x` [B, H, W, C], like `nnx.max_pool`, as
+    the maximum of window^2 strided slices. Its gradient is a few selects instead of XLA's
+    select-and-scatter, which runs 3-10x slower on CPU (benchmarks/NOTES.md). Ties split the
+    gradient (select-and-scatter gives it all to one); after a ReLU the only likely ties are
+    zeros, whose gradient the ReLU drops either way."""
+    pads = [(0, 0)] * 4
+    if padding == "SAME":
+        pads[1] = _same_padding(x.shape[1], window, stride)
+        pads[2] = _same_padding(x.shape[2], window, stride)
+        x = jnp.pad(x, pads, constant_values=-jnp.inf)
+    out_h = (x.shape[1] - window) // stride + 1
+    out_w = (x.shape[2] - window) // stride + 1
+    windows = (
+        x[:, i : i + (out_h - 1) * stride + 1 : stride, j : j + (out_w - 1) * stride + 1 : stride]
+        for i, j in itertools.product(range(window), range(window))
+    )
+    return functools.reduce(jnp.maximum, windows)
 
 
 def sinusoidal_positions(length: int, dim: int) -> jax.Array:
