@@ -25,21 +25,19 @@ SUITES = ("extract", "fused", "train", "pipeline", "checkpoint", "peer")
 
 
 def _git_revision() -> str:
-    root = Path(__file__).resolve().parents[1]
+    """HEAD's short hash, with "+dirty" when tracked files differ from it."""
+    root = str(Path(__file__).resolve().parents[1])
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", root, *args], capture_output=True, text=True)
+        if done.returncode:
+            raise OSError(done.stderr)
+        return done.stdout.strip()
+
     try:
-        rev = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+        rev = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except OSError:
         return "unknown"
     return rev + ("+dirty" if dirty else "")
 
@@ -121,7 +119,26 @@ class Context:
         return line
 
 
-def time_program(
+def timed(
+    ctx: Context,
+    jitted: Any,
+    args: tuple,
+    *,
+    batch: int,
+    dtype: str = "float32",
+    devices: int = 1,
+    carry: bool = False,
+) -> dict[str, Any]:
+    """Count the model FLOPs of `jitted(*args)`, compile and time it on `devices`: the
+    timing fields of a record (see `_fields`). `carry` as in `_time_program`."""
+    flops = perf.matmul_flops(jitted, *args)  # traced before a carried state is donated
+    compiled, stats = _time_program(ctx, jitted, args, carry=carry)
+    return _fields(
+        ctx, compiled=compiled, stats=stats, flops=flops, batch=batch, dtype=dtype, devices=devices
+    )
+
+
+def _time_program(
     ctx: Context, jitted: Any, args: tuple, *, carry: bool = False
 ) -> tuple[perf.Compiled, perf.Stats]:
     """Compile `jitted` for `args` (timed), then time steady-state calls. With `carry`, the
@@ -142,7 +159,7 @@ def time_program(
     return compiled, perf.measure(call, warmup=1, iters=ctx.iterations(first))
 
 
-def measurement(
+def _fields(
     ctx: Context,
     *,
     compiled: perf.Compiled,

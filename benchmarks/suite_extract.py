@@ -9,8 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from benchmarks import inputs
-from benchmarks.harness import Context, measurement, time_program
-from mmjax import perf
+from benchmarks.harness import Context, timed
 from mmjax.models.layers import jit_init
 from mmjax.registry import ENCODERS
 
@@ -39,7 +38,6 @@ def run(ctx: Context) -> None:
         forward, state = forward_program(encoder)
         for batch in size.batches:
             x = jnp.asarray(inputs.encoder_input(cls, cfg, size, batch))
-            compiled, stats = time_program(ctx, forward, (state, x))
             ctx.record(
                 "extract",
                 model=name,
@@ -50,13 +48,5 @@ def run(ctx: Context) -> None:
                 dtype="float32",
                 mesh="1",
                 params=params,
-                **measurement(
-                    ctx,
-                    compiled=compiled,
-                    stats=stats,
-                    flops=perf.matmul_flops(forward, state, x),
-                    batch=batch,
-                    dtype="float32",
-                    devices=1,
-                ),
+                **timed(ctx, forward, (state, x), batch=batch),
             )

@@ -14,8 +14,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import inputs
-from benchmarks.harness import Context, measurement, time_program
-from mmjax import perf
+from benchmarks.harness import Context, timed
 from mmjax.config import model_config_from
 from mmjax.models import build_model
 from mmjax.models.layers import jit_init
@@ -90,7 +89,6 @@ def run(ctx: Context) -> None:
             forward, grads, state = encoder_programs(encoder)
             x = data[modality]
             for variant, program in (("forward", forward), ("forward+backward", grads)):
-                compiled, stats = time_program(ctx, program, (state, x))
                 line = ctx.record(
                     "fused",
                     model=f"encoder:{component.name}",
@@ -100,15 +98,7 @@ def run(ctx: Context) -> None:
                     shapes={modality: list(x.shape)},
                     dtype="float32",
                     mesh="1",
-                    **measurement(
-                        ctx,
-                        compiled=compiled,
-                        stats=stats,
-                        flops=perf.matmul_flops(program, state, x),
-                        batch=batch,
-                        dtype="float32",
-                        devices=1,
-                    ),
+                    **timed(ctx, program, (state, x), batch=batch),
                 )
                 key = (batch, variant)
                 encoders_ms[key] = encoders_ms.get(key, 0.0) + line["step_ms_p50"]
@@ -118,16 +108,7 @@ def run(ctx: Context) -> None:
             forward, grads, state = model_programs(model)
             fusion_params = sum(x.size for x in jax.tree.leaves(nnx.state(model.fusion, nnx.Param)))
             for variant, program in (("forward", forward), ("forward+backward", grads)):
-                compiled, stats = time_program(ctx, program, (state, data))
-                fields = measurement(
-                    ctx,
-                    compiled=compiled,
-                    stats=stats,
-                    flops=perf.matmul_flops(program, state, data),
-                    batch=batch,
-                    dtype="float32",
-                    devices=1,
-                )
+                fields = timed(ctx, program, (state, data), batch=batch)
                 ctx.record(
                     "fused",
                     model=f"avdigits:{head}",

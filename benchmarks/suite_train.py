@@ -15,8 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import inputs
-from benchmarks.harness import Context, measurement, time_program
-from mmjax import perf
+from benchmarks.harness import Context, timed
 from mmjax.config import experiment_from
 from mmjax.models.zoo import _model
 from mmjax.parallel import data_mesh, put_batch
@@ -118,8 +117,6 @@ def run(ctx: Context) -> None:
             state = _cast(state, case.dtype)
             batch = put_batch(_cast(host, case.dtype), mesh)
             step = make_train_step(graphdef, state_shardings(state, mesh), mesh)
-            flops = perf.matmul_flops(step, state, batch)  # traced before the state is donated
-            compiled, stats = time_program(ctx, step, (state, batch), carry=True)
             ctx.record(
                 "train",
                 model=case.name,
@@ -129,13 +126,13 @@ def run(ctx: Context) -> None:
                 shapes={k: list(v.shape) for k, v in host.items()},
                 dtype=case.dtype,
                 mesh=f"data={mesh.size}",
-                **measurement(
+                **timed(
                     ctx,
-                    compiled=compiled,
-                    stats=stats,
-                    flops=flops,
+                    step,
+                    (state, batch),
                     batch=case.batch,
                     dtype=case.dtype,
                     devices=mesh.size,
+                    carry=True,
                 ),
             )
