@@ -113,9 +113,10 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(14, 6))
     for ax, (suite, variant) in zip(axes, panels):
         rows = [r for r in records if r["suite"] == suite and r.get("variant") == variant]
-        for model in dict.fromkeys(r["model"] for r in rows):
+        for i, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
             points = sorted((r["batch"], r["samples_per_s"]) for r in rows if r["model"] == model)
-            ax.plot(*zip(*points), marker="o", label=model)
+            style = {"color": plt.get_cmap("tab20")(i % 20), "marker": "os^Dv"[i % 5]}
+            ax.plot(*zip(*points), linestyle=("-", "--")[i // 20 % 2], label=model, **style)
         ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples/s")
         ax.set_title(f"{suite} ({variant})")
         if rows:
