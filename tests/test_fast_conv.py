@@ -38,13 +38,13 @@ def _check(conv: nnx.Conv, x: jax.Array) -> None:
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize(("kernel", "stride", "size"), [(3, 1, 7), (3, 2, 8), (5, 2, 7), (5, 1, 4)])
+@pytest.mark.parametrize(("kernel", "stride", "size"), [(3, 2, 8), (5, 1, 7)])
 def test_depthwise_equals_grouped_conv(kernel, stride, size):
     x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 6))
     _check(_conv(6, 6, kernel, stride, groups=6), x)
 
 
-@pytest.mark.parametrize(("kernel", "stride", "size"), [(3, 1, 2), (3, 2, 2), (3, 1, 1), (7, 2, 4)])
+@pytest.mark.parametrize(("kernel", "stride", "size"), [(3, 1, 2), (3, 2, 1), (7, 2, 4)])
 def test_tiny_map_equals_direct_conv(kernel, stride, size):
     x = jax.random.normal(jax.random.key(1), (2, size, size, 5))
     _check(_conv(5, 4, kernel, stride), x)
@@ -52,7 +52,7 @@ def test_tiny_map_equals_direct_conv(kernel, stride, size):
 
 @pytest.mark.parametrize(
     ("window", "stride", "padding", "shape"),
-    [(2, 2, "VALID", (2, 9, 6, 3)), (3, 2, "SAME", (2, 7, 8, 3)), (3, 2, "SAME", (2, 2, 2, 3))],
+    [(2, 2, "VALID", (2, 9, 6, 3)), (3, 2, "SAME", (2, 7, 8, 3))],
 )
 def test_max_pool_equals_nnx_max_pool(window, stride, padding, shape):
     x = jax.random.normal(jax.random.key(3), shape)  # no ties: the gradients agree exactly
