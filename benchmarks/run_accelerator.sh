@@ -43,7 +43,9 @@ for r in anchor[-1:]:
     mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "n/a (no peak for this device)"
     print(f"ResNet-50 bf16 train, batch {r['batch']}, {r['shapes']['image'][1]} px, "
           f"{r['mesh']}: {r['samples_per_s']:.0f} img/s, MFU {mfu} ({r['device_kind']})")
-if not anchor:
+if not anchor and any(r.get("smoke") for r in lines):
+    print("smoke run: ResNet-50 bf16 runs at full size only")
+elif not anchor:
     print("no ResNet-50 bf16 result: see the train suite's output above")
 PY
 echo "results in $out"

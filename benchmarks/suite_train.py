@@ -35,7 +35,6 @@ class Case:
     text: int = 0  # text tokens (0: no text input)
     audio: int = 0  # audio samples (0: no audio input)
     dtype: str = "float32"
-    data_parallel: bool = True  # also on the mesh over every device (when there are several)
 
 
 def _resnet50(classes: int = 1000, **image_fields) -> dict:
@@ -47,18 +46,11 @@ def cases(ctx: Context) -> list[Case]:
     late, early, rb = (
         MODELS.get(n)() for n in ("avdigits_late", "avdigits_early", "resnet18_bilstm_late")
     )
-    if ctx.smoke:
+    if ctx.smoke:  # the bfloat16 path on a tiny model; ResNet-50 only at full sizes
         small = inputs.smoke_section(MODELS.get("avdigits_late")())
         return [
             Case("avdigits_late", small, 4, image=8, audio=2000),
-            Case(
-                "resnet50",
-                _resnet50(10, width=8),
-                4,
-                image=32,
-                dtype="bfloat16",
-                data_parallel=False,
-            ),
+            Case("avdigits_late", small, 4, image=8, audio=2000, dtype="bfloat16"),
         ]
     if ctx.accelerator:
         return [
@@ -106,7 +98,7 @@ def _cast(tree, dtype: str):
 def run(ctx: Context) -> None:
     for case in cases(ctx):
         meshes = [data_mesh(jax.devices()[:1])]
-        if case.data_parallel and jax.device_count() > 1:
+        if jax.device_count() > 1 and case.dtype == "float32":
             meshes.append(data_mesh())
         exp = experiment_from(
             {"model": case.section, "train": {"batch_size": case.batch, "steps": 1000}}

@@ -123,23 +123,50 @@ def same_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
 
 
 def max_pool(x: jax.Array, window: int, stride: int, *, padding: str = "VALID") -> jax.Array:
-    """Max over `window` x `window` patches of NHWC `x` [B, H, W, C], like `nnx.max_pool`, as
-    the maximum of window^2 strided slices. Its gradient is a few selects instead of XLA's
-    select-and-scatter, which runs 3-10x slower on CPU (benchmarks/NOTES.md). Ties split the
-    gradient (select-and-scatter gives it all to one); after a ReLU the only likely ties are
-    zeros, whose gradient the ReLU drops either way."""
-    pads = [(0, 0)] * 4
+    """`nnx.max_pool` over `window` x `window` patches of NHWC `x` [B, H, W, C], with a
+    cheaper gradient on CPU (benchmarks/NOTES.md): XLA's select-and-scatter, the usual
+    gradient, runs 3-10x slower there than this one, which stacks the window's strided
+    slices, picks the first maximum of each (as select-and-scatter does) and sends the
+    output's gradient to it."""
+    return _max_pool(x, window, stride, padding)
+
+
+def _window_stack(x: jax.Array, window: int, stride: int, padding: str) -> jax.Array:
+    """Every pooling window's elements, [B, H', W', C, window^2] (-inf where padded)."""
     if padding == "SAME":
-        pads[1] = _same_padding(x.shape[1], window, stride)
-        pads[2] = _same_padding(x.shape[2], window, stride)
-        x = jnp.pad(x, pads, constant_values=-jnp.inf)
+        pads = (
+            _same_padding(x.shape[1], window, stride),
+            _same_padding(x.shape[2], window, stride),
+        )
+        x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
     out_h = (x.shape[1] - window) // stride + 1
     out_w = (x.shape[2] - window) // stride + 1
-    windows = (
-        x[:, i : i + (out_h - 1) * stride + 1 : stride, j : j + (out_w - 1) * stride + 1 : stride]
-        for i, j in itertools.product(range(window), range(window))
+    rows, cols = (out_h - 1) * stride + 1, (out_w - 1) * stride + 1
+    return jnp.stack(
+        [
+            x[:, i : i + rows : stride, j : j + cols : stride]
+            for i, j in itertools.product(range(window), range(window))
+        ],
+        axis=-1,
     )
-    return functools.reduce(jnp.maximum, windows)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x: jax.Array, window: int, stride: int, padding: str) -> jax.Array:
+    return nnx.max_pool(x, (window, window), (stride, stride), padding=padding)
+
+
+def _max_pool_forward(x, window, stride, padding):
+    return _max_pool(x, window, stride, padding), x
+
+
+def _max_pool_backward(window, stride, padding, x, grad):
+    windows, scatter_back = jax.vjp(lambda x: _window_stack(x, window, stride, padding), x)
+    chosen = jnp.arange(window * window) == jnp.argmax(windows, axis=-1)[..., None]
+    return scatter_back(jnp.where(chosen, grad[..., None], 0.0))
+
+
+_max_pool.defvjp(_max_pool_forward, _max_pool_backward)
 
 
 def sinusoidal_positions(length: int, dim: int) -> jax.Array:
