@@ -90,7 +90,7 @@ def same_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     slower there; a depthwise conv as a sum of shifted, strided slices times the per-channel
     weights, since XLA:CPU's grouped convolution runs at ~2 % of its matmul peak. Other
     convolutions, and every conv on GPU/TPU, go to `conv` itself. The results equal
-    `conv(x)` to float rounding (tests/test_layers.py)."""
+    `conv(x)` to float rounding (tests/test_fast_conv.py)."""
     kernel = conv.kernel[...]
     (kh, kw), (sh, sw) = conv.kernel_size, conv.strides or (1, 1)
     cpu = jax.default_backend() == "cpu"
@@ -127,7 +127,9 @@ def max_pool(x: jax.Array, window: int, stride: int, *, padding: str = "VALID") 
     cheaper gradient on CPU (benchmarks/NOTES.md): XLA's select-and-scatter, the usual
     gradient, runs 3-10x slower there than this one, which stacks the window's strided
     slices, picks the first maximum of each (as select-and-scatter does) and sends the
-    output's gradient to it."""
+    output's gradient to it. GPU/TPU keep XLA's own gradient."""
+    if jax.default_backend() != "cpu":
+        return nnx.max_pool(x, (window, window), (stride, stride), padding=padding)
     return _max_pool(x, window, stride, padding)
 
 
