@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 
 import mmjax
@@ -12,13 +13,35 @@ from mmjax.config import apply_overrides, load_config_file, set_value
 from mmjax.data import sources
 from mmjax.errors import MmjaxError
 
+# sysexits.h EX_TEMPFAIL: the run was preempted after saving; the same command resumes it.
+EXIT_PREEMPTED = 75
 
-def _train(args: argparse.Namespace) -> None:
+
+def _train(args: argparse.Namespace) -> int:
+    from mmjax import distributed
+
+    # Before the config is read: a config file may build arrays, which starts JAX's backend.
+    distributed.initialize(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        auto=args.distributed,
+        heartbeat_timeout_s=args.heartbeat_timeout,
+    )
     config = apply_overrides(load_config_file(args.config), args.set)
     if args.data_dir:
         set_value(config, "data.root", args.data_dir)
     results = mmjax.train(config, args.workdir, stop_after=args.stop_after, progress=not args.quiet)
-    print(json.dumps(results, indent=2))
+    if results.get("preempted"):
+        print(
+            f"mmjax: preempted (SIGTERM) at step {results['steps']}: checkpoint saved in "
+            f"{Path(args.workdir) / 'checkpoints'}; run the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_PREEMPTED
+    if jax.process_index() == 0:
+        print(json.dumps(results, indent=2))
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -164,6 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="dataset root (default $MMJAX_DATA or ~/.cache/mmjax)")
     train.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    cluster = train.add_argument_group(
+        "multi-process", "one `mmjax train` per process, all with the same flags but the id"
+    )
+    cluster.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    cluster.add_argument("--num-processes", type=int, metavar="N")
+    cluster.add_argument("--process-id", type=int, metavar="I", help="0 .. N-1")
+    cluster.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join the cluster JAX detects (Cloud TPU, SLURM, Open MPI, ...)",
+    )
+    cluster.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="end this process when a peer is silent this long (default 100)",
+    )
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a workdir's latest checkpoint")
@@ -221,11 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        return args.run(args) or 0
     except MmjaxError as err:
         print(f"mmjax: error: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

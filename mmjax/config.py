@@ -6,9 +6,12 @@ names the key and what is valid there.
 """
 
 import ast
+import contextlib
 import dataclasses
 import difflib
 import importlib.util
+import json
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -27,21 +30,56 @@ def load_config_file(spec: str) -> ConfigDict:
     """Load `path/to/config.py[:arg]`: the file's `get_config(arg)` result, locked."""
     path, _, arg = spec.partition(":")
     file = Path(path)
-    if not file.is_file():
+    try:
+        exists = file.is_file()
+    except OSError as err:  # a name too long, a permission denied on the way
+        raise ConfigError(f"config file {path!r} is unreadable ({err.strerror or err})") from None
+    if not exists:
         raise ConfigError(f"config file {path!r} does not exist (expected configs/NAME.py)")
     module_spec = importlib.util.spec_from_file_location(f"mmjax_config_{file.stem}", file)
+    if module_spec is None:
+        raise ConfigError(f"config file {path!r} is not a Python file (expected configs/NAME.py)")
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:  # the file is user input: a syntax error, a failed import, ...
+        raise ConfigError(f"config file {path!r} failed to run: {_describe(err)}") from err
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path!r} defines no get_config(arg) function")
-    cfg = module.get_config(arg or None)
+    try:
+        cfg = module.get_config(arg or None)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(
+            f"config file {path!r}: get_config({arg or None!r}) failed: {_describe(err)}"
+        ) from err
     if not isinstance(cfg, ConfigDict):
-        raise ConfigError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+        raise ConfigError(
+            f"{path}: get_config() must return an ml_collections.ConfigDict, "
+            f"got {type(cfg).__name__}"
+        )
     cfg.lock()
     return cfg
 
 
-def _did_you_mean(key: str, choices: Sequence[str]) -> str:
+def _describe(err: BaseException) -> str:
+    """`Type: message` of an exception raised by user code, for a ConfigError."""
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def _show(value: Any, limit: int = 200) -> str:
+    """repr(value) cut to `limit` characters; never fails (a huge int has no repr)."""
+    try:
+        text = repr(value)
+    except Exception:  # ValueError: int too large to print; or a broken __repr__
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _did_you_mean(key: Any, choices: Sequence[str]) -> str:
+    if not isinstance(key, str):
+        return ""
     close = difflib.get_close_matches(key, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -52,7 +90,8 @@ def _parse_literal(text: str) -> Any:
         return lowered == "true"
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    # TypeError: an unhashable key ("{[1]: 2}"); MemoryError/RecursionError: deep nesting
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         return text
 
 
@@ -65,8 +104,10 @@ def _coerce(value: Any, like: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif isinstance(like, float):
+        # an int too large for a float (1e309 and up) is a type error too
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            with contextlib.suppress(OverflowError):
+                return float(value)
     elif isinstance(like, str):
         if isinstance(value, str):
             return value
@@ -80,8 +121,8 @@ def _coerce(value: Any, like: Any, key: str) -> Any:
     else:
         return value
     raise ConfigError(
-        f"config key {key!r} expects type {type(like).__name__} (current value {like!r}), "
-        f"got {value!r}"
+        f"config key {key!r} expects type {type(like).__name__} (current value {_show(like)}), "
+        f"got {_show(value)}"
     )
 
 
@@ -125,6 +166,9 @@ def apply_overrides(cfg: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
     return cfg
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _check_type(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
@@ -145,14 +189,21 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
         return value
     elif hint is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            # NaN slips through every `x > 0` style check; a huge int overflows float
+            if (isinstance(value, float) or abs(value) < 2**1023) and math.isfinite(value):
+                return float(value)
+            raise ConfigError(f"config key {where!r} expects a finite float, got {_show(value)}")
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not _INT64_MIN <= value <= _INT64_MAX:  # numpy, jax and grain take int64 at most
+                raise ConfigError(
+                    f"config key {where!r} expects an int in [-2**63, 2**63), got {_show(value)}"
+                )
             return value
     elif isinstance(hint, type) and isinstance(value, hint):
         return value
     raise ConfigError(
-        f"config key {where!r} expects {getattr(hint, '__name__', hint)}, got {value!r}"
+        f"config key {where!r} expects {getattr(hint, '__name__', hint)}, got {_show(value)}"
     )
 
 
@@ -161,14 +212,14 @@ def from_mapping(cls: type, mapping: Mapping[str, Any] | ConfigDict, where: str)
     if isinstance(mapping, ConfigDict):
         mapping = mapping.to_dict()
     if not isinstance(mapping, Mapping):
-        raise ConfigError(f"config key {where!r} must be a section, got {mapping!r}")
+        raise ConfigError(f"config key {where!r} must be a section, got {_show(mapping)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in mapping if k not in names]
     if unknown:
         key = unknown[0]
         raise ConfigError(
-            f"unknown config key {where + '.' + key!r}{_did_you_mean(key, names)}; "
+            f"unknown config key {_show(f'{where}.{key}')}{_did_you_mean(key, names)}; "
             f"valid keys under {where}: {', '.join(sorted(names))}"
         )
     values = {k: _check_type(v, hints[k], f"{where}.{k}") for k, v in mapping.items()}
@@ -193,7 +244,7 @@ def component_from_mapping(registry: Registry, mapping: Any, where: str) -> Comp
     if not isinstance(mapping, Mapping) or "name" not in mapping:
         raise ConfigError(f"config section {where!r} needs a 'name' key ({registry.kind} name)")
     fields = dict(mapping)
-    name = fields.pop("name")
+    name = _check_type(fields.pop("name"), str, f"{where}.name")
     try:
         factory = registry.get(name)
     except ConfigError as err:
@@ -225,6 +276,8 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
 
     if isinstance(section, ConfigDict):
         section = section.to_dict()
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"config key 'model' must be a section, got {_show(section)}")
     known = {
         "encoders",
         "fusion",
@@ -241,8 +294,17 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
                 f"valid keys under model: {', '.join(sorted(known))}"
             )
     encoders = section.get("encoders") or {}
-    if not encoders:
-        raise ConfigError("config key 'model.encoders' must name at least one modality")
+    if not isinstance(encoders, Mapping) or not encoders:
+        raise ConfigError(
+            "config key 'model.encoders' must be a section naming at least one modality, "
+            f"got {_show(encoders)}"
+        )
+    for modality in encoders:
+        if not isinstance(modality, str) or not modality:
+            raise ConfigError(
+                f"config key 'model.encoders': modality names must be non-empty strings, "
+                f"got {_show(modality)}"
+            )
     frozen = _check_type(section.get("frozen", ()), tuple[str, ...], "model.frozen")
     unknown = sorted(set(frozen) - set(encoders))
     if unknown:
@@ -254,17 +316,25 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
         (modality, component_from_mapping(ENCODERS, spec, f"model.encoders.{modality}"))
         for modality, spec in sorted(encoders.items())
     )
+    num_classes = _check_type(section.get("num_classes"), int, "model.num_classes")
+    weights = {
+        name: _check_type(section.get(name, default), float, f"model.{name}")
+        for name, default in (("adversarial_weight", 0.0), ("classification_weight", 1.0))
+    }
+    _require(
+        "model",
+        {
+            "num_classes": (num_classes >= 1, ">= 1"),
+            "adversarial_weight": (weights["adversarial_weight"] >= 0, ">= 0 (0: none)"),
+            "classification_weight": (weights["classification_weight"] >= 0, ">= 0"),
+        },
+    )
     return ModelConfig(
         encoders=components,
         fusion=component_from_mapping(FUSIONS, section.get("fusion"), "model.fusion"),
-        num_classes=_check_type(section.get("num_classes"), int, "model.num_classes"),
-        adversarial_weight=_check_type(
-            section.get("adversarial_weight", 0.0), float, "model.adversarial_weight"
-        ),
-        classification_weight=_check_type(
-            section.get("classification_weight", 1.0), float, "model.classification_weight"
-        ),
+        num_classes=num_classes,
         frozen=tuple(sorted(frozen)),
+        **weights,
         pretrained=_pretrained_from(section.get("pretrained") or {}, dict(components)),
     )
 
@@ -276,7 +346,13 @@ def _pretrained_from(
     from mmjax.pretrained.catalog import entry
 
     pairs = []
-    for modality, name in sorted(_check_type(mapping, dict, "model.pretrained").items()):
+    mapping = _check_type(mapping, dict, "model.pretrained")
+    for modality in mapping:
+        if not isinstance(modality, str):
+            raise ConfigError(
+                f"config key 'model.pretrained': keys must be modality names, got {_show(modality)}"
+            )
+    for modality, name in sorted(mapping.items()):
         where = f"model.pretrained.{modality}"
         if modality not in components:
             raise ConfigError(
@@ -359,6 +435,29 @@ class DataConfig:
         )
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+@dataclasses.dataclass(frozen=True)
+class ParallelConfig:
+    """How the train state is laid out over the devices of every process.
+
+    The mesh is `data x fsdp` over all devices; the batch is split over both axes. With
+    fsdp > 1 every state array of at least `fsdp_min_size` elements is split over `fsdp` along
+    its largest axis divisible by it (ZeRO-3 style); smaller ones are replicated.
+    """
+
+    fsdp: int = 1
+    fsdp_min_size: int = 2**14
+
+    def __post_init__(self):
+        _require(
+            "parallel",
+            {"fsdp": (self.fsdp >= 1, ">= 1"), "fsdp_min_size": (self.fsdp_min_size >= 1, ">= 1")},
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Loop lengths and cadences; batch sizes are global (over all devices and hosts)."""
@@ -375,12 +474,44 @@ class TrainConfig:
     # the latest checkpoint of the workdir `init_from`; a resumed run ignores both.
     init_from: str = ""
     init_modules: tuple[str, ...] = ("encoders",)
+    # Each step averages the gradients of this many equal micro-batches of batch_size (the
+    # same update as the whole batch, in 1/grad_accum_steps of the activation memory).
+    grad_accum_steps: int = 1
+    # "bfloat16": the forward and backward pass run in bfloat16 on a cast of the float32
+    # parameters, which (with the optimizer state) stay float32.
+    compute_dtype: str = "float32"
+    # A step whose loss or gradient is NaN/inf never changes the state. "stop" ends the run
+    # naming the step and the last good checkpoint; "skip" drops that batch and goes on.
+    on_nonfinite: str = "stop"
 
     def __post_init__(self):
         positive = ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints")
         _require(
             "train",
-            {name: (getattr(self, name) >= 1, ">= 1") for name in (*positive, "eval_batch_size")},
+            {
+                "seed": (self.seed >= 0, ">= 0"),  # numpy's and grain's seeds are non-negative
+                **{
+                    name: (getattr(self, name) >= 1, ">= 1")
+                    for name in (*positive, "eval_batch_size", "grad_accum_steps")
+                },
+            },
+        )
+        _require(
+            "train",
+            {
+                "batch_size": (
+                    self.batch_size % self.grad_accum_steps == 0,
+                    f"divisible by train.grad_accum_steps ({self.grad_accum_steps})",
+                ),
+                "compute_dtype": (
+                    self.compute_dtype in COMPUTE_DTYPES,
+                    f"one of {', '.join(COMPUTE_DTYPES)}",
+                ),
+                "on_nonfinite": (
+                    self.on_nonfinite in NONFINITE_POLICIES,
+                    f"one of {', '.join(NONFINITE_POLICIES)}",
+                ),
+            },
         )
         _require(
             "train",
@@ -401,21 +532,36 @@ class ExperimentConfig:
     optim: OptimConfig
     data: DataConfig
     train: TrainConfig
+    parallel: ParallelConfig = ParallelConfig()
+
+
+def as_json_dict(config: ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+    """`config` as the plain JSON dict a checkpoint stores (tuples become lists)."""
+    raw = config.to_dict() if isinstance(config, ConfigDict) else dict(config)
+    try:
+        return json.loads(json.dumps(raw))
+    except (TypeError, ValueError, RecursionError) as err:  # bytes, sets, objects, ...
+        raise ConfigError(
+            f"a config may hold only JSON values (numbers, strings, lists, sections): {err}"
+        ) from None
 
 
 def experiment_from(cfg: ConfigDict | Mapping[str, Any]) -> ExperimentConfig:
     """Typed ExperimentConfig from a whole experiment ConfigDict."""
     if isinstance(cfg, ConfigDict):
         cfg = cfg.to_dict()
-    known = {"model", "optim", "data", "train"}
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"an experiment config must be a ConfigDict or dict, got {_show(cfg)}")
+    known = {"model", "optim", "data", "train", "parallel"}
     for key in cfg:
         if key not in known:
             raise ConfigError(
-                f"unknown config key {key!r}; valid top-level keys: {', '.join(sorted(known))}"
+                f"unknown config key {_show(key)}; valid top-level keys: {', '.join(sorted(known))}"
             )
     return ExperimentConfig(
         model=model_config_from(cfg.get("model", {})),
         optim=from_mapping(OptimConfig, cfg.get("optim", {}), "optim"),
         data=from_mapping(DataConfig, cfg.get("data", {}), "data"),
         train=from_mapping(TrainConfig, cfg.get("train", {}), "train"),
+        parallel=from_mapping(ParallelConfig, cfg.get("parallel", {}), "parallel"),
     )

@@ -19,3 +19,7 @@ class DataError(MmjaxError):
 
 class CheckpointError(MmjaxError):
     """A checkpoint that is unreadable or belongs to another model."""
+
+
+class TrainingError(MmjaxError):
+    """A run that cannot go on as configured, such as a NaN or infinite loss."""

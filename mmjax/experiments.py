@@ -4,7 +4,7 @@ import dataclasses
 
 import ml_collections
 
-from mmjax.config import DataConfig, OptimConfig, TrainConfig
+from mmjax.config import DataConfig, OptimConfig, ParallelConfig, TrainConfig
 from mmjax.errors import ConfigError
 from mmjax.registry import MODELS
 
@@ -36,6 +36,7 @@ def _experiment(
             "optim": dataclasses.asdict(OptimConfig(learning_rate=learning_rate, warmup_steps=100)),
             "data": dataclasses.asdict(data),
             "train": dataclasses.asdict(train),
+            "parallel": dataclasses.asdict(ParallelConfig()),
         }
     )
     if arg == "tiny":

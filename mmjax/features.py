@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mmjax.config import ConfigDict, experiment_from
+from mmjax.config import ConfigDict, as_json_dict, experiment_from
 from mmjax.data import features_store, sources
 from mmjax.data.pipeline import EVAL_NOISE_SEED
 from mmjax.data.records import decode_record, write_shards
@@ -33,8 +33,7 @@ def extract(
     """Write the Features of every frozen encoder of `config`'s model, for every record of
     `splits` (default: all), to `out_dir`; return its info. Inputs get the dataset's noise
     once, drawn from a fixed per-record seed, as evaluation does."""
-    raw = config.to_dict() if isinstance(config, ConfigDict) else dict(config)
-    exp = experiment_from(json.loads(json.dumps(raw)))
+    exp = experiment_from(as_json_dict(config))
     cached = exp.model.frozen
     if not cached:
         raise ConfigError("model.frozen: name the encoders whose outputs to cache")

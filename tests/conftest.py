@@ -1,11 +1,16 @@
 """Test setup: 4 fake CPU devices, forced before anything imports jax."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
+# One compilation cache for the session and the `mmjax` child processes it starts: programs
+# that recur (the tiny configs are trained by many tests) compile once. Results are the same.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="mmjax-test-jit-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import jax
 import pytest

@@ -55,7 +55,7 @@ def test_sharded_step_equals_single_device(experiment):
 def test_batch_is_sharded_and_params_replicated(experiment):
     mesh = data_mesh()
     batch = put_batch(next(_batches(1)), mesh)
-    assert batch["image"].sharding.spec == jax.sharding.PartitionSpec("data")
+    assert batch["image"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
     assert len(batch["image"].addressable_shards) == 4
     assert batch["image"].addressable_shards[0].data.shape == (2, 8, 8, 1)
     _, state = init_state(experiment, mesh)

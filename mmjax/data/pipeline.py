@@ -19,26 +19,43 @@ from mmjax.errors import ConfigError
 EVAL_NOISE_SEED = 1234
 
 
-def _per_process_batch(global_batch: int) -> int:
+def _per_process_batch(global_batch: int, field: str) -> int:
     if global_batch % jax.process_count():
         raise ConfigError(
-            f"train.batch_size ({global_batch}) must be divisible by the process count "
+            f"{field} ({global_batch}) must be divisible by the process count "
             f"({jax.process_count()})"
         )
     return global_batch // jax.process_count()
 
 
+def _decode(cfg: DataConfig, modalities: tuple[str, ...]) -> Decode:
+    """The record decoder, checking each record's shapes and label against the dataset's info."""
+    info = sources.dataset_info(cfg)
+    shapes = tuple(
+        (m, tuple(info["modalities"][m]["shape"])) for m in modalities if m in info["modalities"]
+    )
+    return Decode(modalities, shapes=shapes, num_classes=info["num_classes"])
+
+
 def train_dataset(
     cfg: DataConfig, modalities: tuple[str, ...], global_batch: int, seed: int
 ) -> grain.IterDataset:
-    """Endless, reshuffled-each-epoch training batches for this process; checkpointable."""
+    """Endless, shuffled training batches for this process [B / processes, ...]; checkpointable.
+
+    Every process shuffles the whole split the same way, and global batch k is made of the
+    consecutive runs of B / processes records that each process reads for itself (its run
+    k * processes + process_index). So the global batches do not depend on the number of
+    processes, and a process reads and decodes only its own records (the dataset is lazy).
+    """
     source = sources.open_split(cfg, "train")
-    ds = grain.MapDataset.source(source)[jax.process_index() :: jax.process_count()]
-    ds = ds.seed(seed).shuffle().repeat().map(Decode(modalities))
+    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+    ds = ds.map(_decode(cfg, modalities))
     ds = ds.random_map(AddNoise(cfg.image_noise, cfg.audio_snr_db))
     if cfg.modality_dropout > 0:
         ds = ds.random_map(DropModalities(modalities, cfg.modality_dropout))
-    ds = ds.batch(_per_process_batch(global_batch), drop_remainder=True).to_iter_dataset()
+    local = _per_process_batch(global_batch, "train.batch_size")
+    ds = ds.batch(local, drop_remainder=True)[jax.process_index() :: jax.process_count()]
+    ds = ds.to_iter_dataset()
     if cfg.workers > 0:
         # grain 0.2.18 reads an absl flag in its workers; unparsed flags raise there (grain#1355).
         if not absl.flags.FLAGS.is_parsed():
@@ -47,19 +64,28 @@ def train_dataset(
     return ds
 
 
+def split_size(cfg: DataConfig, split: str) -> int:
+    """The number of records of `split`."""
+    return len(sources.open_split(cfg, split))
+
+
 def eval_batches(
     cfg: DataConfig, modalities: tuple[str, ...], split: str, batch_size: int
 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-    """Every record of `split` once, as (batch padded to `batch_size`, number of real rows)."""
+    """Every record of `split` once over all processes, as this process's part of each global
+    batch of `batch_size`: (batch [batch_size / processes, ...], its number of real rows).
+
+    Real rows come first; the rest repeat a record to keep shapes fixed. Every process gets the
+    same number of batches (some may hold no real row), so collective steps stay in step.
+    """
     source = sources.open_split(cfg, split)
-    ds = grain.MapDataset.source(source)[jax.process_index() :: jax.process_count()]
-    ds = ds.map(Decode(modalities)).seed(EVAL_NOISE_SEED)
+    ds = grain.MapDataset.source(source).map(_decode(cfg, modalities)).seed(EVAL_NOISE_SEED)
     ds = ds.random_map(AddNoise(cfg.image_noise, cfg.audio_snr_db))
-    for batch in ds.batch(batch_size, drop_remainder=False):
-        rows = len(batch["label"])
-        pad = batch_size - rows
-        if pad:
-            batch = {
-                k: np.concatenate([v, np.repeat(v[-1:], pad, axis=0)]) for k, v in batch.items()
-            }
-        yield batch, rows
+    local = _per_process_batch(batch_size, "train.eval_batch_size")
+    total = len(ds)
+    for start in range(0, total, batch_size):
+        first = start + jax.process_index() * local
+        wanted = range(first, first + local)
+        records = [ds[min(i, total - 1)] for i in wanted]
+        batch = {k: np.stack([r[k] for r in records]) for k in records[0]}
+        yield batch, sum(i < total for i in wanted)

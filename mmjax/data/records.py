@@ -2,8 +2,11 @@
 
 import hashlib
 import io
+import lzma
 import threading
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,6 +19,27 @@ from mmjax.errors import DataError
 # is not safe across threads (python/cpython#106905: "AST constructor recursion depth
 # mismatch"), which grain's prefetch threads hit. Decoding is cheap; serialise it.
 _NPZ_LOCK = threading.Lock()
+
+# What np.load and zipfile raise on hostile bytes: bad headers (ValueError), truncated data
+# (EOFError, OSError), broken zip structure or compression (BadZipFile, zlib/lzma errors,
+# NotImplementedError for unknown methods, RuntimeError for encrypted members), a header
+# that declares an array too large to allocate (MemoryError), and a header that numpy's
+# fallback tokenizer chokes on (TokenError, IndentationError).
+_CORRUPT = (
+    ValueError,
+    SyntaxError,
+    tokenize.TokenError,
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    NotImplementedError,
+    RuntimeError,
+    MemoryError,
+)
+# np.savez writes a zip archive; np.load would also take a bare .npy or (refused) a pickle.
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def encode_record(record: dict[str, np.ndarray]) -> bytes:
@@ -30,15 +54,25 @@ def encode_record(record: dict[str, np.ndarray]) -> bytes:
 
 
 def decode_record(data: bytes) -> dict[str, np.ndarray]:
-    """Inverse of `encode_record`; object arrays are refused, so decoding runs no pickle."""
+    """Inverse of `encode_record`; object arrays are refused, so decoding runs no pickle.
+    Bytes that are not such an archive raise a DataError."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DataError(f"record: expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    expected = "expected an np.savez archive of non-object arrays"
+    if not data.startswith(_ZIP_MAGIC):
+        raise DataError(f"corrupt record ({len(data)} bytes): {expected} (no zip header)")
     try:
         with _NPZ_LOCK, np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            return {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+            record = {key: archive[key] for key in archive.files}
+    except _CORRUPT as e:
         raise DataError(
-            f"corrupt record ({len(data)} bytes): expected an np.savez archive of "
-            f"non-object arrays ({e})"
+            f"corrupt record ({len(data)} bytes): {expected} ({type(e).__name__}: {e})"
         ) from None
+    for key, value in record.items():
+        if not isinstance(value, np.ndarray):  # a zip member that is not an .npy array
+            raise DataError(f"corrupt record: member {key!r} is not an .npy array; {expected}")
+    return record
 
 
 def shard_name(split: str, index: int, num_shards: int) -> str:

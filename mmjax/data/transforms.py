@@ -7,6 +7,7 @@ import numpy as np
 
 from mmjax.data.features_store import cached_keys
 from mmjax.data.records import decode_record
+from mmjax.errors import DataError
 
 # How a stored integer array becomes the float input the encoders expect.
 _SCALES = {np.dtype("uint8"): 1 / 255.0, np.dtype("int16"): 1 / 32767.0}
@@ -15,27 +16,84 @@ _SCALES = {np.dtype("uint8"): 1 / 255.0, np.dtype("int16"): 1 / 32767.0}
 @dataclasses.dataclass(frozen=True)
 class Decode(grain.transforms.Map):
     """record bytes -> {modality: float32 or int32 ids, <modality>_mask: True, label: int32};
-    a cached modality gives its `m.tokens`, `m.token_mask`, `m.pooled` instead."""
+    a cached modality gives its `m.tokens`, `m.token_mask`, `m.pooled` instead.
+
+    A record that is corrupt, lacks a field, or has a field of the wrong dtype raises a
+    DataError naming the field. Given `shapes` ((modality, per-sample shape) pairs, from the
+    dataset's info) and `num_classes`, each record's shapes and label are checked too, so a bad
+    record fails here rather than in batching or as a silently wrong label.
+    """
 
     modalities: tuple[str, ...]
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    num_classes: int | None = None
 
     def map(self, element: bytes) -> dict[str, np.ndarray]:
         record = decode_record(element)
+        shapes = dict(self.shapes)
         out = {}
         for m in self.modalities:
             out[f"{m}_mask"] = np.bool_(True)
-            if f"{m}.pooled" in record:  # cached encoder outputs (mmjax features extract)
-                out |= {key: record[key] for key in cached_keys(m)}
+            if any(key in record for key in cached_keys(m)):  # mmjax features extract
+                out |= _cached(record, m)
                 continue
-            x = record[m]
+            x = _field(record, m)
+            if x.dtype.kind not in "fiu":
+                _bad(m, "a float or integer array", x.dtype)
+            if m in shapes and x.shape != tuple(shapes[m]):
+                _bad(m, f"per-sample shape {tuple(shapes[m])}", x.shape)
             if x.dtype in _SCALES:
                 out[m] = x.astype(np.float32) * _SCALES[x.dtype]
             elif x.dtype.kind == "f":
-                out[m] = x.astype(np.float32)
+                out[m] = _finite(m, x.astype(np.float32))
             else:  # token ids
+                if x.size and (x.min() < 0 or x.max() > _INT32_MAX):
+                    _bad(m, f"token ids in [0, {_INT32_MAX}]", f"[{x.min()}, {x.max()}]")
                 out[m] = x.astype(np.int32)
-        out["label"] = record["label"].astype(np.int32)
+        label = _field(record, "label")
+        if label.dtype.kind not in "iu" or label.shape != ():
+            _bad("label", "an integer scalar", f"{label.dtype} {label.shape}")
+        high = _INT32_MAX if self.num_classes is None else self.num_classes - 1
+        if not 0 <= label <= high:
+            _bad("label", f"a class in [0, {high}]", label)
+        out["label"] = label.astype(np.int32)
         return out
+
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def _bad(field: str, expected: str, got: object) -> None:
+    raise DataError(f"record field {field!r}: expected {expected}, got {got}")
+
+
+def _field(record: dict[str, np.ndarray], key: str) -> np.ndarray:
+    if key not in record:
+        _bad(key, "a field of the record", f"only {sorted(record)}")
+    return record[key]
+
+
+def _finite(key: str, x: np.ndarray) -> np.ndarray:
+    if not np.isfinite(x).all():
+        _bad(key, "finite values", "NaN or infinity")
+    return x
+
+
+def _cached(record: dict[str, np.ndarray], m: str) -> dict[str, np.ndarray]:
+    """Checked cached Features of modality `m`: tokens [T, D], token_mask [T] bool, pooled [D]."""
+    tokens, mask, pooled = (_field(record, key) for key in cached_keys(m))
+    if tokens.dtype.kind != "f" or tokens.ndim != 2:
+        _bad(f"{m}.tokens", "a float array [T, D]", f"{tokens.dtype} {tokens.shape}")
+    t, d = tokens.shape
+    if mask.dtype != bool or mask.shape != (t,):
+        _bad(f"{m}.token_mask", f"a bool array [{t}]", f"{mask.dtype} {mask.shape}")
+    if pooled.dtype.kind != "f" or pooled.shape != (d,):
+        _bad(f"{m}.pooled", f"a float array [{d}]", f"{pooled.dtype} {pooled.shape}")
+    return {
+        f"{m}.tokens": _finite(f"{m}.tokens", tokens),
+        f"{m}.token_mask": mask,
+        f"{m}.pooled": _finite(f"{m}.pooled", pooled),
+    }
 
 
 @dataclasses.dataclass(frozen=True)

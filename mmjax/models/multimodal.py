@@ -10,7 +10,7 @@ from flax import nnx
 
 from mmjax.config import ModelConfig
 from mmjax.data.features_store import cached_keys
-from mmjax.errors import InputError
+from mmjax.errors import ConfigError, InputError, MmjaxError
 from mmjax.models.alignment import ModalityDiscriminator
 from mmjax.models.heads import Classifier
 from mmjax.models.layers import Features
@@ -108,11 +108,27 @@ class MultimodalModel(nnx.Module):
         return features, masks
 
 
+def _construct(where: str, factory: Any, *args: Any, rngs: nnx.Rngs) -> nnx.Module:
+    """`factory(*args, rngs=rngs)`; a value its config cannot take (a negative width, ...)
+    is a ConfigError naming the config section."""
+    try:
+        return factory(*args, rngs=rngs)
+    except (TypeError, ValueError, ZeroDivisionError) as err:
+        if isinstance(err, MmjaxError):
+            raise
+        raise ConfigError(f"{where}: cannot build it with these settings ({err})") from err
+
+
 def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs) -> MultimodalModel:
     """Construct the encoders, fusion head and classifier named by a typed ModelConfig."""
-    encoders = {m: ENCODERS.get(c.name)(c.cfg, rngs=rngs) for m, c in cfg.encoders}
+    encoders = {
+        m: _construct(f"model.encoders.{m}", ENCODERS.get(c.name), c.cfg, rngs=rngs)
+        for m, c in cfg.encoders
+    }
     dims = {m: enc.dim for m, enc in encoders.items()}
-    fusion = FUSIONS.get(cfg.fusion.name)(dims, cfg.fusion.cfg, rngs=rngs)
+    fusion = _construct(
+        "model.fusion", FUSIONS.get(cfg.fusion.name), dims, cfg.fusion.cfg, rngs=rngs
+    )
     head = Classifier(fusion.dim, cfg.num_classes, rngs=rngs)
     aligner = None
     if cfg.adversarial_weight > 0:
@@ -132,9 +148,19 @@ def _fail(field: str, expected: str, got: Any) -> None:
     raise InputError(f"{field}: expected {expected}, got {got}")
 
 
-def _array(x: Any) -> Any:
+def _array(key: str, x: Any) -> Any:
     """`x` if it has a shape and dtype (numpy, jax or a tracer), else as a numpy array."""
-    return x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return x
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError, OverflowError):  # ragged nested lists, huge ints, ...
+        _fail(key, "an array (or a nested list of equal-length rows)", type(x).__name__)
+
+
+def _is_host_float(x: Any) -> bool:
+    """A numpy float array: its values can be checked without a device transfer."""
+    return isinstance(x, np.ndarray) and _kind(x.dtype) == "f"
 
 
 def _check_cached(m: str, arrays: Mapping[str, Any], size: int | None) -> None:
@@ -147,6 +173,9 @@ def _check_cached(m: str, arrays: Mapping[str, Any], size: int | None) -> None:
         _fail(f"{m}.token_mask", f"a bool array [{size}, {t}]", f"{mask.dtype} {mask.shape}")
     if tuple(pooled.shape) != (size, d) or _kind(pooled.dtype) != "f":
         _fail(f"{m}.pooled", f"a float array [{size}, {d}]", f"{pooled.dtype} {pooled.shape}")
+    for key, x in ((f"{m}.tokens", tokens), (f"{m}.pooled", pooled)):
+        if _is_host_float(x) and not np.isfinite(x).all():
+            _fail(key, "finite values", "NaN or infinity")
 
 
 def validate_batch(
@@ -158,6 +187,8 @@ def validate_batch(
 ) -> None:
     """Check a batch's keys, shapes and dtypes (and, for host arrays, its values); raise an
     InputError naming the field. Works on traced arrays too: their checks are static."""
+    if not isinstance(batch, Mapping):
+        _fail("batch", "a dict of arrays", type(batch).__name__)
     allowed = set(modalities) | {f"{m}_mask" for m in modalities} | {"label"}
     allowed |= {key for m in modalities for key in cached_keys(m)}
     for key in batch:
@@ -172,13 +203,22 @@ def validate_batch(
             _fail(m, "cached features with all of tokens, token_mask and pooled", "only some")
     if not present + cached:
         _fail("batch", f"at least one of the modalities {list(modalities)}", sorted(batch))
-    arrays = {k: _array(v) for k, v in batch.items()}
-    first = arrays[present[0]] if present else arrays[f"{cached[0]}.pooled"]
-    size = first.shape[0] if first.ndim else None
+    arrays = {k: _array(k, v) for k, v in batch.items()}
+    first_key = present[0] if present else f"{cached[0]}.pooled"
+    first = arrays[first_key]
+    if not first.ndim or not first.shape[0]:
+        _fail(
+            first_key,
+            "an array whose first axis is a batch of >= 1 samples",
+            f"shape {first.shape}",
+        )
+    size = first.shape[0]
     for m in cached:
         _check_cached(m, arrays, size)
     for m in present:
         x = arrays[m]
+        if not x.ndim:
+            _fail(m, "an array with a batch axis first", "shape ()")
         ranks = MODALITY_RANKS.get(m)
         if ranks and x.ndim not in ranks:
             _fail(m, f"rank {' or '.join(map(str, ranks))} (batch axis first)", f"shape {x.shape}")
@@ -189,7 +229,7 @@ def validate_batch(
             _fail(m, f"per-sample shape {tuple(sample_shapes[m])}", f"{tuple(x.shape[1:])}")
         if x.shape[0] != size:
             _fail(m, f"batch size {size} (as {present[0]})", x.shape[0])
-        if isinstance(x, np.ndarray) and _kind(x.dtype) == "f" and not np.isfinite(x).all():
+        if _is_host_float(x) and not np.isfinite(x).all():
             _fail(m, "finite values", "NaN or infinity")
     for m in modalities:
         mask = arrays.get(f"{m}_mask")

@@ -3,8 +3,18 @@
 Layout: WORKDIR/checkpoints/<step>/{state,data_iter,config,metrics}. The state is saved as a
 pure dict (readable without mmjax classes) and restored onto the current mesh through abstract
 targets that carry the current shardings, so a run can resume on another device count.
+
+A checkpoint that does not read back whole is moved aside to `<step>.corrupt` (never deleted):
+orbax lists only `<step>` directories, so it neither resumes from it nor counts it among the
+`keep` newest, and the run can save that step again.
 """
 
+import dataclasses
+import errno
+import os
+import re
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +24,46 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from mmjax.errors import CheckpointError
+
+CORRUPT_SUFFIX = ".corrupt"
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A checkpoint read back: its step, the state on the current mesh, its config and metrics."""
+
+    step: int
+    state: nnx.State
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """`err` and the exceptions it was raised from, outermost first."""
+    chain = [err]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) and nxt not in chain:
+        chain.append(nxt)
+    return chain
+
+
+def _reason(err: BaseException) -> str:
+    """One line on why a read failed: the innermost error (orbax wraps tensorstore's)."""
+    inner = _chain(err)[-1]
+    lines = str(inner).strip().splitlines() or [""]
+    return f"{type(inner).__name__}: {lines[0][:300]}"
+
+
+def _os_cause(err: BaseException) -> str:
+    """The errno behind a failed write ("EFBIG: File too large"), else the error's first line.
+
+    Tensorstore reports OS errors as ValueError text with `[os_error_code='27']`."""
+    for link in _chain(err):
+        code = getattr(link, "errno", None)
+        if code is None and (found := re.search(r"os_error_code='(\d+)'", str(link))):
+            code = int(found.group(1))
+        if code:
+            return f"{errno.errorcode.get(code, f'errno {code}')}: {os.strerror(code)}"
+    return _reason(err)
 
 
 class Checkpointer:
@@ -29,7 +79,13 @@ class Checkpointer:
             )
         else:
             options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+        self.read_only = read_only
         self.manager = ocp.CheckpointManager(directory, options=options)
+        self._pending: int | None = None  # the step of a save still being written
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.manager.directory)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -42,6 +98,9 @@ class Checkpointer:
         config: dict[str, Any],
         metrics: dict[str, Any],
     ) -> None:
+        """Start an async save of `step`. A failed write (e.g. a full disk) raises
+        CheckpointError here, at the next save, or at `close`."""
+        self._finish_pending()
         items = {
             "state": ocp.args.StandardSave(nnx.to_pure_dict(state)),
             "config": ocp.args.JsonSave(config),
@@ -49,16 +108,32 @@ class Checkpointer:
         }
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
-        self.manager.save(step, args=ocp.args.Composite(**items))
-
-    def saved_json(self, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The experiment config and the metrics stored with checkpoint `step`."""
-        items = {"config": ocp.args.JsonRestore(), "metrics": ocp.args.JsonRestore()}
         try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+            self.manager.save(step, args=ocp.args.Composite(**items))
         except Exception as err:  # orbax raises many types; the cause is kept below
-            raise CheckpointError(f"checkpoint step {step}: unreadable config ({err})") from err
-        return restored["config"], restored["metrics"]
+            raise self._save_failed(step, err) from err
+        self._pending = step
+
+    def _finish_pending(self) -> None:
+        """Wait for the save in flight; its failure becomes a CheckpointError naming its step."""
+        step, self._pending = self._pending, None
+        if step is None:
+            return
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:  # tensorstore reports OS errors as ValueError
+            raise self._save_failed(step, err) from err
+
+    def _save_failed(self, step: int, err: Exception) -> CheckpointError:
+        # Orbax deletes the checkpoints beyond `keep` only after a save completes, so a failed
+        # save leaves them all; its half-written `<step>.orbax-checkpoint-tmp` is never listed.
+        self.manager.reload()  # orbax's list already dropped the steps it meant to delete
+        kept = list(self.manager.all_steps())
+        remain = f"the checkpoints of steps {kept} remain intact" if kept else "no checkpoint"
+        return CheckpointError(
+            f"saving checkpoint step {step} in {self.directory} failed ({_os_cause(err)}); "
+            f"{remain} there (free space or fix the cause, then resume)"
+        )
 
     def restore(
         self,
@@ -68,6 +143,69 @@ class Checkpointer:
         data_iter: grain.DatasetIterator | None = None,
     ) -> nnx.State:
         """Restore `step` into the structure of `target` with `shardings`; data_iter in place."""
+        try:
+            return self._read(step, target, shardings, data_iter)
+        except Exception as err:  # orbax raises many types; the cause is kept below
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} does not match this model "
+                f"(different architecture or a corrupt file): {_reason(err)}"
+            ) from err
+
+    def restore_latest(
+        self,
+        target: nnx.State,
+        shardings: nnx.State,
+        data_iter: grain.DatasetIterator | None = None,
+        *,
+        check_config: Callable[[int, dict[str, Any]], None] | None = None,
+    ) -> Restored | None:
+        """The newest checkpoint that reads back whole (state, data iterator, config, metrics);
+        None if there is none. The data iterator is restored in place.
+
+        Each newer unreadable step is reported in a warning naming the step used instead and
+        is moved aside to `<step>.corrupt` (a read-only Checkpointer only skips it).
+        `check_config(step, saved_config)` runs before a step's state is read; what it raises
+        propagates with nothing moved. If no step reads, nothing is moved either: the cause is
+        then more likely this model or this machine than every file, and a later run with the
+        right code must still find the checkpoints where they were.
+        """
+        failed: list[tuple[int, Exception]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                config, metrics = self._read_json(step)
+            except Exception as err:  # orbax raises many types; reported below
+                failed.append((step, err))
+                continue
+            if check_config is not None:
+                check_config(step, config)
+            try:
+                state = self._read(step, target, shardings, data_iter)
+            except Exception as err:  # orbax raises many types; reported below
+                failed.append((step, err))
+                continue
+            self._set_aside(failed, step)
+            return Restored(step, state, config, metrics)
+        if failed:
+            tried = "; ".join(f"step {s}: {_reason(e)}" for s, e in failed)
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} reads back (tried steps "
+                f"{[s for s, _ in failed]}; a model other than the saved one, or all corrupt): "
+                f"{tried}. Nothing was moved"
+            )
+        return None
+
+    def _read_json(self, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        items = {"config": ocp.args.JsonRestore(), "metrics": ocp.args.JsonRestore()}
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        return restored["config"], restored["metrics"]
+
+    def _read(
+        self,
+        step: int,
+        target: nnx.State,
+        shardings: nnx.State,
+        data_iter: grain.DatasetIterator | None,
+    ) -> nnx.State:
         abstract = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             nnx.to_pure_dict(target),
@@ -76,17 +214,52 @@ class Checkpointer:
         items = {"state": ocp.args.StandardRestore(abstract)}
         if data_iter is not None:
             items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
-        try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        except Exception as err:  # orbax raises many types; the cause is kept below
-            raise CheckpointError(
-                f"checkpoint step {step} in {self.manager.directory} does not match this model "
-                f"(different architecture or a corrupt file): {type(err).__name__}: {err}"
-            ) from err
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         state = jax.tree.map(lambda x: x, target)  # a copy whose leaves are replaced below
         nnx.replace_by_pure_dict(state, restored["state"])
         return state
 
+    def _set_aside(self, failed: list[tuple[int, Exception]], used: int) -> None:
+        """Warn about each unreadable step and, unless read-only, move it out of orbax's view."""
+        for step, err in failed:
+            path = self.directory / str(step)
+            if self.read_only:
+                action = "skipped it (read-only: nothing moved)"
+            else:
+                aside = _free_name(path.with_name(path.name + CORRUPT_SUFFIX))
+                if jax.process_index() == 0:
+                    _move(path, aside)
+                action = f"moved it to {aside}"
+            warnings.warn(
+                f"checkpoint step {step} at {path} is unreadable ({_reason(err)}); {action} "
+                f"and fell back to step {used}",
+                stacklevel=3,
+            )
+        if failed and not self.read_only:
+            self.manager.reload()
+
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Wait for the save in flight (CheckpointError if it failed) and release orbax."""
+        try:
+            self._finish_pending()
+        finally:
+            self.manager.close()
+
+
+def _free_name(path: Path) -> Path:
+    """`path`, or `path-2`, `path-3`, ... : the first that does not exist."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
+def _move(path: Path, aside: Path) -> None:
+    try:
+        path.rename(aside)
+    except OSError as err:
+        raise CheckpointError(
+            f"cannot move the unreadable checkpoint {path} aside to {aside} ({err}); move or "
+            "remove it by hand, then resume"
+        ) from err

@@ -2,6 +2,7 @@
 
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +11,17 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from mmjax.config import ConfigDict, ExperimentConfig, experiment_from
+from mmjax.config import ConfigDict, ExperimentConfig, as_json_dict, experiment_from
 from mmjax.data import pipeline, sources
 from mmjax.data.features_store import check_cached_encoder, check_cached_weights
-from mmjax.errors import CheckpointError, ConfigError
+from mmjax.errors import CheckpointError, ConfigError, TrainingError
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
 from mmjax.pretrained.catalog import check_dataset_fits
 from mmjax.pretrained.catalog import entry as catalog_entry
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics import MetricsLog
+from mmjax.train.preemption import PreemptionWatch
 from mmjax.train.state import init_state, state_shardings
 from mmjax.train.step import make_eval_step, make_train_step
 from mmjax.train.warm_start import warm_start
@@ -29,12 +31,6 @@ from mmjax.train.workdir import (
     resume_conflicts,
     write_experiment,
 )
-
-
-def _as_dict(config: ConfigDict | dict[str, Any]) -> dict[str, Any]:
-    # A JSON round trip gives the exact form a checkpoint stores (tuples become lists).
-    raw = config.to_dict() if isinstance(config, ConfigDict) else dict(config)
-    return json.loads(json.dumps(raw))
 
 
 def sample_shapes(info: dict[str, Any], modalities: tuple[str, ...]) -> dict[str, tuple]:
@@ -53,10 +49,12 @@ def evaluate(
 ) -> dict[str, float]:
     """Accuracy and mean loss of the model in `state` over every record of `split`, with the
     `missing` modalities masked out for every sample."""
-    eval_step = make_eval_step(graphdef, state_shardings(state, mesh), mesh)
+    eval_step = make_eval_step(graphdef, jax.tree.map(lambda x: x.sharding, state), mesh)
     modalities = exp.model.modalities
-    totals = {"loss_sum": 0.0, "correct": 0.0}
-    examples = 0
+    totals = {"loss_sum": 0.0, "correct": 0.0}  # sums over the global batches
+    examples = pipeline.split_size(exp.data, split)
+    if not examples:
+        raise ConfigError(f"split {split!r} of {exp.data.name!r} has no records to evaluate")
     for batch, rows in pipeline.eval_batches(
         exp.data, modalities, split, exp.train.eval_batch_size
     ):
@@ -68,9 +66,6 @@ def evaluate(
         )
         for key in totals:
             totals[key] += float(out[key])
-        examples += rows
-    if not examples:
-        raise ConfigError(f"split {split!r} of {exp.data.name!r} has no records to evaluate")
     return {
         "accuracy": totals["correct"] / examples,
         "loss": totals["loss_sum"] / examples,
@@ -108,6 +103,33 @@ def _checked_dataset(exp: ExperimentConfig) -> dict[str, Any]:
     return info
 
 
+def _on_nonfinite(steps: list[int], policy: str, checkpointer: Checkpointer) -> None:
+    """Stop, or with policy "skip" warn, for `steps` whose loss or gradient was NaN/inf (the
+    train step left the state as it was on those steps)."""
+    if not steps:
+        return
+    if policy == "skip":
+        if jax.process_index() == 0:
+            warnings.warn(
+                f"step {', '.join(map(str, steps))}: the loss or gradient was NaN/inf; the "
+                "batch was skipped (train.on_nonfinite=skip)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return
+    good = checkpointer.latest_step()
+    where = (
+        f"step {good} in {checkpointer.manager.directory}"
+        if good is not None
+        else "none (no checkpoint was saved yet)"
+    )
+    raise TrainingError(
+        f"step {steps[0]}: the loss or gradient is NaN/inf, so training stopped; that step did "
+        f"not change the parameters and nothing after it was saved. Last good checkpoint: "
+        f"{where}. Lower optim.learning_rate, or set train.on_nonfinite=skip to skip such batches"
+    )
+
+
 def _resume(
     checkpointer: Checkpointer,
     config: dict[str, Any],
@@ -115,23 +137,28 @@ def _resume(
     shardings: nnx.State,
     data_iter: Any,
 ) -> tuple[int, nnx.State, float]:
-    """(step, state, training seconds so far) of the latest checkpoint; (0, state, 0) if none.
+    """(step, state, training seconds so far) of the newest readable checkpoint; (0, state, 0)
+    if none. An unreadable newer one is set aside with a warning (Checkpointer.restore_latest).
 
     The data iterator is restored in place. A checkpoint of another model is refused.
     """
-    step = checkpointer.latest_step()
-    if step is None:
+
+    def refuse_other_settings(step: int, saved: dict[str, Any]) -> None:
+        conflicts = resume_conflicts(saved, config)
+        if conflicts:
+            raise CheckpointError(
+                f"the checkpoint at step {step} in {checkpointer.manager.directory} was made "
+                f"with other settings ({'; '.join(conflicts)}); a resumed run would not match "
+                "an uninterrupted one. Use a new --workdir, or the saved settings (nothing was "
+                "changed)"
+            )
+
+    restored = checkpointer.restore_latest(
+        state, shardings, data_iter, check_config=refuse_other_settings
+    )
+    if restored is None:
         return 0, state, 0.0
-    saved_config, saved_metrics = checkpointer.saved_json(step)
-    conflicts = resume_conflicts(saved_config, config)
-    if conflicts:
-        raise CheckpointError(
-            f"the checkpoint at step {step} in {checkpointer.manager.directory} was made with "
-            f"other settings ({'; '.join(conflicts)}); a resumed run would not match an "
-            "uninterrupted one. Use a new --workdir, or the saved settings (nothing was changed)"
-        )
-    state = checkpointer.restore(step, state, shardings, data_iter)
-    return step, state, saved_metrics.get("train_seconds", 0.0)
+    return restored.step, restored.state, restored.metrics.get("train_seconds", 0.0)
 
 
 def train(
@@ -149,18 +176,22 @@ def train(
     started = time.perf_counter()
     if stop_after is not None and stop_after < 1:
         raise ConfigError(f"stop_after must be >= 1, got {stop_after}")
-    config = _as_dict(config)
+    config = as_json_dict(config)
     exp = experiment_from(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    mesh = data_mesh()
-    check_batch_size(exp.train.batch_size, mesh, "train.batch_size")
+    mesh = data_mesh(fsdp=exp.parallel.fsdp)
+    check_batch_size(
+        exp.train.batch_size // exp.train.grad_accum_steps,
+        mesh,
+        "train.batch_size / grad_accum_steps",
+    )
     check_batch_size(exp.train.eval_batch_size, mesh, "train.eval_batch_size")
     info = _checked_dataset(exp)
     modalities = exp.model.modalities
     eval_splits, missing_splits = _available_splits(info, exp.train.eval_splits)
     graphdef, state = init_state(exp, mesh)
-    shardings = state_shardings(state, mesh)
+    shardings = state_shardings(state, mesh, exp.parallel)
     data_iter = iter(
         pipeline.train_dataset(exp.data, modalities, exp.train.batch_size, exp.train.seed)
     )
@@ -173,37 +204,61 @@ def train(
         step, state, earlier_seconds = _resume(checkpointer, config, state, shardings, data_iter)
         check_cached_weights(info.get("cached", {}), nnx.merge(graphdef, state)[0])
         write_experiment(workdir, config, info)
-        train_step = make_train_step(graphdef, shardings, mesh)
+        train_step = make_train_step(
+            graphdef,
+            shardings,
+            mesh,
+            grad_accum_steps=exp.train.grad_accum_steps,
+            compute_dtype=exp.train.compute_dtype,
+        )
         last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
         shapes = sample_shapes(info, modalities)
-        bar = tqdm(total=last, initial=step, disable=not progress, desc="train", unit="step")
+        bar = tqdm(
+            total=last,
+            initial=step,
+            disable=not progress or jax.process_index() != 0,
+            desc="train",
+            unit="step",
+        )
         train_started = time.perf_counter()
-        first_step = step
-        while step < last:
-            batch = next(data_iter)
-            if step == first_step:
-                validate_batch(
-                    batch, modalities, num_classes=exp.model.num_classes, sample_shapes=shapes
-                )
-            state, metrics = train_step(state, put_batch(batch, mesh))
-            step += 1
-            log.push(step, metrics)
-            if step % exp.train.checkpoint_every == 0 or step == last:
-                log.flush()
-                seconds = earlier_seconds + time.perf_counter() - train_started
-                checkpointer.save(
-                    step, state, data_iter, config, log.last | {"train_seconds": seconds}
-                )
-            bar.update(1)
-            if step % exp.train.log_every == 0 and log.last:
-                bar.set_postfix(loss=f"{log.last['loss']:.3f}", acc=f"{log.last['accuracy']:.3f}")
+        first_step, preempted = step, False
+        with PreemptionWatch() as preemption:
+            while step < last:
+                batch = next(data_iter)
+                if step == first_step:
+                    validate_batch(
+                        batch, modalities, num_classes=exp.model.num_classes, sample_shapes=shapes
+                    )
+                state, metrics = train_step(state, put_batch(batch, mesh))
+                step += 1
+                log.push(step, metrics)
+                _on_nonfinite(log.take_nonfinite(), exp.train.on_nonfinite, checkpointer)
+                preempted = preemption.reached(step)
+                if preempted or step % exp.train.checkpoint_every == 0 or step == last:
+                    log.flush()
+                    _on_nonfinite(log.take_nonfinite(), exp.train.on_nonfinite, checkpointer)
+                    seconds = earlier_seconds + time.perf_counter() - train_started
+                    checkpointer.save(
+                        step, state, data_iter, config, log.last | {"train_seconds": seconds}
+                    )
+                bar.update(1)
+                if step % exp.train.log_every == 0 and "loss" in log.last:
+                    bar.set_postfix(
+                        loss=f"{log.last['loss']:.3f}", acc=f"{log.last['accuracy']:.3f}"
+                    )
+                if preempted:
+                    break
         log.flush()
         bar.close()
         train_seconds = earlier_seconds + time.perf_counter() - train_started
     finally:
         checkpointer.close()
 
-    results: dict[str, Any] = {"steps": step, "completed": step >= exp.train.steps}
+    results: dict[str, Any] = {
+        "steps": step,
+        "completed": step >= exp.train.steps,
+        "preempted": preempted,
+    }
     if results["completed"]:
         evals = {s: evaluate(graphdef, state, exp, s, mesh) for s in eval_splits}
         results.update(
@@ -235,7 +290,7 @@ def evaluate_workdir(
     workdir = Path(workdir)
     config = read_experiment(workdir)["config"]
     if data_root:
-        config["data"]["root"] = data_root
+        config.setdefault("data", {})["root"] = data_root
     exp = experiment_from(config)
     mesh = data_mesh()
     _, graphdef, state = restore_trained(workdir, exp, mesh)

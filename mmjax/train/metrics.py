@@ -22,6 +22,8 @@ class MetricsLog:
         self._pending: tuple[int, dict[str, jax.Array]] | None = None
         self._sums: dict[str, float] = {}
         self._count = 0
+        self._skipped = 0  # steps in this interval whose loss or gradient was NaN/inf
+        self._nonfinite: list[int] = []
         self._start = time.perf_counter()
         self.last: dict[str, Any] = {}
 
@@ -31,26 +33,41 @@ class MetricsLog:
 
     def flush(self) -> None:
         self._absorb()
-        if self._count:
+        if self._count or self._skipped:
             self._write(self._last_step)
+
+    def take_nonfinite(self) -> list[int]:
+        """The steps fetched since the last call whose loss or gradient was NaN/inf (the
+        train step reports them as `nonfinite` and leaves the state unchanged)."""
+        steps, self._nonfinite = self._nonfinite, []
+        return steps
 
     def _absorb(self) -> None:
         if self._pending is None:
             return
         step, metrics = self._pending
         self._pending = None
-        for key, value in jax.device_get(metrics).items():
-            self._sums[key] = self._sums.get(key, 0.0) + float(np.asarray(value))
-        self._count += 1
+        values = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        if values.pop("nonfinite", 0.0):
+            self._skipped += 1  # its NaN/inf values stay out of the averages
+            self._nonfinite.append(step)
+        else:
+            for key, value in values.items():
+                self._sums[key] = self._sums.get(key, 0.0) + value
+            self._count += 1
         self._last_step = step
         if step % self.every == 0:
             self._write(step)
 
     def _write(self, step: int) -> None:
         row = {k: v / self._count for k, v in self._sums.items()}
-        row.update(step=step, wall_s=round(time.perf_counter() - self._start, 3))
+        row.update(
+            step=step,
+            skipped_steps=self._skipped,
+            wall_s=round(time.perf_counter() - self._start, 3),
+        )
         self.last = row
         if jax.process_index() == 0:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-        self._sums, self._count = {}, 0
+        self._sums, self._count, self._skipped = {}, 0, 0

@@ -42,7 +42,7 @@ def two_tower_metrics(
     """`model_metrics` of the latest checkpoint of `workdir`."""
     config = read_experiment(Path(workdir))["config"]
     if data_root:
-        config["data"]["root"] = data_root
+        config.setdefault("data", {})["root"] = data_root
     exp = experiment_from(config)
     _, graphdef, state = restore_trained(Path(workdir), exp, data_mesh(jax.devices()[:1]))
     model, _ = nnx.merge(graphdef, state)

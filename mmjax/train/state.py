@@ -3,10 +3,12 @@
 import jax
 from flax import nnx
 
-from mmjax.config import ExperimentConfig
+from mmjax.config import ExperimentConfig, ParallelConfig
 from mmjax.models import build_model
-from mmjax.parallel import replicated
+from mmjax.parallel import fsdp_shardings
 from mmjax.train.optim import make_optimizer
+
+DEFAULT_PARALLEL = ParallelConfig()
 
 
 def _model_and_optimizer(exp: ExperimentConfig) -> tuple[nnx.Module, nnx.Optimizer]:
@@ -20,16 +22,23 @@ def abstract_state(exp: ExperimentConfig) -> tuple[nnx.GraphDef, nnx.State]:
     return nnx.split(nnx.eval_shape(lambda: _model_and_optimizer(exp)))
 
 
-def state_shardings(state: nnx.State, mesh: jax.sharding.Mesh) -> nnx.State:
-    """Every leaf replicated over the mesh (data parallelism)."""
-    return jax.tree.map(lambda _: replicated(mesh), state)
+def state_shardings(
+    state: nnx.State, mesh: jax.sharding.Mesh, parallel: ParallelConfig = DEFAULT_PARALLEL
+) -> nnx.State:
+    """A NamedSharding per leaf of `state` (arrays or shape structs): parameters, batch
+    statistics and optimizer moments alike are split over the mesh's `fsdp` axis when they
+    have at least `parallel.fsdp_min_size` elements (`mmjax.parallel.fsdp_spec`), else
+    replicated; all are replicated over `data`. The fsdp size is the mesh's, not
+    `parallel.fsdp`, so a state can be laid out on any mesh (a single-device one for eval)."""
+    return fsdp_shardings(state, mesh, parallel.fsdp_min_size)
 
 
 def init_state(exp: ExperimentConfig, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, nnx.State]:
-    """Build the model and optimizer directly with their shardings (no host-side copy)."""
+    """Build the model and optimizer directly with their shardings under `exp.parallel`
+    (no host-side copy, no replicated intermediate)."""
     graphdef, abstract = abstract_state(exp)
     init = jax.jit(
         lambda: nnx.split(_model_and_optimizer(exp))[1],
-        out_shardings=state_shardings(abstract, mesh),
+        out_shardings=state_shardings(abstract, mesh, exp.parallel),
     )
     return graphdef, init()

@@ -1,4 +1,10 @@
-"""Pure train and eval steps, jit-compiled once over the split (graphdef, state)."""
+"""Pure train and eval steps, jit-compiled once over the split (graphdef, state).
+
+The train step can average the gradients of equal micro-batches before its one optimizer
+update (`grad_accum_steps`), run the forward and backward pass in bfloat16 on a cast of the
+float32 parameters (`compute_dtype`), and never changes the state when the loss or the gradient
+is NaN or infinite (metric `nonfinite`).
+"""
 
 from collections.abc import Callable
 
@@ -6,10 +12,16 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
+from mmjax.config import COMPUTE_DTYPES
+from mmjax.errors import ConfigError
 from mmjax.parallel import batch_sharded, replicated
 
 Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+# (trainable params, other model state, batch) -> (gradients, other model state, metrics)
+MicroStep = Callable[[nnx.State, nnx.State, Batch], tuple[nnx.State, nnx.State, Metrics]]
 
 
 def _inputs(batch: Batch) -> Batch:
@@ -19,34 +31,177 @@ def _inputs(batch: Batch) -> Batch:
 def training_loss(
     model: nnx.Module, batch: Batch
 ) -> tuple[jax.Array, tuple[jax.Array, dict[str, jax.Array]]]:
-    """(total loss, (logits [B, C], {term: scalar})): weighted cross-entropy plus every
-    auxiliary loss the model reports (reconstruction, contrastive, adversarial)."""
+    """(total loss, (logits [B, C], {term: scalar})): weighted cross-entropy on float32 logits
+    plus every auxiliary loss the model reports (reconstruction, contrastive, adversarial)."""
     logits, aux = model.forward(_inputs(batch), train=True)
+    logits = logits.astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     total = model.classification_weight * ce + sum(aux.values())
     return total, (logits, {"cross_entropy": ce, **aux})
 
 
-def make_train_step(
-    graphdef: nnx.GraphDef, shardings: nnx.State, mesh: jax.sharding.Mesh
-) -> Callable[[nnx.State, Batch], tuple[nnx.State, dict[str, jax.Array]]]:
-    """(state, batch) -> (new state, metrics); the state is donated, the batch sharded on data."""
+def _cast_floats(tree: nnx.State | Batch, dtype: jnp.dtype) -> nnx.State | Batch:
+    """`tree` with every floating-point array cast to `dtype`; integer, bool and key arrays
+    and BatchNorm statistics (see `_batchnorm_in`) kept."""
 
-    def train_step(state: nnx.State, batch: Batch) -> tuple[nnx.State, dict[str, jax.Array]]:
-        model, optimizer = nnx.merge(graphdef, state)
+    def cast(x: jax.Array | nnx.BatchStat) -> jax.Array | nnx.BatchStat:
+        if isinstance(x, nnx.BatchStat) or not jnp.issubdtype(x.dtype, jnp.floating):
+            return x
+        return x.astype(dtype) if x.dtype != dtype else x
 
-        differentiate = nnx.DiffState(0, model.trainable())
-        (loss, (logits, terms)), grads = nnx.value_and_grad(
-            training_loss, argnums=differentiate, has_aux=True
-        )(model, batch)
-        optimizer.update(model, grads)
+    return jax.tree.map(cast, tree, is_leaf=lambda x: isinstance(x, nnx.BatchStat))
+
+
+def _batchnorm_in(model: nnx.Module, dtype: jnp.dtype) -> None:
+    """Make every BatchNorm layer normalise in `dtype` (it casts its float32 statistics for
+    that) and update its statistics in float32, like `nnx.BatchNorm(dtype=dtype)`."""
+    for _, module in model.iter_modules():
+        if isinstance(module, nnx.BatchNorm):
+            module.dtype = dtype
+
+
+def _written(new: nnx.State, cast: nnx.State, original: nnx.State) -> nnx.State:
+    """The model state after a forward pass that ran on its `cast` copy: each leaf the pass
+    wrote (BatchNorm statistics, RNG counts) in its original dtype, every other leaf the
+    `original` itself, so frozen weights never round-trip through the compute dtype."""
+
+    def pick(new: jax.Array, cast: jax.Array, original: jax.Array) -> jax.Array:
+        return original if new is cast else new.astype(original.dtype)
+
+    return jax.tree.map(pick, new, cast, original)
+
+
+def _micro_step(model_def: nnx.GraphDef, dtype: jnp.dtype) -> MicroStep:
+    """The gradient of `training_loss` on one (micro-)batch [b, ...], computed in `dtype`.
+
+    The float params, model state and batch inputs are cast to `dtype` inside the
+    differentiated function, so the gradients (the cast's transpose) come back in the params'
+    float32; the state the forward pass writes (BatchNorm statistics, RNG counts) keeps its
+    dtypes, so the train state's dtypes never change.
+    """
+
+    def loss_fn(params: nnx.State, rest: nnx.State, batch: Batch):
+        cast_rest = _cast_floats(rest, dtype)
+        model = nnx.merge(model_def, _cast_floats(params, dtype), cast_rest, copy=True)
+        _batchnorm_in(model, dtype)
+        loss, (logits, terms) = training_loss(model, _cast_floats(batch, dtype))
+        _, _, new_rest = nnx.split(model, model.trainable(), ...)
         metrics = {
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-            "grad_norm": optax.tree.norm(grads),
             **terms,
         }
-        return nnx.state((model, optimizer)), metrics
+        import sys; print("written", sum(n is not c for n, c in zip(jax.tree.leaves(new_rest), jax.tree.leaves(cast_rest))), "of", len(jax.tree.leaves(new_rest)), file=sys.stderr)
+        return loss, (_written(new_rest, cast_rest, rest), metrics)
+
+    def step(params: nnx.State, rest: nnx.State, batch: Batch):
+        (_, (rest, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, batch)
+        return grads, rest, metrics
+
+    return step
+
+
+def _micro_batches(batch: Batch, k: int, mesh: jax.sharding.Mesh) -> Batch:
+    """[B, ...] -> [k, B/k, ...]; micro-batch i holds rows i, k + i, 2k + i, ... .
+
+    Each device's contiguous block of rows holds whole groups of k, so the reshape stays on
+    device and every micro-batch is spread over all devices like the batch (axis 1 sharded).
+    """
+    size = next(iter(batch.values())).shape[0]
+    shards = size // batch_sharded(mesh).shard_shape((size,))[0]
+    if size % k or (size // k) % shards:
+        raise ConfigError(
+            f"train.grad_accum_steps ({k}) must split the batch of {size} into equal "
+            f"micro-batches divisible by the {shards} batch shards of the mesh"
+        )
+    sharding = NamedSharding(mesh, PartitionSpec(None, *batch_sharded(mesh).spec))
+
+    def split(x: jax.Array) -> jax.Array:
+        micro = x.reshape(size // k, k, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(micro, sharding)
+
+    return {key: split(x) for key, x in batch.items()}
+
+
+def _accumulate(micro_step: MicroStep, k: int, mesh: jax.sharding.Mesh) -> MicroStep:
+    """`micro_step` over k micro-batches of the batch [B, ...] in a `lax.scan`: the mean
+    gradient, the model state after every micro-batch's forward pass in turn, mean metrics."""
+
+    def step(params: nnx.State, rest: nnx.State, batch: Batch):
+        def body(carry, micro_batch: Batch):
+            grad_sum, rest = carry
+            grads, rest, metrics = micro_step(params, rest, micro_batch)
+            return (jax.tree.map(jnp.add, grad_sum, grads), rest), metrics
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (grad_sum, rest), metrics = jax.lax.scan(
+            body, (zeros, rest), _micro_batches(batch, k, mesh)
+        )
+        grads = jax.tree.map(lambda g: g / k, grad_sum)
+        return grads, rest, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+    return step
+
+
+def _update(
+    graphdef: nnx.GraphDef,
+) -> Callable[[nnx.State, nnx.State, nnx.State], nnx.State]:
+    """(state, gradients, model state written by the forward pass) -> the state after one
+    optimizer update with those gradients."""
+
+    def update(state: nnx.State, grads: nnx.State, rest: nnx.State) -> nnx.State:
+        model, optimizer = nnx.merge(graphdef, state)
+        nnx.update(model, rest)
+        optimizer.update(model, grads)
+        return nnx.state((model, optimizer))
+
+    return update
+
+
+def _compute_dtype(name: str) -> jnp.dtype:
+    if name not in COMPUTE_DTYPES:
+        raise ConfigError(
+            f"train.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {name!r}"
+        )
+    return jnp.dtype(name)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    shardings: nnx.State,
+    mesh: jax.sharding.Mesh,
+    *,
+    grad_accum_steps: int = 1,
+    compute_dtype: str = "float32",
+) -> Callable[[nnx.State, Batch], tuple[nnx.State, Metrics]]:
+    """(state, batch [B, ...]) -> (new state, metrics); the state is donated, the batch sharded.
+
+    One optimizer update per step, with the mean gradient of `grad_accum_steps` equal
+    micro-batches [B/k, ...] (the whole batch's when 1) computed in `compute_dtype`. A step
+    whose loss or gradient norm is NaN/inf returns the state unchanged and metric
+    `nonfinite` 1 (else 0).
+    """
+    if grad_accum_steps < 1:
+        raise ConfigError(f"train.grad_accum_steps must be >= 1, got {grad_accum_steps}")
+    dtype = _compute_dtype(compute_dtype)
+    update = _update(graphdef)
+
+    def train_step(state: nnx.State, batch: Batch) -> tuple[nnx.State, Metrics]:
+        model, _ = nnx.merge(graphdef, state)
+        model_def, params, rest = nnx.split(model, model.trainable(), ...)
+        grad_fn = _micro_step(model_def, dtype)
+        if grad_accum_steps > 1:
+            grad_fn = _accumulate(grad_fn, grad_accum_steps, mesh)
+        grads, rest, metrics = grad_fn(params, rest, batch)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        new_state = update(state, grads, rest)
+        metrics = {
+            **metrics,
+            "grad_norm": grad_norm,
+            "nonfinite": 1.0 - finite.astype(jnp.float32),
+        }
+        return new_state, metrics
 
     return jax.jit(
         train_step,

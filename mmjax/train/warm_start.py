@@ -49,7 +49,7 @@ def warm_start(
     model, optimizer = nnx.merge(graphdef, state)
     initial_weights(model, exp, mesh)
     new_state = nnx.state((model, optimizer))
-    return jax.device_put(new_state, state_shardings(new_state, mesh))
+    return jax.device_put(new_state, state_shardings(new_state, mesh, exp.parallel))
 
 
 def initial_weights(model: nnx.Module, exp: ExperimentConfig, mesh: jax.sharding.Mesh) -> None:

@@ -24,19 +24,27 @@ RESUMABLE_CHANGES = (
     "train.eval_splits",
     "train.init_from",  # only a fresh run reads these two
     "train.init_modules",
+    # The layout over devices, like the device count itself, changes only rounding.
+    "parallel.",
 )
 
 
 def read_experiment(workdir: Path) -> dict[str, Any]:
     """The workdir's experiment record {"config", "dataset"}; CheckpointError if unusable."""
     path = Path(workdir) / EXPERIMENT_FILE
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as err:  # e.g. a name too long for the file system
+        raise CheckpointError(
+            f"--workdir {str(workdir)[:200]!r} is unusable ({err.strerror})"
+        ) from None
+    if not found:
         raise CheckpointError(f"{workdir} is not an mmjax workdir (no {EXPERIMENT_FILE})")
     try:
         record = json.loads(path.read_text())
         experiment_from(record["config"])
         record["dataset"]["modalities"]
-    except (ValueError, KeyError, TypeError, MmjaxError) as err:
+    except (ValueError, KeyError, TypeError, RecursionError, MmjaxError) as err:
         raise CheckpointError(f"{path} is unreadable or not an mmjax record ({err})") from None
     return record
 
@@ -79,17 +87,20 @@ def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
 def restore_trained(
     workdir: Path, exp: ExperimentConfig, mesh: jax.sharding.Mesh, *, step: int | None = None
 ) -> tuple[int, nnx.GraphDef, nnx.State]:
-    """(step, graphdef, state) of `workdir`'s checkpoint `step` (default: the latest),
-    replicated on `mesh`. The checkpoint directory is opened read-only."""
+    """(step, graphdef, state) of `workdir`'s checkpoint `step` (default: the newest readable
+    one; a newer unreadable one is skipped with a warning), replicated on `mesh`. The checkpoint
+    directory is opened read-only: nothing is written or moved."""
     graphdef, abstract = abstract_state(exp)
+    shardings = state_shardings(abstract, mesh, exp.parallel)
     checkpointer = Checkpointer(
         Path(workdir) / "checkpoints", keep=exp.train.keep_checkpoints, read_only=True
     )
     try:
-        step = checkpointer.latest_step() if step is None else step
-        if step is None:
-            raise CheckpointError(f"{workdir} has no checkpoint yet; train first")
-        state = checkpointer.restore(step, abstract, state_shardings(abstract, mesh))
+        if step is not None:
+            return step, graphdef, checkpointer.restore(step, abstract, shardings)
+        restored = checkpointer.restore_latest(abstract, shardings)
     finally:
         checkpointer.close()
-    return step, graphdef, state
+    if restored is None:
+        raise CheckpointError(f"{workdir} has no checkpoint yet; train first")
+    return restored.step, graphdef, restored.state

@@ -1,0 +1,65 @@
+"""Start `mmjax train` in child processes, as a user or a cluster scheduler would."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def tiny_args(root: Path, steps: int, *settings: str) -> list[str]:
+    """`mmjax train` arguments for the tiny AV-Digits late-fusion run on `root`."""
+    args = ["--config", "configs/avdigits_late.py:tiny", "--quiet"]
+    for item in (f"data.root={root}", f"train.steps={steps}", *settings):
+        args += ["--set", item]
+    return args
+
+
+def start_train(
+    workdir: Path, args: list[str], *, devices: int = 4, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`python -m mmjax.cli train --workdir WORKDIR ARGS` on `devices` fake CPU devices."""
+    child_env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        **(env or {}),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "mmjax.cli", "train", "--workdir", str(workdir), *args],
+        cwd=REPO,
+        env=child_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def saved_steps(workdir: Path) -> list[int]:
+    """The finished checkpoint steps in `workdir` (Orbax renames a step's folder when done)."""
+    folder = Path(workdir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
+def wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    """Poll `condition()` every 2 ms; fail naming `what` (and the process's stderr if it ended)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(
+                f"process ended (rc {proc.returncode}) before {what}: {proc.stderr.read()}"
+            )
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.002)

@@ -1,0 +1,81 @@
+"""Real multi-process training on JAX's own runtime: 2 processes x 2 CPU devices on localhost
+(gloo collectives), against 1 process x 4 devices; and a dead process ending its peer."""
+
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+import mmjax
+from mmjax.config import experiment_from, set_value
+from mmjax.parallel import data_mesh
+from mmjax.train.workdir import restore_trained
+from tests.launch import free_port, saved_steps, start_train, tiny_args, wait_for
+
+STEPS = 20
+
+
+def _cluster(workdir, args, *extra):
+    cluster = [*args, *extra, "--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]
+    return [start_train(workdir, [*cluster, "--process-id", str(i)], devices=2) for i in range(2)]
+
+
+def _params(workdir, exp):
+    _, graphdef, state = restore_trained(workdir, exp, data_mesh())
+    return jax.device_get(nnx.to_flat_state(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)))
+
+
+def test_two_processes_train_like_one(avdigits_root, tmp_path):
+    args = tiny_args(avdigits_root, STEPS, "train.eval_splits=test")
+    procs = _cluster(tmp_path / "two", args)
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+
+    cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")
+    for item in args[4::2]:
+        key, _, value = item.partition("=")
+        set_value(cfg, key, value)
+    one = mmjax.train(cfg, tmp_path / "one", progress=False)
+    exp = experiment_from(cfg.to_dict())
+
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["devices"] == one["devices"] == 4
+    assert two["steps"] == STEPS and two["examples"] == one["examples"]
+    assert abs(two["accuracy"]["test"] - one["accuracy"]["test"]) < 1e-6
+    # Only process 0 prints the results (after gloo's connection lines) and writes the log.
+    assert json.loads(outs[0][0][outs[0][0].index("{\n") :])["steps"] == STEPS
+    assert "{" not in outs[1][0], outs[1][0]
+    rows = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [5, 10, 15, 20]
+
+    a, b = dict(_params(tmp_path / "two", exp)), dict(_params(tmp_path / "one", exp))
+    assert a.keys() == b.keys()
+    worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+    assert worst < 1e-5, f"2 x 2 devices differ from 1 x 4 by up to {worst}"
+
+
+def test_a_dead_process_ends_its_peer_in_bounded_time(avdigits_root, tmp_path):
+    heartbeat = 5
+    args = tiny_args(avdigits_root, 100_000, "train.checkpoint_every=10")
+    procs = _cluster(tmp_path, args, "--heartbeat-timeout", str(heartbeat))
+    try:
+        wait_for(lambda: saved_steps(tmp_path), 240, "a first checkpoint", procs[0])
+        os.kill(procs[1].pid, signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = procs[0].communicate(timeout=120)
+        waited = time.monotonic() - killed
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode != 0
+    assert "another task died" in err, err[-2000:]
+    assert waited < heartbeat + 30, waited
+    # What was saved before the failure still restores.
+    cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")
+    step, _, _ = restore_trained(tmp_path, experiment_from(cfg.to_dict()), data_mesh())
+    assert step in saved_steps(tmp_path)
