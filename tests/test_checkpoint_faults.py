@@ -235,10 +235,12 @@ def test_failed_write_names_the_step_and_keeps_earlier_checkpoints(tmp_path, sur
 
 
 def test_train_resumes_past_a_corrupt_checkpoint(avdigits_root, tmp_path):
-    cfg = mmjax.load_config_file("configs/avdigits_image.py:tiny")  # the quickest to compile
+    # The tiny late-fusion run of 20 steps: test_train_loop compiles the same program.
+    cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")
     set_value(cfg, "data.root", str(avdigits_root))
-    set_value(cfg, "train.steps", 15)
+    set_value(cfg, "train.steps", 20)
     set_value(cfg, "train.checkpoint_every", 5)
+    set_value(cfg, "train.keep_checkpoints", 3)
     set_value(cfg, "train.eval_splits", ())
     checkpoints = tmp_path / "checkpoints"
     mmjax.train(cfg, tmp_path, stop_after=10, progress=False)
@@ -250,17 +252,17 @@ def test_train_resumes_past_a_corrupt_checkpoint(avdigits_root, tmp_path):
         UserWarning, match=rf"step 10 at {checkpoints}/10 is unreadable .*fell back to step 5"
     ):
         results = mmjax.train(cfg, tmp_path, progress=False)
-    assert results["completed"] and results["steps"] == 15
-    assert _listing(checkpoints) == ["10", "10.corrupt", "15"]
+    assert results["completed"] and results["steps"] == 20
+    assert _listing(checkpoints) == ["10", "10.corrupt", "15", "20"]
     # Resumed from step 5 with step 5's data iterator, the run saved the same step 10 again.
     reader = ocp.StandardCheckpointer()
-    again = reader.restore(checkpoints / "10" / "state")
-    first = reader.restore(tmp_path / "state_10")
-    _assert_same_leaves(again, first)
+    _assert_same_leaves(
+        reader.restore(checkpoints / "10" / "state"), reader.restore(tmp_path / "state_10")
+    )
 
-    _garbage_config(checkpoints / "15")  # eval/predict skip it but write nothing
+    _garbage_config(checkpoints / "20")  # eval/predict skip it but write nothing
     before = _listing(checkpoints)
-    with pytest.warns(UserWarning, match=r"step 15 at .* nothing moved\) and fell back to step 10"):
+    with pytest.warns(UserWarning, match=r"step 20 at .* nothing moved\) and fell back to step 15"):
         step, _, state = restore_trained(tmp_path, experiment_from(cfg.to_dict()), data_mesh())
-    assert step == 10 and _listing(checkpoints) == before
-    _assert_same_leaves(nnx.to_pure_dict(state), again)
+    assert step == 15 and _listing(checkpoints) == before
+    _assert_same_leaves(nnx.to_pure_dict(state), reader.restore(checkpoints / "15" / "state"))

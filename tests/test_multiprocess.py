@@ -8,10 +8,13 @@ import time
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 import mmjax
+from mmjax import distributed
 from mmjax.config import experiment_from, set_value
+from mmjax.errors import ConfigError
 from mmjax.parallel import data_mesh
 from mmjax.train.workdir import restore_trained
 from tests.launch import free_port, saved_steps, start_train, tiny_args, wait_for
@@ -61,7 +64,7 @@ def test_two_processes_train_like_one(avdigits_root, tmp_path):
 
 def test_a_dead_process_ends_its_peer_in_bounded_time(avdigits_root, tmp_path):
     heartbeat = 5
-    args = tiny_args(avdigits_root, 100_000, "train.checkpoint_every=10")
+    args = tiny_args(avdigits_root, 100_000, "train.checkpoint_every=2")
     procs = _cluster(tmp_path, args, "--heartbeat-timeout", str(heartbeat))
     try:
         wait_for(lambda: saved_steps(tmp_path), 240, "a first checkpoint", procs[0])
@@ -79,3 +82,47 @@ def test_a_dead_process_ends_its_peer_in_bounded_time(avdigits_root, tmp_path):
     cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")
     step, _, _ = restore_trained(tmp_path, experiment_from(cfg.to_dict()), data_mesh())
     assert step in saved_steps(tmp_path)
+
+
+def test_the_cluster_comes_from_flags_then_environment(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    for name in ("COORDINATOR", "NUM_PROCESSES", "PROCESS_ID", "DISTRIBUTED", "HEARTBEAT_TIMEOUT"):
+        monkeypatch.delenv(f"MMJAX_{name}", raising=False)
+    assert not distributed.initialize()  # nothing described: one process, no call
+    monkeypatch.setenv("MMJAX_COORDINATOR", "host0:1234")
+    monkeypatch.setenv("MMJAX_NUM_PROCESSES", "4")
+    monkeypatch.setenv("MMJAX_PROCESS_ID", "3")
+    assert distributed.initialize()
+    assert distributed.initialize(process_id=1, heartbeat_timeout_s=7)  # a flag wins
+    monkeypatch.setenv("MMJAX_DISTRIBUTED", "auto")
+    for name in ("COORDINATOR", "NUM_PROCESSES", "PROCESS_ID"):
+        monkeypatch.delenv(f"MMJAX_{name}")
+    assert distributed.initialize()  # JAX detects the cluster
+    assert [a for a, _ in calls] == [("host0:1234", 4, 3), ("host0:1234", 4, 1), (None, None, None)]
+    assert [k["heartbeat_timeout_seconds"] for _, k in calls] == [100, 7, 100]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"coordinator": "host0:1234"}, "missing --num-processes, --process-id"),
+        ({"coordinator": "host0", "num_processes": 2, "process_id": 0}, "HOST:PORT"),
+        ({"coordinator": "h:99999", "num_processes": 2, "process_id": 0}, "HOST:PORT"),
+        (
+            {"coordinator": "h:1", "num_processes": 2, "process_id": 2},
+            r"--process-id must be in \[0, 2\)",
+        ),
+        (
+            {"coordinator": "h:1", "num_processes": 0, "process_id": 0},
+            "--num-processes must be >= 1",
+        ),
+        ({"heartbeat_timeout_s": 0, "auto": True}, "--heartbeat-timeout must be >= 1"),
+    ],
+)
+def test_a_wrong_cluster_description_is_a_config_error(monkeypatch, kwargs, message):
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: pytest.fail("started"))
+    for name in ("COORDINATOR", "NUM_PROCESSES", "PROCESS_ID", "DISTRIBUTED", "HEARTBEAT_TIMEOUT"):
+        monkeypatch.delenv(f"MMJAX_{name}", raising=False)
+    with pytest.raises(ConfigError, match=message):
+        distributed.initialize(**kwargs)

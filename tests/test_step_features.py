@@ -1,7 +1,9 @@
 """The train step's gradient accumulation, bfloat16 compute and non-finite guard."""
 
+import functools
 import logging
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +23,7 @@ AUDIO = {"name": "audio_frames", "stride": 8, "dim": 16}
 IMAGE = {"name": "small_cnn", "channels": (4,), "dim": 8}
 
 
-def _experiment(encoders: dict):
+def _experiment(encoders: dict, frozen: tuple[str, ...]):
     """A tiny model; late_concat without dropout, so micro-batches draw no random numbers."""
     return experiment_from(
         {
@@ -29,6 +31,7 @@ def _experiment(encoders: dict):
                 "encoders": encoders,
                 "fusion": {"name": "late_concat", "hidden": 32, "dropout": 0.0},
                 "num_classes": 10,
+                "frozen": frozen,
             },
             "optim": {"warmup_steps": 0},
             "train": {"batch_size": BATCH, "steps": 10},
@@ -39,9 +42,9 @@ def _experiment(encoders: dict):
 class Setup:
     """One experiment's initial state (copied for each run: steps donate it) and its steps."""
 
-    def __init__(self, encoders: dict):
+    def __init__(self, encoders: dict, frozen: tuple[str, ...] = ()):
         self.mesh = data_mesh()
-        self.graphdef, self.initial = init_state(_experiment(encoders), self.mesh)
+        self.graphdef, self.initial = init_state(_experiment(encoders, frozen), self.mesh)
         self.shardings = state_shardings(self.initial, self.mesh)
         self.modalities = tuple(encoders)
 
@@ -50,6 +53,11 @@ class Setup:
 
     def step(self, **options):
         return make_train_step(self.graphdef, self.shardings, self.mesh, **options)
+
+    @functools.cached_property
+    def f32_step(self):
+        """The default step, compiled once for the tests that share it."""
+        return self.step()
 
     def batch(self, seed: int) -> dict[str, jax.Array]:
         rng = np.random.default_rng(seed)
@@ -71,14 +79,14 @@ def audio_only():
 @pytest.fixture(scope="module")
 def image_audio():
     """small_cnn has BatchNorm (state written by the forward pass) and convolutions."""
-    setup = Setup({"image": IMAGE, "audio": AUDIO})
-    setup.f32_step = setup.step()
-    return setup
+    return Setup({"image": IMAGE, "audio": AUDIO})
 
 
 def _leaves(state: nnx.State) -> list[np.ndarray]:
     def host(x: jax.Array) -> np.ndarray:
-        return np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+        return np.asarray(
+            jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+        )
 
     return [host(x) for x in jax.tree.leaves(state)]
 
@@ -106,7 +114,9 @@ def test_accumulated_micro_batches_equal_the_whole_batch(audio_only, caplog):
     jax.config.update("jax_log_compiles", True)
     try:
         with caplog.at_level(logging.WARNING):
-            accumulated, metrics = _train(accumulated_step, audio_only.state(), audio_only, range(3))
+            accumulated, metrics = _train(
+                accumulated_step, audio_only.state(), audio_only, range(3)
+            )
     finally:
         jax.config.update("jax_log_compiles", False)
     compiles = [
@@ -133,14 +143,14 @@ def test_micro_batches_update_batch_statistics_in_turn(image_audio):
     batch = image_audio.batch(0)
     state, metrics = image_audio.step(grad_accum_steps=4)(image_audio.state(), batch)
     assert metrics["nonfinite"] == 0.0
-    model = nnx.merge(image_audio.graphdef, image_audio.state())[0]
-    host = {k: np.asarray(v) for k, v in batch.items() if k != "label"}
+    encoder = nnx.merge(image_audio.graphdef, image_audio.state())[0].encoders["image"]
+    images = np.asarray(batch["image"])
     for i in range(4):
-        model.forward({k: v[i::4] for k, v in host.items()}, train=True)
-    expected = nnx.state(model, nnx.BatchStat)
-    stepped = nnx.state(nnx.merge(image_audio.graphdef, state)[0], nnx.BatchStat)
-    initial = nnx.state(nnx.merge(image_audio.graphdef, image_audio.initial)[0], nnx.BatchStat)
-    for got, want, old in zip(*map(jax.tree.leaves, (stepped, expected, initial)), strict=True):
+        encoder(images[i::4], train=True)
+    stepped = nnx.merge(image_audio.graphdef, state)[0].encoders["image"]
+    initial = nnx.merge(image_audio.graphdef, image_audio.initial)[0].encoders["image"]
+    leaves = [jax.tree.leaves(nnx.state(m, nnx.BatchStat)) for m in (stepped, encoder, initial)]
+    for got, want, old in zip(*leaves, strict=True):
         assert not np.allclose(want, old)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -150,24 +160,50 @@ def test_bfloat16_compute_keeps_float32_state_and_follows_float32(image_audio):
     every dtype, and loss and update stay close to the float32 step's."""
     bf16_step = image_audio.step(compute_dtype="bfloat16")
     batch = image_audio.batch(0)
-    lowered = bf16_step.lower(image_audio.state(), batch).as_text()
-    assert re.search(r"stablehlo.convolution.*bf16", lowered), "no bfloat16 convolution"
-    assert re.search(r"stablehlo.dot_general.*bf16", lowered), "no bfloat16 matmul"
+    with warnings.catch_warnings():  # e.g. a float32 write into a bfloat16 variable
+        warnings.simplefilter("error", FutureWarning)
+        lowered = bf16_step.lower(image_audio.state(), batch).as_text()
+    ops = re.findall(r"stablehlo\.(?:convolution|dot_general).*", lowered)
+    assert any("convolution" in op for op in ops) and any("dot_general" in op for op in ops)
+    in_float32 = [op for op in ops if not re.search(r"-> tensor<[0-9x]*bf16>$", op)]
+    # only the log-mel filterbank product, deliberately float32 at precision HIGHEST
+    assert len(in_float32) == 1 and "HIGHEST" in in_float32[0], in_float32
 
     initial = _params(image_audio, image_audio.initial)
     f32_state, f32_metrics = image_audio.f32_step(image_audio.state(), batch)
     bf16_state, bf16_metrics = bf16_step(image_audio.state(), batch)
     f32_loss, bf16_loss = float(f32_metrics["loss"]), float(bf16_metrics["loss"])
     assert np.isfinite(bf16_loss) and bf16_metrics["nonfinite"] == 0.0
-    np.testing.assert_allclose(bf16_loss, f32_loss, rtol=2e-2)
+    np.testing.assert_allclose(bf16_loss, f32_loss, rtol=1e-2)  # measured: 1e-4
     f32_update = _params(image_audio, f32_state) - initial
     bf16_update = _params(image_audio, bf16_state) - initial
     cosine = f32_update @ bf16_update / np.linalg.norm(f32_update) / np.linalg.norm(bf16_update)
-    assert cosine > 0.9, cosine
+    assert cosine > 0.98, cosine  # measured: 0.995
 
     bf16_state, _ = bf16_step(bf16_state, image_audio.batch(1))
     dtypes = [x.dtype for x in jax.tree.leaves(bf16_state)]
     assert dtypes == [x.dtype for x in jax.tree.leaves(image_audio.initial)]
+    stats = jax.tree.leaves(
+        nnx.state(nnx.merge(image_audio.graphdef, bf16_state)[0], nnx.BatchStat)
+    )
+    rounded = [np.asarray(x.astype(jnp.bfloat16).astype(jnp.float32)) for x in stats]
+    assert any(not np.array_equal(x, r) for x, r in zip(stats, rounded)), "stats kept in bf16"
+
+
+def test_bfloat16_compute_leaves_frozen_weights_exact():
+    """A frozen encoder runs in bfloat16 too, but its float32 weights and statistics are
+    never replaced by their bfloat16 round trip."""
+    setup = Setup({"image": IMAGE, "audio": AUDIO}, frozen=("image",))
+    state, metrics = setup.step(compute_dtype="bfloat16")(setup.state(), setup.batch(0))
+    assert metrics["nonfinite"] == 0.0
+    encoders = [nnx.merge(setup.graphdef, s)[0].encoders for s in (state, setup.initial)]
+    after, before = (_leaves(nnx.state(e["image"])) for e in encoders)
+    for a, b in zip(after, before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(*(_leaves(nnx.state(e["audio"])) for e in encoders))
+    )
 
 
 def test_a_nonfinite_step_leaves_the_state_unchanged(image_audio):
@@ -183,14 +219,16 @@ def test_a_nonfinite_step_leaves_the_state_unchanged(image_audio):
         np.testing.assert_array_equal(a, b)
     state, metrics = step(state, image_audio.batch(1))
     assert float(metrics["nonfinite"]) == 0.0 and np.isfinite(float(metrics["loss"]))
-    assert not np.array_equal(_params(image_audio, state), _params(image_audio, image_audio.initial))
+    assert not np.array_equal(
+        _params(image_audio, state), _params(image_audio, image_audio.initial)
+    )
 
 
 def test_invalid_options_name_their_config_key(audio_only):
-    with pytest.raises(ConfigError, match="train.compute_dtype"):
+    with pytest.raises(ConfigError, match=r"train\.compute_dtype"):
         audio_only.step(compute_dtype="float16")
-    with pytest.raises(ConfigError, match="train.grad_accum_steps"):
+    with pytest.raises(ConfigError, match=r"train\.grad_accum_steps"):
         audio_only.step(grad_accum_steps=0)
     for k in (3, 8):  # 16 rows: not into 3 equal parts; 8 micro-batches of 2 over 4 devices
-        with pytest.raises(ConfigError, match="train.grad_accum_steps"):
+        with pytest.raises(ConfigError, match=r"train\.grad_accum_steps"):
             audio_only.step(grad_accum_steps=k)(audio_only.state(), audio_only.batch(0))

@@ -42,7 +42,7 @@ def training_loss(
 
 def _cast_floats(tree: nnx.State | Batch, dtype: jnp.dtype) -> nnx.State | Batch:
     """`tree` with every floating-point array cast to `dtype`; integer, bool and key arrays
-    and BatchNorm statistics (see `_batchnorm_in`) kept."""
+    and BatchNorm statistics (see `_compute_in`) kept."""
 
     def cast(x: jax.Array | nnx.BatchStat) -> jax.Array | nnx.BatchStat:
         if isinstance(x, nnx.BatchStat) or not jnp.issubdtype(x.dtype, jnp.floating):
@@ -52,11 +52,13 @@ def _cast_floats(tree: nnx.State | Batch, dtype: jnp.dtype) -> nnx.State | Batch
     return jax.tree.map(cast, tree, is_leaf=lambda x: isinstance(x, nnx.BatchStat))
 
 
-def _batchnorm_in(model: nnx.Module, dtype: jnp.dtype) -> None:
-    """Make every BatchNorm layer normalise in `dtype` (it casts its float32 statistics for
-    that) and update its statistics in float32, like `nnx.BatchNorm(dtype=dtype)`."""
-    for _, module in model.iter_modules():
-        if isinstance(module, nnx.BatchNorm):
+def _compute_in(model: nnx.Module, dtype: jnp.dtype) -> None:
+    """Make every flax layer of `model` (each module with a `param_dtype`: Linear, Conv, Embed,
+    the norms, attention, LSTM cells) compute in `dtype`, like `nnx.Linear(dtype=dtype)`, even
+    where float32 constants of the model code meet its input; BatchNorm normalises with its
+    statistics cast to `dtype` and updates them in float32."""
+    for _, module in nnx.iter_modules(model):
+        if hasattr(module, "param_dtype"):
             module.dtype = dtype
 
 
@@ -74,16 +76,19 @@ def _written(new: nnx.State, cast: nnx.State, original: nnx.State) -> nnx.State:
 def _micro_step(model_def: nnx.GraphDef, dtype: jnp.dtype) -> MicroStep:
     """The gradient of `training_loss` on one (micro-)batch [b, ...], computed in `dtype`.
 
-    The float params, model state and batch inputs are cast to `dtype` inside the
-    differentiated function, so the gradients (the cast's transpose) come back in the params'
-    float32; the state the forward pass writes (BatchNorm statistics, RNG counts) keeps its
-    dtypes, so the train state's dtypes never change.
+    Inside the differentiated function the float params, model state (BatchNorm statistics
+    aside) and batch inputs are cast to `dtype` and every flax layer computes in it, so the
+    gradients (the cast's transpose) come back in the params' float32; the loss is taken on
+    float32 logits. The state the forward pass writes (BatchNorm statistics, RNG counts)
+    keeps its dtypes, so the train state's dtypes never change.
     """
 
-    def loss_fn(params: nnx.State, rest: nnx.State, batch: Batch):
+    def loss_fn(
+        params: nnx.State, rest: nnx.State, batch: Batch
+    ) -> tuple[jax.Array, tuple[nnx.State, Metrics]]:
         cast_rest = _cast_floats(rest, dtype)
         model = nnx.merge(model_def, _cast_floats(params, dtype), cast_rest, copy=True)
-        _batchnorm_in(model, dtype)
+        _compute_in(model, dtype)
         loss, (logits, terms) = training_loss(model, _cast_floats(batch, dtype))
         _, _, new_rest = nnx.split(model, model.trainable(), ...)
         metrics = {
@@ -91,10 +96,11 @@ def _micro_step(model_def: nnx.GraphDef, dtype: jnp.dtype) -> MicroStep:
             "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
             **terms,
         }
-        import sys; print("written", sum(n is not c for n, c in zip(jax.tree.leaves(new_rest), jax.tree.leaves(cast_rest))), "of", len(jax.tree.leaves(new_rest)), file=sys.stderr)
         return loss, (_written(new_rest, cast_rest, rest), metrics)
 
-    def step(params: nnx.State, rest: nnx.State, batch: Batch):
+    def step(
+        params: nnx.State, rest: nnx.State, batch: Batch
+    ) -> tuple[nnx.State, nnx.State, Metrics]:
         (_, (rest, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, batch)
         return grads, rest, metrics
 
@@ -127,8 +133,12 @@ def _accumulate(micro_step: MicroStep, k: int, mesh: jax.sharding.Mesh) -> Micro
     """`micro_step` over k micro-batches of the batch [B, ...] in a `lax.scan`: the mean
     gradient, the model state after every micro-batch's forward pass in turn, mean metrics."""
 
-    def step(params: nnx.State, rest: nnx.State, batch: Batch):
-        def body(carry, micro_batch: Batch):
+    def step(
+        params: nnx.State, rest: nnx.State, batch: Batch
+    ) -> tuple[nnx.State, nnx.State, Metrics]:
+        def body(
+            carry: tuple[nnx.State, nnx.State], micro_batch: Batch
+        ) -> tuple[tuple[nnx.State, nnx.State], Metrics]:
             grad_sum, rest = carry
             grads, rest, metrics = micro_step(params, rest, micro_batch)
             return (jax.tree.map(jnp.add, grad_sum, grads), rest), metrics
@@ -178,8 +188,8 @@ def make_train_step(
 
     One optimizer update per step, with the mean gradient of `grad_accum_steps` equal
     micro-batches [B/k, ...] (the whole batch's when 1) computed in `compute_dtype`. A step
-    whose loss or gradient norm is NaN/inf returns the state unchanged and metric
-    `nonfinite` 1 (else 0).
+    whose loss or gradient norm is NaN/inf skips the update (a `lax.cond`), returning the
+    state unchanged, and reports metric `nonfinite` 1 (else 0).
     """
     if grad_accum_steps < 1:
         raise ConfigError(f"train.grad_accum_steps must be >= 1, got {grad_accum_steps}")
@@ -187,7 +197,7 @@ def make_train_step(
     update = _update(graphdef)
 
     def train_step(state: nnx.State, batch: Batch) -> tuple[nnx.State, Metrics]:
-        model, _ = nnx.merge(graphdef, state)
+        model, _ = nnx.merge(graphdef, state)  # shares `state`'s variables: read only
         model_def, params, rest = nnx.split(model, model.trainable(), ...)
         grad_fn = _micro_step(model_def, dtype)
         if grad_accum_steps > 1:
@@ -195,11 +205,11 @@ def make_train_step(
         grads, rest, metrics = grad_fn(params, rest, batch)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        new_state = update(state, grads, rest)
+        new_state = jax.lax.cond(finite, update, lambda state, *_: state, state, grads, rest)
         metrics = {
             **metrics,
             "grad_norm": grad_norm,
-            "nonfinite": 1.0 - finite.astype(jnp.float32),
+            "nonfinite": (~finite).astype(jnp.float32),
         }
         return new_state, metrics
 
