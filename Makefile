@@ -8,8 +8,12 @@ export MMJAX_DATA ?= $(HOME)/.cache/mmjax
 demo: system-packages venv
 	$(PY) tools/demo.py
 
+# Two pytest workers (pytest-xdist), one test file each at a time: most tests wait on XLA's
+# single-threaded compiler, so two of them share the 2-core CI machine well.
+PYTEST_WORKERS ?= 2
+
 test: system-packages venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

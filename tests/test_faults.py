@@ -96,6 +96,7 @@ def test_kill_9_at_three_moments_loses_nothing(avdigits_root, uninterrupted, tmp
         history.append((moment, saved_steps(work), torn))
         if moment == "during a save":
             assert torn, "the kill was meant to land while a checkpoint was being written"
+    print(f"(moment, checkpoints left, a half-written save left) after each SIGKILL: {history}")
     assert max(saved_steps(work)) < STEPS, history
     # The fourth start runs to the end (in this process, to spare a start-up).
     cfg = _config(avdigits_root, STEPS, *SETTINGS)

@@ -32,9 +32,24 @@ def _params(workdir, exp):
     return jax.device_get(nnx.to_flat_state(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)))
 
 
-def test_two_processes_train_like_one(avdigits_root, tmp_path):
-    args = tiny_args(avdigits_root, STEPS, "train.eval_splits=test")
-    procs = _cluster(tmp_path / "two", args)
+def test_two_processes_train_like_one_through_a_preemption(avdigits_root, tmp_path):
+    args = tiny_args(avdigits_root, STEPS, "train.eval_splits=test", "train.checkpoint_every=5")
+    work = tmp_path / "two"
+    procs = _cluster(work, args)
+    try:
+        wait_for(lambda: saved_steps(work), 240, "a first checkpoint", procs[0])
+        # The notice reaches one process; JAX's preemption service stops both at one step.
+        os.kill(procs[1].pid, signal.SIGTERM)
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [75, 75], [err[-1500:] for _, err in outs]
+    stopped = {int(err.split("preempted (SIGTERM) at step ")[1].split(":")[0]) for _, err in outs}
+    assert len(stopped) == 1 and max(saved_steps(work)) in stopped and min(stopped) < STEPS
+    print(f"both processes stopped at step {stopped} after a SIGTERM to process 1")
+
+    procs = _cluster(work, args)  # the restart resumes from that checkpoint
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err
@@ -46,19 +61,20 @@ def test_two_processes_train_like_one(avdigits_root, tmp_path):
     one = mmjax.train(cfg, tmp_path / "one", progress=False)
     exp = experiment_from(cfg.to_dict())
 
-    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    two = json.loads((work / "results.json").read_text())
     assert two["devices"] == one["devices"] == 4
     assert two["steps"] == STEPS and two["examples"] == one["examples"]
     assert abs(two["accuracy"]["test"] - one["accuracy"]["test"]) < 1e-6
     # Only process 0 prints the results (after gloo's connection lines) and writes the log.
     assert json.loads(outs[0][0][outs[0][0].index("{\n") :])["steps"] == STEPS
     assert "{" not in outs[1][0], outs[1][0]
-    rows = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["step"] for r in rows] == [5, 10, 15, 20]
+    steps = [json.loads(r)["step"] for r in (work / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS, steps
 
-    a, b = dict(_params(tmp_path / "two", exp)), dict(_params(tmp_path / "one", exp))
+    a, b = dict(_params(work, exp)), dict(_params(tmp_path / "one", exp))
     assert a.keys() == b.keys()
     worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+    print(f"largest |2 processes x 2 devices - 1 x 4| over {len(a)} parameters: {worst:.2e}")
     assert worst < 1e-5, f"2 x 2 devices differ from 1 x 4 by up to {worst}"
 
 
@@ -77,6 +93,7 @@ def test_a_dead_process_ends_its_peer_in_bounded_time(avdigits_root, tmp_path):
             p.kill()
     assert procs[0].returncode != 0
     assert "another task died" in err, err[-2000:]
+    print(f"the survivor exited {waited:.1f} s after its peer's SIGKILL (heartbeat {heartbeat} s)")
     assert waited < heartbeat + 30, waited
     # What was saved before the failure still restores.
     cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")

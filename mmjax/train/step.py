@@ -88,7 +88,8 @@ def _micro_step(model_def: nnx.GraphDef, dtype: jnp.dtype) -> MicroStep:
     ) -> tuple[jax.Array, tuple[nnx.State, Metrics]]:
         cast_rest = _cast_floats(rest, dtype)
         model = nnx.merge(model_def, _cast_floats(params, dtype), cast_rest, copy=True)
-        _compute_in(model, dtype)
+        if dtype != jnp.float32:
+            _compute_in(model, dtype)
         loss, (logits, terms) = training_loss(model, _cast_floats(batch, dtype))
         _, _, new_rest = nnx.split(model, model.trainable(), ...)
         metrics = {
