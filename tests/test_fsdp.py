@@ -14,6 +14,7 @@ from mmjax.parallel import FSDP_AXIS, data_mesh, fsdp_spec, put_batch
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.state import abstract_state, init_state, state_shardings
 from mmjax.train.step import make_train_step
+from tests.batches import avdigits_batches
 
 BATCH = 8
 STEPS = 3
@@ -63,23 +64,11 @@ def experiment():
     return experiment_from(config)
 
 
-def _batches():
-    rng = np.random.default_rng(0)
-    for _ in range(STEPS):
-        yield {
-            "image": rng.random((BATCH, 8, 8, 1), np.float32),
-            "audio": rng.standard_normal((BATCH, 2000)).astype(np.float32),
-            "image_mask": rng.random(BATCH) > 0.2,
-            "audio_mask": np.ones(BATCH, bool),
-            "label": rng.integers(0, 10, BATCH).astype(np.int32),
-        }
-
-
 def _train(exp, mesh) -> tuple[nnx.State, list[float]]:
     graphdef, state = init_state(exp, mesh)
     step = make_train_step(graphdef, state_shardings(state, mesh, exp.parallel), mesh)
     losses = []
-    for batch in _batches():
+    for batch in avdigits_batches(STEPS, BATCH, 2000):
         state, metrics = step(state, put_batch(batch, mesh))
         losses.append(float(metrics["loss"]))  # blocks: unsynchronised CPU collectives can hang
     return state, losses
@@ -112,7 +101,7 @@ def test_state_and_batch_are_split_over_fsdp(experiment, runs):
     assert len(split) > 20  # params and both Adam moments
     assert all(x.sharding.is_fully_replicated for x in jax.tree.leaves(state) if x.size < 64)
 
-    batch = put_batch(next(_batches()), data_mesh(fsdp=2))["label"]
+    batch = put_batch(next(avdigits_batches(STEPS, BATCH, 2000)), data_mesh(fsdp=2))["label"]
     rows = {shard.index[0].start for shard in batch.addressable_shards}
     assert rows == {0, 2, 4, 6}  # every device its own two rows
 

@@ -12,6 +12,7 @@ from mmjax.parallel import data_mesh, put_batch
 from mmjax.registry import MODELS
 from mmjax.train.state import init_state, state_shardings
 from mmjax.train.step import make_train_step
+from tests.batches import avdigits_batches
 
 
 @pytest.fixture(scope="module")
@@ -19,23 +20,11 @@ def experiment():
     return experiment_from({"model": MODELS.get("avdigits_late")(), "train": {"steps": 10}})
 
 
-def _batches(n: int, size: int = 8):
-    rng = np.random.default_rng(0)
-    for _ in range(n):
-        yield {
-            "image": rng.random((size, 8, 8, 1), np.float32),
-            "audio": rng.standard_normal((size, 8000)).astype(np.float32),
-            "image_mask": rng.random(size) > 0.2,
-            "audio_mask": np.ones(size, bool),
-            "label": rng.integers(0, 10, size).astype(np.int32),
-        }
-
-
 def _run(experiment, mesh, steps: int):
     graphdef, state = init_state(experiment, mesh)
     step = make_train_step(graphdef, state_shardings(state, mesh), mesh)
     losses = []
-    for batch in _batches(steps):
+    for batch in avdigits_batches(steps, 8, 8000):
         state, metrics = step(state, put_batch(batch, mesh))
         losses.append(float(metrics["loss"]))
     return nnx.to_pure_dict(state), losses
@@ -54,7 +43,7 @@ def test_sharded_step_equals_single_device(experiment):
 
 def test_batch_is_sharded_and_params_replicated(experiment):
     mesh = data_mesh()
-    batch = put_batch(next(_batches(1)), mesh)
+    batch = put_batch(next(avdigits_batches(1, 8, 8000)), mesh)
     assert batch["image"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
     assert len(batch["image"].addressable_shards) == 4
     assert batch["image"].addressable_shards[0].data.shape == (2, 8, 8, 1)

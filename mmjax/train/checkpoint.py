@@ -22,6 +22,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from mmjax.errors import CheckpointError
 
@@ -236,6 +237,8 @@ class Checkpointer:
                 stacklevel=3,
             )
         if failed and not self.read_only:
+            if jax.process_count() > 1:  # every process sees the move before it reloads
+                multihost_utils.sync_global_devices("mmjax: unreadable checkpoints set aside")
             self.manager.reload()
 
     def close(self) -> None:
