@@ -14,8 +14,11 @@ from flax import nnx
 import mmjax
 from mmjax import distributed
 from mmjax.config import experiment_from, set_value
+from mmjax.data import pipeline
 from mmjax.errors import ConfigError
 from mmjax.parallel import data_mesh
+from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.state import abstract_state, state_shardings
 from mmjax.train.workdir import restore_trained
 from tests.launch import free_port, saved_steps, start_train, tiny_args, wait_for
 
@@ -76,6 +79,28 @@ def test_two_processes_train_like_one_through_a_preemption(avdigits_root, tmp_pa
     worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
     print(f"largest |2 processes x 2 devices - 1 x 4| over {len(a)} parameters: {worst:.2e}")
     assert worst < 1e-5, f"2 x 2 devices differ from 1 x 4 by up to {worst}"
+
+    # One process resuming the two processes' run would read the batches the 1 x 4 run reads.
+    after_two, after_one = _next_batch(work, exp), _next_batch(tmp_path / "one", exp)
+    for key in after_one:
+        np.testing.assert_array_equal(after_two[key], after_one[key])
+
+
+def _next_batch(workdir, exp):
+    """The batch a run resumed (in this one process) from `workdir`'s latest checkpoint reads."""
+    data_iter = iter(
+        pipeline.train_dataset(exp.data, exp.model.modalities, exp.train.batch_size, 0)
+    )
+    _, abstract = abstract_state(exp)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=2, read_only=True)
+    try:
+        restored = checkpointer.restore_latest(
+            abstract, state_shardings(abstract, data_mesh()), data_iter
+        )
+    finally:
+        checkpointer.close()
+    assert restored.step == STEPS
+    return next(data_iter)
 
 
 def test_a_dead_process_ends_its_peer_in_bounded_time(avdigits_root, tmp_path):

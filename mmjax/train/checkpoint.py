@@ -11,6 +11,7 @@ orbax lists only `<step>` directories, so it neither resumes from it nor counts 
 
 import dataclasses
 import errno
+import json
 import os
 import re
 import warnings
@@ -27,6 +28,7 @@ from jax.experimental import multihost_utils
 from mmjax.errors import CheckpointError
 
 CORRUPT_SUFFIX = ".corrupt"
+ITERATOR_ITEM = "data_iter"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +110,7 @@ class Checkpointer:
             "metrics": ocp.args.JsonSave(metrics),
         }
         if data_iter is not None:
-            items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
+            items[ITERATOR_ITEM] = grain.checkpoint.CheckpointSave(data_iter)
         try:
             self.manager.save(step, args=ocp.args.Composite(**items))
         except Exception as err:  # orbax raises many types; the cause is kept below
@@ -213,12 +215,24 @@ class Checkpointer:
             nnx.to_pure_dict(shardings),
         )
         items = {"state": ocp.args.StandardRestore(abstract)}
-        if data_iter is not None:
-            items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if data_iter is not None:
+            self._restore_iterator(step, data_iter)
         state = jax.tree.map(lambda x: x, target)  # a copy whose leaves are replaced below
         nnx.replace_by_pure_dict(state, restored["state"])
         return state
+
+    def _restore_iterator(self, step: int, data_iter: grain.DatasetIterator) -> None:
+        """Put `data_iter` where it was at `step`, from the file grain's handler saved for this
+        process. From a run with another process count, process 0's file: every process of a
+        run is at the same place in the one global data order (`pipeline.train_dataset`), so
+        a run resumes on more or fewer hosts with the batches it would have had."""
+        folder = self.directory / str(step) / ITERATOR_ITEM
+        own = folder / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        first = sorted(folder.glob("process_0-of-*.json"))
+        path = own if own.is_file() or not first else first[0]
+        data_iter.set_state(json.loads(path.read_text()))
+        data_iter.start_prefetch()  # worker processes, if any, as grain's own handler does
 
     def _set_aside(self, failed: list[tuple[int, Exception]], used: int) -> None:
         """Warn about each unreadable step and, unless read-only, move it out of orbax's view."""
