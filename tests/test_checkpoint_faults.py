@@ -179,7 +179,7 @@ def test_empty_directory_and_config_check(tmp_path):
     assert _listing(tmp_path) == ["10", "5"]
 
 
-def test_leftover_of_an_interrupted_save_is_ignored_then_replaced(tmp_path):
+def test_leftover_of_an_interrupted_save_is_ignored_and_removed(tmp_path):
     _save_steps(tmp_path, (5, 10))
     partial = tmp_path / "15.orbax-checkpoint-tmp"  # what a save killed mid-write leaves
     shutil.copytree(tmp_path / "10", partial)
@@ -193,7 +193,7 @@ def test_leftover_of_an_interrupted_save_is_ignored_then_replaced(tmp_path):
         assert checkpointer.restore_latest(target, _shardings(target)).step == 10
     checkpointer.save(15, _state(15), None, {}, {})
     checkpointer.close()
-    assert _listing(tmp_path) == ["10", "15", "5"]
+    assert not partial.exists() and _listing(tmp_path) == ["10", "15", "5"]
     checkpointer = Checkpointer(tmp_path, keep=3, read_only=True)
     restored = checkpointer.restore(15, target, _shardings(target))
     checkpointer.close()

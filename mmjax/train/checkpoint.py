@@ -81,7 +81,11 @@ class Checkpointer:
                 read_only=True, create=False, max_to_keep=None, save_interval_steps=0
             )
         else:
-            options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+            # A save killed mid-write leaves `<step>.orbax-checkpoint-tmp`, never a checkpoint;
+            # orbax removes such leftovers when the manager starts, so they do not pile up.
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, cleanup_tmp_directories=True
+            )
         self.read_only = read_only
         self.manager = ocp.CheckpointManager(directory, options=options)
         self._pending: int | None = None  # the step of a save still being written
