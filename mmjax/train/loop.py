@@ -197,32 +197,36 @@ def train(
     )
     checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
     log = MetricsLog(workdir / "metrics.jsonl", exp.train.log_every)
-    try:
-        fresh = checkpointer.latest_step() is None
-        if fresh and (exp.train.init_from or exp.model.pretrained):
-            state = warm_start(graphdef, state, exp, mesh)
-        step, state, earlier_seconds = _resume(checkpointer, config, state, shardings, data_iter)
-        check_cached_weights(info.get("cached", {}), nnx.merge(graphdef, state)[0])
-        write_experiment(workdir, config, info)
-        train_step = make_train_step(
-            graphdef,
-            shardings,
-            mesh,
-            grad_accum_steps=exp.train.grad_accum_steps,
-            compute_dtype=exp.train.compute_dtype,
-        )
-        last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
-        shapes = sample_shapes(info, modalities)
-        bar = tqdm(
-            total=last,
-            initial=step,
-            disable=not progress or jax.process_index() != 0,
-            desc="train",
-            unit="step",
-        )
-        train_started = time.perf_counter()
-        first_step, preempted = step, False
-        with PreemptionWatch() as preemption:
+    # A preemption notice from here to the last save (resume, compile, steps, the final wait)
+    # stops the run at the next step with a checkpoint instead of killing it.
+    with PreemptionWatch() as preemption:
+        try:
+            fresh = checkpointer.latest_step() is None
+            if fresh and (exp.train.init_from or exp.model.pretrained):
+                state = warm_start(graphdef, state, exp, mesh)
+            step, state, earlier_seconds = _resume(
+                checkpointer, config, state, shardings, data_iter
+            )
+            check_cached_weights(info.get("cached", {}), nnx.merge(graphdef, state)[0])
+            write_experiment(workdir, config, info)
+            train_step = make_train_step(
+                graphdef,
+                shardings,
+                mesh,
+                grad_accum_steps=exp.train.grad_accum_steps,
+                compute_dtype=exp.train.compute_dtype,
+            )
+            last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
+            shapes = sample_shapes(info, modalities)
+            bar = tqdm(
+                total=last,
+                initial=step,
+                disable=not progress or jax.process_index() != 0,
+                desc="train",
+                unit="step",
+            )
+            train_started = time.perf_counter()
+            first_step, preempted = step, False
             while step < last:
                 batch = next(data_iter)
                 if step == first_step:
@@ -248,11 +252,11 @@ def train(
                     )
                 if preempted:
                     break
-        log.flush()
-        bar.close()
-        train_seconds = earlier_seconds + time.perf_counter() - train_started
-    finally:
-        checkpointer.close()
+            log.flush()
+            bar.close()
+            train_seconds = earlier_seconds + time.perf_counter() - train_started
+        finally:
+            checkpointer.close()
 
     results: dict[str, Any] = {
         "steps": step,
