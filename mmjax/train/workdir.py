@@ -88,7 +88,8 @@ def restore_trained(
     workdir: Path, exp: ExperimentConfig, mesh: jax.sharding.Mesh, *, step: int | None = None
 ) -> tuple[int, nnx.GraphDef, nnx.State]:
     """(step, graphdef, state) of `workdir`'s checkpoint `step` (default: the newest readable
-    one; a newer unreadable one is skipped with a warning), replicated on `mesh`. The checkpoint
+    one; a newer unreadable one is skipped with a warning), laid out on `mesh` by
+    `state_shardings` (replicated on a mesh without an fsdp axis). The checkpoint
     directory is opened read-only: nothing is written or moved."""
     graphdef, abstract = abstract_state(exp)
     shardings = state_shardings(abstract, mesh, exp.parallel)
