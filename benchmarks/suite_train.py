@@ -4,8 +4,8 @@ runs it, on one device and on the data-parallel mesh over every device.
 The batch is device-resident (placed once), so this is the step's own speed; the pipeline
 suite measures what feeding it costs. ResNet-50 in bfloat16 is the accelerator anchor
 (reference/performance-anchors.md 1A): there its params, activations and optimizer state are
-all bfloat16 (a cast of the float32 state; mixed precision with float32 master weights is
-a separate knob).
+all bfloat16 (a cast of the float32 state). Variant `train_step_mixed` is mmjax's own mixed
+precision (`train.compute_dtype=bfloat16`): float32 state, bfloat16 forward and backward.
 """
 
 import dataclasses
@@ -35,6 +35,7 @@ class Case:
     text: int = 0  # text tokens (0: no text input)
     audio: int = 0  # audio samples (0: no audio input)
     dtype: str = "float32"
+    mixed: bool = False  # float32 state computed in `dtype` (train.compute_dtype)
 
 
 def _resnet50(classes: int = 1000, **image_fields) -> dict:
@@ -51,12 +52,14 @@ def cases(ctx: Context) -> list[Case]:
         return [
             Case("avdigits_late", small, 4, image=8, audio=2000),
             Case("avdigits_late", small, 4, image=8, audio=2000, dtype="bfloat16"),
+            Case("avdigits_late", small, 4, image=8, audio=2000, dtype="bfloat16", mixed=True),
         ]
     if ctx.accelerator:
         return [
             Case("avdigits_late", late, 256, image=8, audio=8000),
             Case("resnet18_bilstm_late", rb, 256, image=32, text=32),
             Case("resnet50", _resnet50(), 256, image=224, dtype="bfloat16"),
+            Case("resnet50", _resnet50(), 256, image=224, dtype="bfloat16", mixed=True),
             Case("resnet50", _resnet50(), 256, image=224),
         ]
     return [
@@ -65,6 +68,7 @@ def cases(ctx: Context) -> list[Case]:
         Case("resnet18_bilstm_late", rb, 32, image=32, text=32),
         Case("resnet50", _resnet50(), 16, image=64),
         Case("resnet50", _resnet50(), 16, image=64, dtype="bfloat16"),
+        Case("resnet50", _resnet50(), 16, image=64, dtype="bfloat16", mixed=True),
     ]
 
 
@@ -106,14 +110,20 @@ def run(ctx: Context) -> None:
         host = host_batch(case, exp.model.num_classes)
         for mesh in meshes:
             graphdef, state = init_state(exp, mesh)
-            state = _cast(state, case.dtype)
-            batch = put_batch(_cast(host, case.dtype), mesh)
-            step = make_train_step(graphdef, state_shardings(state, mesh), mesh)
+            stored = "float32" if case.mixed else case.dtype
+            state = _cast(state, stored)
+            batch = put_batch(_cast(host, stored), mesh)
+            step = make_train_step(
+                graphdef,
+                state_shardings(state, mesh, exp.parallel),
+                mesh,
+                compute_dtype=case.dtype if case.mixed else "float32",
+            )
             ctx.record(
                 "train",
                 model=case.name,
                 modality="+".join(exp.model.modalities),
-                variant="train_step",
+                variant="train_step_mixed" if case.mixed else "train_step",
                 batch=case.batch,
                 shapes={k: list(v.shape) for k, v in host.items()},
                 dtype=case.dtype,

@@ -80,17 +80,22 @@ def _micro_step(model_def: nnx.GraphDef, dtype: jnp.dtype) -> MicroStep:
     aside) and batch inputs are cast to `dtype` and every flax layer computes in it, so the
     gradients (the cast's transpose) come back in the params' float32; the loss is taken on
     float32 logits. The state the forward pass writes (BatchNorm statistics, RNG counts)
-    keeps its dtypes, so the train state's dtypes never change.
+    keeps its dtypes, so the train state's dtypes never change. With float32 nothing is
+    cast: the model runs in the dtypes its state and the batch already have.
     """
 
     def loss_fn(
         params: nnx.State, rest: nnx.State, batch: Batch
     ) -> tuple[jax.Array, tuple[nnx.State, Metrics]]:
-        cast_rest = _cast_floats(rest, dtype)
-        model = nnx.merge(model_def, _cast_floats(params, dtype), cast_rest, copy=True)
+        if dtype == jnp.float32:  # the state's and the batch's own dtypes, uncast
+            cast_params, cast_rest, cast_batch = params, rest, batch
+        else:
+            cast_params, cast_rest = _cast_floats(params, dtype), _cast_floats(rest, dtype)
+            cast_batch = _cast_floats(batch, dtype)
+        model = nnx.merge(model_def, cast_params, cast_rest, copy=True)
         if dtype != jnp.float32:
             _compute_in(model, dtype)
-        loss, (logits, terms) = training_loss(model, _cast_floats(batch, dtype))
+        loss, (logits, terms) = training_loss(model, cast_batch)
         _, _, new_rest = nnx.split(model, model.trainable(), ...)
         metrics = {
             "loss": loss,
