@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from mmjax.config import ConfigDict, apply_overrides, load_config_file
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -16,12 +18,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+TINY_CONFIG = "configs/avdigits_late.py:tiny"
+
+
+def _settings(root: Path, steps: int, settings: tuple[str, ...]) -> tuple[str, ...]:
+    return (f"data.root={root}", f"train.steps={steps}", *settings)
+
+
 def tiny_args(root: Path, steps: int, *settings: str) -> list[str]:
     """`mmjax train` arguments for the tiny AV-Digits late-fusion run on `root`."""
-    args = ["--config", "configs/avdigits_late.py:tiny", "--quiet"]
-    for item in (f"data.root={root}", f"train.steps={steps}", *settings):
+    args = ["--config", TINY_CONFIG, "--quiet"]
+    for item in _settings(root, steps, settings):
         args += ["--set", item]
     return args
+
+
+def tiny_config(root: Path, steps: int, *settings: str) -> ConfigDict:
+    """The config of `tiny_args(root, steps, *settings)`, for a run in this process."""
+    return apply_overrides(load_config_file(TINY_CONFIG), _settings(root, steps, settings))
+
+
+def preempted_step(stderr: str) -> int:
+    """The step `mmjax train` reports stopping at after a SIGTERM."""
+    return int(stderr.split("preempted (SIGTERM) at step ")[1].split(":")[0])
 
 
 def start_train(

@@ -20,18 +20,17 @@ from mmjax.config import experiment_from, set_value
 from mmjax.errors import TrainingError
 from mmjax.parallel import data_mesh
 from mmjax.train.workdir import restore_trained
-from tests.launch import saved_steps, start_train, tiny_args, wait_for
+from tests.launch import (
+    preempted_step,
+    saved_steps,
+    start_train,
+    tiny_args,
+    tiny_config,
+    wait_for,
+)
 
 STEPS = 80
 SETTINGS = ("train.checkpoint_every=10", "train.keep_checkpoints=2", "train.eval_splits=")
-
-
-def _config(root, steps, *settings):
-    cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")
-    for item in (f"data.root={root}", f"train.steps={steps}", *settings):
-        key, _, value = item.partition("=")
-        set_value(cfg, key, value)
-    return cfg
 
 
 def _state(workdir, cfg):
@@ -70,7 +69,7 @@ def _progressed(workdir, before):
 @pytest.fixture(scope="module")
 def uninterrupted(avdigits_root, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    mmjax.train(_config(avdigits_root, STEPS, *SETTINGS), workdir, progress=False)
+    mmjax.train(tiny_config(avdigits_root, STEPS, *SETTINGS), workdir, progress=False)
     return workdir
 
 
@@ -99,7 +98,7 @@ def test_kill_9_at_three_moments_loses_nothing(avdigits_root, uninterrupted, tmp
     print(f"(moment, checkpoints left, a half-written save left) after each SIGKILL: {history}")
     assert max(saved_steps(work)) < STEPS, history
     # The fourth start runs to the end (in this process, to spare a start-up).
-    cfg = _config(avdigits_root, STEPS, *SETTINGS)
+    cfg = tiny_config(avdigits_root, STEPS, *SETTINGS)
     assert mmjax.train(cfg, work, progress=False)["completed"]
     _assert_same_state(work, uninterrupted, cfg, f"SIGKILLs with checkpoints at {history}")
 
@@ -121,10 +120,10 @@ def test_sigterm_saves_exits_75_and_resumes(avdigits_root, uninterrupted, tmp_pa
         signal.signal(signal.SIGTERM, outside_the_run)
     err = capsys.readouterr().err
     assert code == EXIT_PREEMPTED == 75, err
-    stopped = int(err.split("preempted (SIGTERM) at step ")[1].split(":")[0])
+    stopped = preempted_step(err)
     assert stopped == max(saved_steps(tmp_path)) < STEPS, (stopped, saved_steps(tmp_path))
     assert json.loads((tmp_path / "results.json").read_text())["preempted"]
-    cfg = _config(avdigits_root, STEPS, *SETTINGS)
+    cfg = tiny_config(avdigits_root, STEPS, *SETTINGS)
     assert mmjax.train(cfg, tmp_path, progress=False)["completed"]
     _assert_same_state(tmp_path, uninterrupted, cfg, f"a SIGTERM at step {stopped}")
 
@@ -134,7 +133,7 @@ OVERFLOW = ("optim.learning_rate=1e30", "optim.warmup_steps=0", "optim.grad_clip
 
 
 def test_a_nonfinite_loss_stops_and_keeps_the_good_checkpoint(avdigits_root, tmp_path):
-    cfg = _config(avdigits_root, 4, "train.checkpoint_every=1", *OVERFLOW)
+    cfg = tiny_config(avdigits_root, 4, "train.checkpoint_every=1", *OVERFLOW)
     with pytest.raises(TrainingError, match=r"step 2: .*Last good checkpoint: step 1 in"):
         mmjax.train(cfg, tmp_path, progress=False)
     assert saved_steps(tmp_path) == [1]
@@ -144,7 +143,7 @@ def test_a_nonfinite_loss_stops_and_keeps_the_good_checkpoint(avdigits_root, tmp
 
 def test_the_skip_policy_drops_nonfinite_steps(avdigits_root, tmp_path):
     # The same program as above (the policy acts on the host), so it is compiled once.
-    cfg = _config(avdigits_root, 4, "train.checkpoint_every=1", *OVERFLOW)
+    cfg = tiny_config(avdigits_root, 4, "train.checkpoint_every=1", *OVERFLOW)
     set_value(cfg, "train.on_nonfinite", "skip")
     set_value(cfg, "train.log_every", 1)
     with pytest.warns(RuntimeWarning, match="the batch was skipped"):

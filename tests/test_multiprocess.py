@@ -13,14 +13,22 @@ from flax import nnx
 
 import mmjax
 from mmjax import distributed
-from mmjax.config import experiment_from, set_value
+from mmjax.config import experiment_from
 from mmjax.data import pipeline
 from mmjax.errors import ConfigError
 from mmjax.parallel import data_mesh
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.state import abstract_state, state_shardings
 from mmjax.train.workdir import restore_trained
-from tests.launch import free_port, saved_steps, start_train, tiny_args, wait_for
+from tests.launch import (
+    free_port,
+    preempted_step,
+    saved_steps,
+    start_train,
+    tiny_args,
+    tiny_config,
+    wait_for,
+)
 
 STEPS = 20
 
@@ -36,7 +44,8 @@ def _params(workdir, exp):
 
 
 def test_two_processes_train_like_one_through_a_preemption(avdigits_root, tmp_path):
-    args = tiny_args(avdigits_root, STEPS, "train.eval_splits=test", "train.checkpoint_every=5")
+    settings = ("train.eval_splits=test", "train.checkpoint_every=5")
+    args = tiny_args(avdigits_root, STEPS, *settings)
     work = tmp_path / "two"
     procs = _cluster(work, args)
     try:
@@ -48,7 +57,7 @@ def test_two_processes_train_like_one_through_a_preemption(avdigits_root, tmp_pa
         for p in procs:
             p.kill()
     assert [p.returncode for p in procs] == [75, 75], [err[-1500:] for _, err in outs]
-    stopped = {int(err.split("preempted (SIGTERM) at step ")[1].split(":")[0]) for _, err in outs}
+    stopped = {preempted_step(err) for _, err in outs}
     assert len(stopped) == 1 and max(saved_steps(work)) in stopped and min(stopped) < STEPS
     print(f"both processes stopped at step {stopped} after a SIGTERM to process 1")
 
@@ -57,10 +66,7 @@ def test_two_processes_train_like_one_through_a_preemption(avdigits_root, tmp_pa
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err
 
-    cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")
-    for item in args[4::2]:
-        key, _, value = item.partition("=")
-        set_value(cfg, key, value)
+    cfg = tiny_config(avdigits_root, STEPS, *settings)
     one = mmjax.train(cfg, tmp_path / "one", progress=False)
     exp = experiment_from(cfg.to_dict())
 
@@ -121,7 +127,7 @@ def test_a_dead_process_ends_its_peer_in_bounded_time(avdigits_root, tmp_path):
     print(f"the survivor exited {waited:.1f} s after its peer's SIGKILL (heartbeat {heartbeat} s)")
     assert waited < heartbeat + 30, waited
     # What was saved before the failure still restores.
-    cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")
+    cfg = tiny_config(avdigits_root, 100_000)
     step, _, _ = restore_trained(tmp_path, experiment_from(cfg.to_dict()), data_mesh())
     assert step in saved_steps(tmp_path)
 

@@ -64,11 +64,6 @@ def train_dataset(
     return ds
 
 
-def split_size(cfg: DataConfig, split: str) -> int:
-    """The number of records of `split`."""
-    return len(sources.open_split(cfg, split))
-
-
 def eval_batches(
     cfg: DataConfig, modalities: tuple[str, ...], split: str, batch_size: int
 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:

@@ -51,10 +51,7 @@ def evaluate(
     `missing` modalities masked out for every sample."""
     eval_step = make_eval_step(graphdef, jax.tree.map(lambda x: x.sharding, state), mesh)
     modalities = exp.model.modalities
-    totals = {"loss_sum": 0.0, "correct": 0.0}  # sums over the global batches
-    examples = pipeline.split_size(exp.data, split)
-    if not examples:
-        raise ConfigError(f"split {split!r} of {exp.data.name!r} has no records to evaluate")
+    totals = {"loss_sum": 0.0, "correct": 0.0, "examples": 0.0}  # over the global batches
     for batch, rows in pipeline.eval_batches(
         exp.data, modalities, split, exp.train.eval_batch_size
     ):
@@ -66,6 +63,9 @@ def evaluate(
         )
         for key in totals:
             totals[key] += float(out[key])
+    examples = int(totals["examples"])
+    if not examples:
+        raise ConfigError(f"split {split!r} of {exp.data.name!r} has no records to evaluate")
     return {
         "accuracy": totals["correct"] / examples,
         "loss": totals["loss_sum"] / examples,

@@ -230,14 +230,19 @@ def make_train_step(
 def make_eval_step(
     graphdef: nnx.GraphDef, shardings: nnx.State, mesh: jax.sharding.Mesh
 ) -> Callable[[nnx.State, Batch, jax.Array], dict[str, jax.Array]]:
-    """(state, batch, valid [B] bool) -> summed loss and correct count over the valid rows."""
+    """(state, batch, valid [B] bool) -> summed loss, correct count and number of the valid
+    rows (over the global batch, so every process gets the totals of all)."""
 
     def eval_step(state: nnx.State, batch: Batch, valid: jax.Array) -> dict[str, jax.Array]:
         model, _ = nnx.merge(graphdef, state)
         logits = model(_inputs(batch), train=False)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         correct = jnp.argmax(logits, -1) == batch["label"]
-        return {"loss_sum": jnp.sum(loss * valid), "correct": jnp.sum(correct * valid)}
+        return {
+            "loss_sum": jnp.sum(loss * valid),
+            "correct": jnp.sum(correct * valid),
+            "examples": jnp.sum(valid),
+        }
 
     return jax.jit(
         eval_step,
