@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from mmjax.batch_keys import cached_keys
 from mmjax.config import ConfigDict, as_json_dict, experiment_from
 from mmjax.data import features_store, sources
 from mmjax.data.pipeline import EVAL_NOISE_SEED
@@ -42,8 +43,9 @@ def extract(
     out = Path(out_dir).absolute()
     if out.exists():
         raise ConfigError(f"--out {out} exists; choose a new directory (nothing was changed)")
-    info = sources.dataset_info(exp.data)
-    sources.verify(exp.data)
+    source = sources.open_source(exp.data)
+    source.verify()
+    info = source.info
     splits = splits or tuple(info["splits"])
     unknown = [s for s in splits if s not in info["splits"]]
     if unknown:
@@ -59,10 +61,10 @@ def extract(
     staging.mkdir(parents=True)
     new_splits = {}
     for split in splits:
-        source = sources.open_split(exp.data, split)
-        records = _split_records(source, decode, noise, encode, cached, batch_size)
+        split_source = source.open_split(split)
+        records = _split_records(split_source, decode, noise, encode, cached, batch_size)
         shards = write_shards(records, staging, split)
-        new_splits[split] = {"num_records": len(source), "shards": shards}
+        new_splits[split] = {"num_records": len(split_source), "shards": shards}
     new_info = info | {
         "splits": new_splits,
         "cached": {
@@ -74,7 +76,7 @@ def extract(
             }
             for m in cached
         },
-        "source": sources.build_checksums(info),
+        "source": source.build_checksums(),
         "extract_seconds": round(time.perf_counter() - started, 2),
     }
     (staging / features_store.INFO).write_text(json.dumps(new_info, indent=2))
@@ -106,6 +108,6 @@ def _split_records(source, decode, noise, encode, cached, batch_size):
         for row, raw in enumerate(raws):
             record = {k: v for k, v in decode_record(raw).items() if k not in cached}
             for m in cached:
-                for key, value in zip(features_store.cached_keys(m), features[m], strict=True):
+                for key, value in zip(cached_keys(m), features[m], strict=True):
                     record[key] = np.asarray(value[row])
             yield record

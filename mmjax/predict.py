@@ -10,7 +10,6 @@ from flax import nnx
 from mmjax.config import ExperimentConfig, experiment_from
 from mmjax.models import validate_batch
 from mmjax.parallel import data_mesh
-from mmjax.train.loop import sample_shapes
 from mmjax.train.workdir import read_experiment, restore_trained
 
 
@@ -30,7 +29,7 @@ class Predictor:
         self.dataset = dataset
         self.step = step
         self.modalities = experiment.model.modalities
-        self.sample_shapes = sample_shapes(dataset, self.modalities)
+        self.sample_shapes = {m: tuple(dataset["modalities"][m]["shape"]) for m in self.modalities}
         self.num_classes = experiment.model.num_classes
         graphdef, params = nnx.split(model)
         self._forward = jax.jit(

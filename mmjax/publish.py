@@ -106,7 +106,7 @@ def publish(
     exp = experiment_from(record["config"])
     step, graphdef, state = restore_trained(workdir, exp, data_mesh(jax.devices()[:1]))
     model, _ = nnx.merge(graphdef, state)
-    info = sources.dataset_info(exp.data)
+    source = sources.open_source(exp.data)
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     checkpointer = ocp.StandardCheckpointer()
@@ -120,7 +120,7 @@ def publish(
         "parameters": sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))),
         "config": _portable(record["config"]),
         "dataset": record["dataset"],
-        "dataset_build": sources.build_checksums(info),
+        "dataset_build": source.build_checksums(),
         "metrics": {"accuracy": results["accuracy"], "loss": results["loss"]}
         | (extra_metrics or {}),
         "catalog_encoders": {
@@ -192,13 +192,13 @@ class PublishedModel(Predictor):
         config = json.loads(json.dumps(self.card["config"]))
         config["data"]["root"] = data_root
         exp = experiment_from(config)
-        info = sources.dataset_info(exp.data)
+        source = sources.open_source(exp.data)
         mesh = data_mesh(jax.devices()[:1])
         graphdef, state = init_state(exp, mesh)
         model, optimizer = nnx.merge(graphdef, state)
         nnx.update(model, nnx.state(self.model, KEPT))
         result = evaluate(graphdef, nnx.state((model, optimizer)), exp, split, mesh)
-        same = sources.build_checksums(info)["shards"].get(split) == (
+        same = source.build_checksums()["shards"].get(split) == (
             self.card["dataset_build"]["shards"].get(split)
         )
         return result | {"same_build": same}

@@ -4,7 +4,7 @@ Layout: DIR/info.json and DIR/<split>.array_record-*; each record is the dataset
 every cached modality `m` replaced by its encoder's Features: `m.tokens` [T, D] float32,
 `m.token_mask` [T] bool and `m.pooled` [D] float32. info.json is the source dataset's info
 plus `cached` ({m: {"encoder": spec, "pretrained": name, "weights_sha256", "noise"}}) and
-`source` (`sources.build_checksums` of the dataset build). Inputs get the dataset's noise
+`source` (the `build_checksums` of the dataset build). Inputs get the dataset's noise
 once, from a fixed per-record seed, so training on the store sees one noise draw, not a fresh
 one per epoch.
 """
@@ -20,44 +20,38 @@ import numpy as np
 from flax import nnx
 
 from mmjax.config import DataConfig, ExperimentConfig, ModelConfig
-from mmjax.data.records import sha256_file
+from mmjax.data.source import DataSource
 from mmjax.errors import ConfigError, DataError
 
 INFO = "info.json"
-FEATURE_KEYS = ("tokens", "token_mask", "pooled")
 
 
-def cached_keys(modality: str) -> tuple[str, ...]:
-    return tuple(f"{modality}.{k}" for k in FEATURE_KEYS)
+class FeatureStore(DataSource):
+    """A cached-features directory as a DataSource: it identifies itself by the dataset build
+    it was extracted from and checks that a run's encoders are the ones whose outputs it holds."""
+
+    def build_checksums(self) -> dict[str, Any]:
+        return self.info["source"]
+
+    def check_experiment(self, exp: ExperimentConfig) -> None:
+        super().check_experiment(exp)
+        for m, cached in self.info["cached"].items():
+            if m in exp.model.modalities:
+                check_cached_encoder(m, cached, exp)
+
+    def check_model(self, model: nnx.Module) -> None:
+        check_cached_weights(self.info["cached"], model)
 
 
-def load_info(directory: Path) -> dict[str, Any]:
+def open_store(directory: Path) -> FeatureStore:
+    """The store in `directory`; DataError if it holds none."""
     path = Path(directory) / INFO
     if not path.is_file():
         raise DataError(
             f"data.features: {directory} holds no cached features (no {INFO}); write them with "
             "`mmjax features extract --config ... --out DIR`"
         )
-    return json.loads(path.read_text())
-
-
-def shard_paths(directory: Path, split: str) -> list[Path]:
-    splits = load_info(directory)["splits"]
-    if split not in splits:
-        raise ConfigError(
-            f"data.features: {directory} has no split {split!r} (it has {', '.join(splits)})"
-        )
-    return [Path(directory) / shard["file"] for shard in splits[split]["shards"]]
-
-
-def verify(directory: Path) -> None:
-    for split, entry in load_info(directory)["splits"].items():
-        for shard in entry["shards"]:
-            if sha256_file(Path(directory) / shard["file"]) != shard["sha256"]:
-                raise DataError(
-                    f"data.features: {directory}/{shard['file']} ({split}) changed since it "
-                    "was written (sha256 differs); extract the features again"
-                )
+    return FeatureStore(Path(directory), json.loads(path.read_text()), "extract the features again")
 
 
 def encoder_spec(cfg: ModelConfig, modality: str) -> dict[str, Any]:

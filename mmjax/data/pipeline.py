@@ -12,7 +12,7 @@ import numpy as np
 
 from mmjax.config import DataConfig
 from mmjax.data import sources
-from mmjax.data.transforms import AddNoise, Decode, DropModalities
+from mmjax.data.transforms import AddNoise, DropModalities
 from mmjax.errors import ConfigError
 
 # Eval noise is drawn from its own fixed seed so every evaluation sees the same corrupted inputs.
@@ -28,15 +28,6 @@ def _per_process_batch(global_batch: int, field: str) -> int:
     return global_batch // jax.process_count()
 
 
-def _decode(cfg: DataConfig, modalities: tuple[str, ...]) -> Decode:
-    """The record decoder, checking each record's shapes and label against the dataset's info."""
-    info = sources.dataset_info(cfg)
-    shapes = tuple(
-        (m, tuple(info["modalities"][m]["shape"])) for m in modalities if m in info["modalities"]
-    )
-    return Decode(modalities, shapes=shapes, num_classes=info["num_classes"])
-
-
 def train_dataset(
     cfg: DataConfig, modalities: tuple[str, ...], global_batch: int, seed: int
 ) -> grain.IterDataset:
@@ -47,9 +38,9 @@ def train_dataset(
     k * processes + process_index). So the global batches do not depend on the number of
     processes, and a process reads and decodes only its own records (the dataset is lazy).
     """
-    source = sources.open_split(cfg, "train")
-    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-    ds = ds.map(_decode(cfg, modalities))
+    source = sources.open_source(cfg)
+    ds = grain.MapDataset.source(source.open_split("train")).seed(seed).shuffle().repeat()
+    ds = ds.map(source.decoder(modalities))
     ds = ds.random_map(AddNoise(cfg.image_noise, cfg.audio_snr_db))
     if cfg.modality_dropout > 0:
         ds = ds.random_map(DropModalities(modalities, cfg.modality_dropout))
@@ -73,8 +64,9 @@ def eval_batches(
     Real rows come first; the rest repeat a record to keep shapes fixed. Every process gets the
     same number of batches (some may hold no real row), so collective steps stay in step.
     """
-    source = sources.open_split(cfg, split)
-    ds = grain.MapDataset.source(source).map(_decode(cfg, modalities)).seed(EVAL_NOISE_SEED)
+    source = sources.open_source(cfg)
+    ds = grain.MapDataset.source(source.open_split(split)).map(source.decoder(modalities))
+    ds = ds.seed(EVAL_NOISE_SEED)
     ds = ds.random_map(AddNoise(cfg.image_noise, cfg.audio_snr_db))
     local = _per_process_batch(batch_size, "train.eval_batch_size")
     total = len(ds)

@@ -1,4 +1,5 @@
-"""Where datasets live, what a registered dataset provides, and how a split is opened."""
+"""Where datasets live, what a registered (built-in) dataset provides, and which DataSource a
+run's `data` config names: cached features, a built-in dataset or an imported one."""
 
 import dataclasses
 import os
@@ -6,21 +7,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grain
-
 from mmjax.config import DataConfig
 from mmjax.data import features_store
+from mmjax.data.source import DataSource
+from mmjax.errors import DataError
 from mmjax.registry import DATASETS
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """What a dataset builder registers: how to build it and how to find what it built."""
+    """What a dataset builder registers: how to build it and how to open what it built."""
 
     prepare: Callable[..., dict[str, Any]]  # (root, *, small, seed, progress) -> info
-    load_info: Callable[[Path], dict[str, Any]]  # DataError naming the prepare command if absent
-    shard_paths: Callable[[Path, str], list[Path]]  # one split's ArrayRecord files
-    verify: Callable[[Path], None]  # DataError naming a shard whose checksum differs
+    source: Callable[[Path], DataSource]  # DataError naming the prepare command if absent
 
 
 def data_root(configured: str = "") -> Path:
@@ -28,45 +27,34 @@ def data_root(configured: str = "") -> Path:
     return Path(configured or os.environ.get("MMJAX_DATA") or Path.home() / ".cache" / "mmjax")
 
 
+def open_source(cfg: DataConfig) -> DataSource:
+    """What `cfg` reads: its cached-features directory, else the built-in or imported dataset
+    `cfg.name` under the data root."""
+    if cfg.features:
+        return features_store.open_store(Path(cfg.features))
+    root = data_root(cfg.root)
+    if cfg.name in DATASETS:
+        return DATASETS.get(cfg.name).source(root)
+    from mmjax.data.imports.stored import open_imported
+
+    if (root / cfg.name / "info.json").is_file():
+        return open_imported(root, cfg.name)
+    raise DataError(
+        f"data.name: no dataset {cfg.name!r}; built-in: {', '.join(DATASETS.names())} "
+        f"(`mmjax data prepare NAME`); imported under {root}: "
+        f"{', '.join(imported_names(root)) or 'none'} (`mmjax data import {cfg.name} ...`)"
+    )
+
+
+def imported_names(root: Path) -> list[str]:
+    """Names of the imported datasets under `root`."""
+    from mmjax.data.imports.stored import is_imported
+
+    if not Path(root).is_dir():
+        return []
+    return sorted(p.name for p in Path(root).iterdir() if is_imported(p))
+
+
 def load_info(root: Path, name: str) -> dict[str, Any]:
-    """The info dict of prepared dataset `name` under `root`."""
-    return DATASETS.get(name).load_info(Path(root))
-
-
-def dataset_info(cfg: DataConfig) -> dict[str, Any]:
-    """The info of what `cfg` reads: its cached-features directory, else the dataset."""
-    if cfg.features:
-        return features_store.load_info(Path(cfg.features))
-    return load_info(data_root(cfg.root), cfg.name)
-
-
-def verify(cfg: DataConfig) -> None:
-    """DataError naming the first shard of what `cfg` reads whose checksum differs."""
-    if cfg.features:
-        features_store.verify(Path(cfg.features))
-    else:
-        DATASETS.get(cfg.name).verify(data_root(cfg.root))
-
-
-def open_split(cfg: DataConfig, split: str) -> grain.sources.ArrayRecordDataSource:
-    """Random-access source over one split's ArrayRecord shards."""
-    if cfg.features:
-        paths = features_store.shard_paths(Path(cfg.features), split)
-    else:
-        paths = DATASETS.get(cfg.name).shard_paths(data_root(cfg.root), split)
-    return grain.sources.ArrayRecordDataSource([str(p) for p in paths])
-
-
-def build_checksums(info: dict[str, Any]) -> dict[str, Any]:
-    """{name, version, shards: {split: {file: sha256}}}: what identifies a dataset build. For
-    a cached-features store, the build it was extracted from."""
-    if "source" in info:
-        return info["source"]
-    return {
-        "name": info["name"],
-        "version": info.get("version"),
-        "shards": {
-            split: {s["file"]: s["sha256"] for s in entry["shards"]}
-            for split, entry in info["splits"].items()
-        },
-    }
+    """The info of dataset `name` (built-in or imported) under `root`."""
+    return open_source(DataConfig(name=name, root=str(root))).info

@@ -5,7 +5,7 @@ import dataclasses
 import grain
 import numpy as np
 
-from mmjax.data.features_store import cached_keys
+from mmjax.batch_keys import cached_keys, presence_key
 from mmjax.data.records import decode_record
 from mmjax.errors import DataError
 
@@ -15,8 +15,9 @@ _SCALES = {np.dtype("uint8"): 1 / 255.0, np.dtype("int16"): 1 / 32767.0}
 
 @dataclasses.dataclass(frozen=True)
 class Decode(grain.transforms.Map):
-    """record bytes -> {modality: float32 or int32 ids, <modality>_mask: True, label: int32};
-    a cached modality gives its `m.tokens`, `m.token_mask`, `m.pooled` instead.
+    """record bytes -> {modality: float32 or int32 ids, <modality>_mask, label: int32}; a cached
+    modality gives its `m.tokens`, `m.token_mask`, `m.pooled` instead. `<modality>_mask` is the
+    record's own (False: missing for this example, as an import stores it), else True.
 
     A record that is corrupt, lacks a field, or has a field of the wrong dtype raises a
     DataError naming the field. Given `shapes` ((modality, per-sample shape) pairs, from the
@@ -33,7 +34,7 @@ class Decode(grain.transforms.Map):
         shapes = dict(self.shapes)
         out = {}
         for m in self.modalities:
-            out[f"{m}_mask"] = np.bool_(True)
+            out[presence_key(m)] = _presence(record, m)
             if any(key in record for key in cached_keys(m)):  # mmjax features extract
                 out |= _cached(record, m)
                 continue
@@ -71,6 +72,16 @@ def _field(record: dict[str, np.ndarray], key: str) -> np.ndarray:
     if key not in record:
         _bad(key, "a field of the record", f"only {sorted(record)}")
     return record[key]
+
+
+def _presence(record: dict[str, np.ndarray], m: str) -> np.bool_:
+    """The record's `<m>_mask` (a bool scalar), or True when it stores none."""
+    key = presence_key(m)
+    if key not in record:
+        return np.bool_(True)
+    if record[key].dtype != bool or record[key].shape != ():
+        _bad(key, "a bool scalar", f"{record[key].dtype} {record[key].shape}")
+    return np.bool_(record[key])
 
 
 def _finite(key: str, x: np.ndarray) -> np.ndarray:

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mmjax.batch_keys import cached_keys
 from mmjax.config import ModelConfig
-from mmjax.data.features_store import cached_keys
 from mmjax.errors import ConfigError, InputError, MmjaxError
 from mmjax.models.alignment import ModalityDiscriminator
 from mmjax.models.heads import Classifier

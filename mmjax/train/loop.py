@@ -13,12 +13,9 @@ from tqdm import tqdm
 
 from mmjax.config import ConfigDict, ExperimentConfig, as_json_dict, experiment_from
 from mmjax.data import pipeline, sources
-from mmjax.data.features_store import check_cached_encoder, check_cached_weights
 from mmjax.errors import CheckpointError, ConfigError, TrainingError
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
-from mmjax.pretrained.catalog import check_dataset_fits
-from mmjax.pretrained.catalog import entry as catalog_entry
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics import MetricsLog
 from mmjax.train.preemption import PreemptionWatch
@@ -31,11 +28,6 @@ from mmjax.train.workdir import (
     resume_conflicts,
     write_experiment,
 )
-
-
-def sample_shapes(info: dict[str, Any], modalities: tuple[str, ...]) -> dict[str, tuple]:
-    """Per-sample input shapes of the model's modalities, from a dataset's info."""
-    return {m: tuple(info["modalities"][m]["shape"]) for m in modalities}
 
 
 def evaluate(
@@ -83,24 +75,6 @@ def _available_splits(info: dict[str, Any], wanted: tuple[str, ...]) -> tuple[li
         )
     have = [s for s in wanted if info["splits"].get(s, {}).get("num_records", 0) > 0]
     return have, [s for s in wanted if s not in have]
-
-
-def _checked_dataset(exp: ExperimentConfig) -> dict[str, Any]:
-    """The dataset's info, after its shards' checksums and its modalities are checked."""
-    info = sources.dataset_info(exp.data)
-    sources.verify(exp.data)
-    for m, name in exp.model.pretrained:
-        check_dataset_fits(catalog_entry(name), m, info)
-    for m, cached in info.get("cached", {}).items():
-        if m in exp.model.modalities:
-            check_cached_encoder(m, cached, exp)
-    for m in exp.model.modalities:
-        if m not in info["modalities"]:
-            raise ConfigError(
-                f"model.encoders.{m}: dataset {exp.data.name!r} has no {m!r} modality "
-                f"(it has {', '.join(sorted(info['modalities']))})"
-            )
-    return info
 
 
 def _on_nonfinite(steps: list[int], policy: str, checkpointer: Checkpointer) -> None:
@@ -187,7 +161,10 @@ def train(
         "train.batch_size / grad_accum_steps",
     )
     check_batch_size(exp.train.eval_batch_size, mesh, "train.eval_batch_size")
-    info = _checked_dataset(exp)
+    source = sources.open_source(exp.data)
+    source.verify()
+    source.check_experiment(exp)
+    info = source.info
     modalities = exp.model.modalities
     eval_splits, missing_splits = _available_splits(info, exp.train.eval_splits)
     graphdef, state = init_state(exp, mesh)
@@ -207,7 +184,7 @@ def train(
             step, state, earlier_seconds = _resume(
                 checkpointer, config, state, shardings, data_iter
             )
-            check_cached_weights(info.get("cached", {}), nnx.merge(graphdef, state)[0])
+            source.check_model(nnx.merge(graphdef, state)[0])
             write_experiment(workdir, config, info)
             train_step = make_train_step(
                 graphdef,
@@ -217,7 +194,7 @@ def train(
                 compute_dtype=exp.train.compute_dtype,
             )
             last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
-            shapes = sample_shapes(info, modalities)
+            shapes = source.sample_shapes(modalities)
             bar = tqdm(
                 total=last,
                 initial=step,

@@ -66,7 +66,7 @@ def model_metrics(
         labels.append(batch["label"][:rows])
     image, text, label = (np.concatenate(x) for x in (images, texts, labels))
     similarity = image @ text.T
-    info = sources.dataset_info(exp.data)
+    info = sources.open_source(exp.data).info
     vocab = info["text_vocab"]
     prompts = jax.device_get(
         embed({"text": tokenize(vocab["tokenizer"], info["class_names"], length=vocab["length"])})

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmjax.data.records import sha256_file
+from mmjax.data.source import DataSource
 from mmjax.data.sources import Dataset
 from mmjax.errors import DataError
 from mmjax.registry import DATASETS
@@ -17,8 +17,7 @@ from mmjax.registry import DATASETS
 
 @dataclass(frozen=True)
 class Built:
-    """One dataset's layout. A split entry in info.json with a "missing" reason is a split
-    that could not be built: `shard_paths` refuses it with the reason, `verify` skips it."""
+    """One built dataset's layout and the checks on its info.json (name, splits, version)."""
 
     name: str  # the directory under the data root and `mmjax data prepare NAME`'s argument
     title: str  # the name messages use, e.g. "AV-Digits"
@@ -47,41 +46,23 @@ class Built:
             )
         return info
 
+    def source(self, root: Path) -> DataSource:
+        """The build under `root` as a DataSource; DataError says how to build it if absent."""
+        return DataSource(
+            Path(root) / self.name, self.load_info(root), f"rebuild with {self._prepare}"
+        )
+
     def shard_paths(self, root: Path, split: str) -> list[Path]:
         """The shard files of one split, in order; DataError if the split was not built."""
-        if split not in self.splits:
-            raise DataError(f"split: expected one of {self.splits}, got {split!r}")
-        entry = self.load_info(root)["splits"][split]
-        if "missing" in entry:
-            raise DataError(f"{self.title} split {split!r} was not built: {entry['missing']}")
-        paths = [Path(root) / self.name / shard["file"] for shard in entry["shards"]]
-        for path in paths:
-            if not path.is_file():
-                raise DataError(f"{path} is missing; rebuild with {self._prepare}")
-        return paths
+        return self.source(root).shard_paths(split)
 
     def verify(self, root: Path) -> None:
         """Checks every shard's sha256 against info.json; DataError names the first bad shard."""
-        for split, entry in self.load_info(root)["splits"].items():
-            if "missing" in entry:
-                continue
-            for path, shard in zip(self.shard_paths(root, split), entry["shards"], strict=True):
-                if sha256_file(path) != shard["sha256"]:
-                    raise DataError(
-                        f"{path}: sha256 differs from info.json's {shard['sha256']}; the shard "
-                        f"is corrupt, rebuild with {self._prepare}"
-                    )
+        self.source(root).verify()
 
     def register(self, prepare: Callable[..., dict]) -> None:
         """Registers the dataset in DATASETS with `prepare` as its builder."""
-        DATASETS.register(self.name)(
-            Dataset(
-                prepare=prepare,
-                load_info=self.load_info,
-                shard_paths=self.shard_paths,
-                verify=self.verify,
-            )
-        )
+        DATASETS.register(self.name)(Dataset(prepare=prepare, source=self.source))
 
     @property
     def _prepare(self) -> str:
