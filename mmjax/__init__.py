@@ -4,6 +4,7 @@ from typing import Any
 
 from flax import nnx
 
+from mmjax import data
 from mmjax import models as _models  # noqa: F401  (registers the built-in components)
 from mmjax.config import ConfigDict, load_config_file, model_config_from, set_value
 from mmjax.data.builders import avdigits as _avdigits  # noqa: F401  (registers AV-Digits)
@@ -39,6 +40,26 @@ def create_model(name: str, *, seed: int = 0, **overrides: Any) -> MultimodalMod
     return model
 
 
+def fit(
+    data: str,
+    workdir: str,
+    *,
+    fusion: str = "late_concat",
+    data_dir: str = "",
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a model chosen for dataset `data` (`mmjax train --data`): encoders picked from its
+    shapes, `fusion` as the head, the choice written to `workdir/config.py`; `overrides` are
+    dotted config keys, e.g. {"train.steps": 500}. Returns the results dict."""
+    from mmjax.auto_config import choose
+
+    config = choose(data, workdir, fusion=fusion, root=data_dir)
+    for key, value in (overrides or {}).items():
+        set_value(config, key, value)
+    return train(config, workdir, progress=progress)
+
+
 def load_pretrained(name: str) -> nnx.Module | PublishedModel:
     """A catalog encoder with its published weights (`mmjax.pretrained.CATALOG`), or a
     published fusion model (`mmjax.publish.published_names()`) ready to predict."""
@@ -65,7 +86,9 @@ __all__ = [
     "MultimodalModel",
     "Predictor",
     "create_model",
+    "data",
     "evaluate_workdir",
+    "fit",
     "list_models",
     "load_config_file",
     "load_predictor",

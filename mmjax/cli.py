@@ -4,12 +4,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
 import mmjax
-from mmjax.config import apply_overrides, load_config_file, set_value
+from mmjax.config import ConfigDict, apply_overrides, load_config_file, set_value
 from mmjax.data import sources
 from mmjax.errors import MmjaxError
 
@@ -28,7 +29,13 @@ def _train(args: argparse.Namespace) -> int:
         auto=args.distributed,
         heartbeat_timeout_s=args.heartbeat_timeout,
     )
-    config = apply_overrides(load_config_file(args.config), args.set)
+    if args.data:
+        config = _chosen_config(args)
+    else:
+        if args.fusion:
+            raise MmjaxError("--fusion picks the head of a chosen model: use it with --data")
+        config = load_config_file(args.config)
+    config = apply_overrides(config, args.set)
     if args.data_dir:
         set_value(config, "data.root", args.data_dir)
     results = mmjax.train(config, args.workdir, stop_after=args.stop_after, progress=not args.quiet)
@@ -42,6 +49,20 @@ def _train(args: argparse.Namespace) -> int:
     if jax.process_index() == 0:
         print(json.dumps(results, indent=2))
     return 0
+
+
+def _chosen_config(args: argparse.Namespace) -> ConfigDict:
+    """The model `--data` chooses for the dataset, printed and written to the workdir."""
+    from mmjax import auto_config
+
+    config = auto_config.choose(
+        args.data, Path(args.workdir), fusion=args.fusion or "late_concat", root=args.data_dir or ""
+    )
+    path = Path(args.workdir) / auto_config.CONFIG_FILE
+    if jax.process_index() == 0:
+        chosen = auto_config.describe(config)
+        print(f"mmjax: chose for {args.data!r}:\n{chosen}\n  (written to {path})")
+    return config
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -59,36 +80,36 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"{split:<12} {r['accuracy']:>9.4f} {r['loss']:>8.4f} {r['examples']:>9d}")
 
 
-def _predict(args: argparse.Namespace) -> None:
-    from mmjax.data.audio_io import prepare_waveform, read_wav
-    from mmjax.data.image_io import load_image
+PREDICT_MODALITIES = ("image", "audio", "video", "text")
 
+
+def _predict(args: argparse.Namespace) -> None:
     predictor = mmjax.load_predictor(args.workdir)
-    for flag, modality in (("--image", "image"), ("--audio", "audio")):
-        if getattr(args, modality) and modality not in predictor.modalities:
-            raise MmjaxError(
-                f"{flag}: this model takes {list(predictor.modalities)}, not {modality}"
-            )
     inputs = {}
-    if args.image:
-        inputs["image"] = load_image(args.image, predictor.sample_shapes["image"])
-    if args.audio:
-        wave, rate = read_wav(args.audio)
-        spec = predictor.dataset["modalities"]["audio"]
-        inputs["audio"] = prepare_waveform(
-            wave, rate, sample_rate=spec["sample_rate"], length=spec["shape"][0]
-        )
+    for modality in PREDICT_MODALITIES:
+        value = getattr(args, modality)
+        if value is None:
+            continue
+        if modality not in predictor.modalities:
+            raise MmjaxError(
+                f"--{modality}: this model takes {', '.join(predictor.modalities)}, not {modality}"
+            )
+        if modality != "text" and not Path(value).is_file():
+            raise MmjaxError(f"--{modality}: file {value!r} does not exist")
+        inputs[modality] = value
     if not inputs:
-        raise MmjaxError(
-            f"predict needs at least one input file; the model takes {predictor.modalities}"
-        )
-    probs = predictor.predict(**inputs)
+        flags = ", ".join(f"--{m}" for m in predictor.modalities)
+        raise MmjaxError(f"predict needs at least one input; this model takes {flags}")
+    probs = predictor.predict_proba(**inputs)
+    names = predictor.class_names
+    best = names[int(np.argmax(probs))]
     if args.json:
-        print(json.dumps({"probabilities": probs.tolist(), "prediction": int(np.argmax(probs))}))
+        print(json.dumps({"prediction": best, "probabilities": dict(zip(names, probs.tolist()))}))
         return
-    for label, p in enumerate(probs):
-        print(f"{label:>3} {p:7.4f} {'#' * round(p * 40)}")
-    print(f"prediction: {int(np.argmax(probs))}")
+    width = max(map(len, names))
+    for k in np.argsort(-probs)[: args.top]:
+        print(f"{names[k]:>{width}} {probs[k]:7.4f} {'#' * round(float(probs[k]) * 40)}")
+    print(f"prediction: {best}")
 
 
 def _data_prepare(args: argparse.Namespace) -> None:
@@ -96,6 +117,74 @@ def _data_prepare(args: argparse.Namespace) -> None:
     info = mmjax.DATASETS.get(args.name).prepare(root, small=args.small)
     sizes = ", ".join(f"{s} {v['num_records']}" for s, v in info["splits"].items())
     print(f"prepared {args.name} in {root / args.name}: {sizes}")
+
+
+def _data_import(args: argparse.Namespace) -> None:
+    from mmjax.data import imports
+    from mmjax.data.imports.external import parse_mapping
+
+    mapping = parse_mapping(args.map) if args.map else None
+    settings = {
+        "image_size": args.image_size,
+        "sample_rate": args.sample_rate,
+        "audio_seconds": args.audio_seconds,
+        "frames": args.frames,
+        "text_length": args.text_length,
+        "tokenizer": args.tokenizer,
+        "val": args.val,
+        "test": args.test,
+        "seed": args.seed,
+        "require": tuple(m.strip() for m in (args.require or "").split(",") if m.strip()),
+        "on_error": args.on_error,
+        "workers": args.workers,
+        "max_pixels": args.max_pixels,
+        "max_seconds": args.max_seconds,
+    }
+    common = {"data_dir": args.data_dir or "", "overwrite": args.overwrite} | settings
+    if not args.manifest and (args.label != "label" or args.group_by):
+        raise MmjaxError(
+            "--label and --group-by name manifest columns: use them with --manifest "
+            "(TFDS and Hugging Face: --map label=COLUMN,group=COLUMN)"
+        )
+    if args.folder and mapping:
+        raise MmjaxError("--map names columns; a --folder's modalities come from file extensions")
+    if (args.tfds or args.hf) and not mapping:
+        raise MmjaxError("--tfds and --hf need --map, e.g. --map image=image,label=label")
+    if args.tfds and not args.tfds_dir:
+        raise MmjaxError("--tfds needs --tfds-dir: the folder the dataset was prepared in")
+    if args.manifest:
+        imports.import_manifest(
+            args.name,
+            args.manifest,
+            label=args.label,
+            mapping=mapping,
+            group_by=args.group_by or "",
+            **common,
+        )
+    elif args.folder:
+        imports.import_folder(args.name, args.folder, **common)
+    elif args.tfds:
+        imports.import_tfds(args.name, args.tfds, tfds_dir=args.tfds_dir, mapping=mapping, **common)
+    else:
+        imports.import_hf(args.name, args.hf, mapping=mapping, **common)
+
+
+def _data_list(args: argparse.Namespace) -> None:
+    rows = sources.list_datasets(sources.data_root(args.data_dir or ""))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print(f"no datasets under {sources.data_root(args.data_dir or '')}")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['name']:<16} {row['kind']:<9} unreadable: {row['error']}")
+            continue
+        sizes = ", ".join(f"{s} {n}" for s, n in row["splits"].items())
+        print(
+            f"{row['name']:<16} {row['kind']:<9} {', '.join(row['modalities']):<24} "
+            f"{row['classes']:>4} classes  {sizes}  ({row['source']})"
+        )
 
 
 def _features_extract(args: argparse.Namespace) -> None:
@@ -176,13 +265,54 @@ def _zoo_list(args: argparse.Namespace) -> None:
         print(f"{kind}: {', '.join(names)}")
 
 
+def _add_import_parser(data_commands: Any) -> None:
+    from mmjax.data.imports.build import ON_ERROR, TOKENIZERS, ImportOptions
+
+    d = ImportOptions()
+    imp = data_commands.add_parser(
+        "import", help="import your own data: a manifest, a folder, TFDS or Hugging Face"
+    )
+    imp.add_argument("name", help="the new dataset's name (under the data root)")
+    source = imp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--manifest", help="CSV, JSONL or Parquet: a row per example")
+    source.add_argument("--folder", help="ROOT/[train|val|test/]CLASS/FILE")
+    source.add_argument("--tfds", metavar="NAME[:CONFIG]", help="a prepared TFDS dataset")
+    source.add_argument("--hf", metavar="DIR", help="a saved Hugging Face dataset or imagefolder")
+    imp.add_argument("--tfds-dir", help="where the TFDS dataset was prepared")
+    imp.add_argument("--map", help="modality=column pairs: image=photo,text=title,label=y")
+    imp.add_argument("--label", default="label", help="the manifest's label column")
+    imp.add_argument("--group-by", metavar="COLUMN", help="keep each group in one split")
+    imp.add_argument("--image-size", type=int, default=d.image_size, help="square side, px")
+    imp.add_argument("--sample-rate", type=int, default=d.sample_rate, help="audio rate, Hz")
+    imp.add_argument("--audio-seconds", type=float, default=d.audio_seconds)
+    imp.add_argument("--frames", type=int, default=d.frames, help="frames per video clip")
+    imp.add_argument("--text-length", type=int, default=d.text_length, help="tokens per text")
+    imp.add_argument("--tokenizer", choices=TOKENIZERS, default=d.tokenizer)
+    imp.add_argument("--val", type=float, default=d.val, help="val share without a split column")
+    imp.add_argument("--test", type=float, default=d.test)
+    imp.add_argument("--seed", type=int, default=d.seed)
+    imp.add_argument("--require", metavar="M1,M2", help="modalities no row may miss")
+    imp.add_argument("--on-error", choices=ON_ERROR, default=d.on_error)
+    imp.add_argument("--workers", type=int, default=d.workers, help="decoding processes")
+    imp.add_argument("--max-pixels", type=int, default=d.max_pixels)
+    imp.add_argument("--max-seconds", type=float, default=d.max_seconds)
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    imp.add_argument("--data-dir")
+    imp.set_defaults(run=_data_import)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmjax", description=mmjax.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train (or resume) an experiment")
-    train.add_argument("--config", required=True, help="configs/NAME.py[:arg]")
+    what = train.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", help="configs/NAME.py[:arg]")
+    what.add_argument(
+        "--data", metavar="NAME", help="a dataset: train a model chosen for it (see --fusion)"
+    )
     train.add_argument("--workdir", required=True)
+    train.add_argument("--fusion", help="with --data: the fusion head (default late_concat)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--data-dir", help="dataset root (default $MMJAX_DATA or ~/.cache/mmjax)")
     train.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step")
@@ -216,10 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(run=_eval)
 
-    predict = commands.add_parser("predict", help="class probabilities for input files")
+    predict = commands.add_parser("predict", help="the class (and probabilities) of new inputs")
     predict.add_argument("--workdir", required=True)
-    predict.add_argument("--image", help="image file (PNG, JPEG, ... or .npy)")
-    predict.add_argument("--audio", help="PCM WAV file")
+    predict.add_argument("--image", help="image file (PNG, JPEG, WebP, ...)")
+    predict.add_argument("--audio", help="audio file (WAV; imported datasets: FLAC, OGG, MP3 too)")
+    predict.add_argument("--video", help="video file (MP4, WebM, ...)")
+    predict.add_argument("--text", help="the text itself (a title, a caption)")
+    predict.add_argument("--top", type=int, default=10, help="classes shown (default 10)")
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(run=_predict)
 
@@ -230,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--data-dir")
     prepare.add_argument("--small", action="store_true", help="a small build, for tests")
     prepare.set_defaults(run=_data_prepare)
+    _add_import_parser(data_commands)
+    listing = data_commands.add_parser("list", help="built and imported datasets")
+    listing.add_argument("--data-dir")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=_data_list)
 
     features = commands.add_parser("features", help="cached encoder outputs")
     features_commands = features.add_subparsers(dest="features_command", required=True)

@@ -13,15 +13,15 @@ AVDIGITS_IMAGE_NOISE = 0.4
 AVDIGITS_AUDIO_SNR_DB = 0.0
 
 
-def _experiment(
-    model: str,
+def experiment_config(
+    model: str | dict,
     data: DataConfig,
     learning_rate: float,
     eval_splits: tuple[str, ...],
     arg: str | None,
 ) -> ml_collections.ConfigDict:
-    """1,000 steps of batch 64 with AdamW for registered model `model` on `data`; arg "tiny"
-    shrinks it for tests."""
+    """1,000 steps of batch 64 with AdamW for `model` (a registered model's name, or a `model`
+    section) on `data`; arg "tiny" shrinks it for tests."""
     train = TrainConfig(
         batch_size=64,
         steps=1000,
@@ -32,7 +32,7 @@ def _experiment(
     )
     cfg = ml_collections.ConfigDict(
         {
-            "model": MODELS.get(model)(),
+            "model": MODELS.get(model)() if isinstance(model, str) else model,
             "optim": dataclasses.asdict(OptimConfig(learning_rate=learning_rate, warmup_steps=100)),
             "data": dataclasses.asdict(data),
             "train": dataclasses.asdict(train),
@@ -52,10 +52,10 @@ def avdigits_config(model: str, arg: str | None = None) -> ml_collections.Config
     data = DataConfig(
         name="avdigits", image_noise=AVDIGITS_IMAGE_NOISE, audio_snr_db=AVDIGITS_AUDIO_SNR_DB
     )
-    return _experiment(model, data, 2e-3, ("val", "test", "test_human"), arg)
+    return experiment_config(model, data, 2e-3, ("val", "test", "test_human"), arg)
 
 
 def emoji_config(model: str = "emoji_clip", arg: str | None = None) -> ml_collections.ConfigDict:
     """An emoji image <-> caption experiment; its metrics are retrieval and zero-shot accuracy
     (mmjax.train.retrieval), so the classifier's eval splits are off."""
-    return _experiment(model, DataConfig(name="emoji"), 1e-3, (), arg)
+    return experiment_config(model, DataConfig(name="emoji"), 1e-3, (), arg)

@@ -1,4 +1,4 @@
-"""Load a trained workdir and predict class probabilities for new samples."""
+"""Load a trained workdir and predict classes (names) and class probabilities for new inputs."""
 
 from pathlib import Path
 from typing import Any
@@ -8,13 +8,20 @@ import numpy as np
 from flax import nnx
 
 from mmjax.config import ExperimentConfig, experiment_from
+from mmjax.data.inputs import prepare_inputs
 from mmjax.models import validate_batch
 from mmjax.parallel import data_mesh
 from mmjax.train.workdir import read_experiment, restore_trained
 
 
 class Predictor:
-    """`predict(image=..., audio=...)` -> probabilities [B, C] (or [C] for one unbatched sample)."""
+    """`predict(image=..., text=...)` -> class names; `predict_proba(...)` -> probabilities
+    [B, C] ([C] for one unbatched sample), as in scikit-learn.
+
+    Each modality takes files (a path or the file's bytes), texts, or arrays, one sample or a
+    list / batch of them; files and texts are prepared as the training data was
+    (`mmjax.data.inputs`). `class_names` orders the probabilities' columns.
+    """
 
     def __init__(
         self,
@@ -31,21 +38,29 @@ class Predictor:
         self.modalities = experiment.model.modalities
         self.sample_shapes = {m: tuple(dataset["modalities"][m]["shape"]) for m in self.modalities}
         self.num_classes = experiment.model.num_classes
+        self.class_names = list(
+            dataset.get("class_names") or [str(k) for k in range(self.num_classes)]
+        )
         graphdef, params = nnx.split(model)
         self._forward = jax.jit(
             lambda params, batch: jax.nn.softmax(nnx.merge(graphdef, params)(batch, train=False))
         )
         self._params = params
 
-    def predict(self, **inputs: Any) -> np.ndarray:
-        """Modalities (and optional `<m>_mask`) as arrays, batched [B, ...] or one sample [...]."""
-        single = all(
-            np.ndim(inputs[m]) == len(self.sample_shapes[m]) for m in self.modalities if m in inputs
-        ) and any(m in inputs for m in self.modalities)
-        batch = {k: np.asarray(v)[None] if single else np.asarray(v) for k, v in inputs.items()}
+    def predict_proba(self, **inputs: Any) -> np.ndarray:
+        """Class probabilities [B, C], or [C] for one unbatched sample."""
+        batch, single = prepare_inputs(self.dataset, self.modalities, inputs)
         validate_batch(batch, self.modalities, sample_shapes=self.sample_shapes)
         probs = np.asarray(self._forward(self._params, batch))
         return probs[0] if single else probs
+
+    def predict(self, **inputs: Any) -> list[str] | str:
+        """The most probable class's name per sample (one name for one unbatched sample)."""
+        probs = self.predict_proba(**inputs)
+        best = np.argmax(probs, axis=-1)
+        return (
+            self.class_names[int(best)] if best.ndim == 0 else [self.class_names[k] for k in best]
+        )
 
 
 def load_predictor(workdir: str | Path, *, step: int | None = None) -> Predictor:

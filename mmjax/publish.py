@@ -181,9 +181,9 @@ class PublishedModel(Predictor):
                 "published.model.fusion.embed(...)"
             )
 
-    def predict(self, **inputs: Any) -> np.ndarray:
+    def predict_proba(self, **inputs: Any) -> np.ndarray:
         self._require_classifier()
-        return super().predict(**inputs)
+        return super().predict_proba(**inputs)
 
     def evaluate(self, split: str, *, data_root: str = "") -> dict[str, Any]:
         """Accuracy and loss on `split` of the local build, with the card's data settings;

@@ -28,11 +28,11 @@ def test_reproduces_the_card_accuracy_on_a_fresh_build(name, full_root):
 
 def test_predicts_like_a_predictor(late):
     rng = np.random.default_rng(0)
-    probs = late.predict(
-        image=rng.random((3, 8, 8, 1), np.float32), audio=rng.standard_normal((3, 8000))
-    )
+    inputs = {"image": rng.random((3, 8, 8, 1), np.float32), "audio": rng.standard_normal((3, 8000))}
+    probs = late.predict_proba(**inputs)
     assert probs.shape == (3, 10)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    assert late.predict(**inputs) == [str(k) for k in probs.argmax(1)]
 
 
 def test_card_describes_the_run(late):
@@ -80,4 +80,4 @@ def test_emoji_two_tower_reproduces_its_retrieval_numbers(tmp_path_factory):
     measured = model_metrics(two_tower.model, exp, "test")
     assert measured == two_tower.card["metrics"]["retrieval"]["test"]  # ratios of counts
     with pytest.raises(mmjax.ConfigError, match="trained no classifier"):
-        two_tower.predict(image=np.zeros((1, 32, 32, 3), np.float32))
+        two_tower.predict_proba(image=np.zeros((1, 32, 32, 3), np.float32))

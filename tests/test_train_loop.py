@@ -89,13 +89,16 @@ def test_predictor_probabilities(trained, avdigits_root):
     rng = np.random.default_rng(0)
     image = rng.random((3, 8, 8, 1), np.float32)
     audio = rng.standard_normal((3, 8000)).astype(np.float32)
-    probs = predictor.predict(image=image, audio=audio)
+    probs = predictor.predict_proba(image=image, audio=audio)
     assert probs.shape == (3, 10)
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
-    one = predictor.predict(image=image[0], audio=audio[0])
+    one = predictor.predict_proba(image=image[0], audio=audio[0])
     np.testing.assert_allclose(one, probs[0], rtol=1e-4, atol=1e-6)
-    image_only = predictor.predict(image=image)
+    image_only = predictor.predict_proba(image=image)
     assert image_only.shape == (3, 10)
+    names = predictor.predict(image=image, audio=audio)
+    assert names == [predictor.class_names[k] for k in probs.argmax(-1)]
+    assert predictor.predict(image=image[0], audio=audio[0]) == names[0]
 
 
 @pytest.mark.parametrize(
@@ -123,7 +126,7 @@ def test_predictor_probabilities(trained, avdigits_root):
 def test_predictor_rejects_bad_input(trained, inputs, match):
     predictor = mmjax.load_predictor(trained[0])
     with pytest.raises(mmjax.InputError, match=match):
-        predictor.predict(**inputs)
+        predictor.predict_proba(**inputs)
 
 
 def test_label_out_of_range_is_rejected():

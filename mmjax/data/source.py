@@ -77,6 +77,20 @@ class DataSource:
         """Per-sample input shapes of `modalities`."""
         return {m: tuple(self.info["modalities"][m]["shape"]) for m in modalities}
 
+    def description(self) -> dict[str, Any]:
+        """What a model trained on this source needs to take new inputs (recorded in its
+        workdir and published card): classes, modalities, the tokenizer with a words
+        vocabulary's tokens, and an import's preprocessing options."""
+        keys = ("name", "num_classes", "class_names", "modalities", "options")
+        out = {k: self.info[k] for k in keys if k in self.info}
+        if "text_vocab" in self.info:
+            vocab = dict(self.info["text_vocab"])
+            if "file" in vocab:
+                path = self.directory / vocab["file"]
+                vocab["tokens"] = path.read_text(encoding="utf-8").splitlines()
+            out["text_vocab"] = vocab
+        return out
+
     def build_checksums(self) -> dict[str, Any]:
         """{name, version, shards: {split: {file: sha256}}}: what identifies this build."""
         return {

@@ -58,3 +58,38 @@ def imported_names(root: Path) -> list[str]:
 def load_info(root: Path, name: str) -> dict[str, Any]:
     """The info of dataset `name` (built-in or imported) under `root`."""
     return open_source(DataConfig(name=name, root=str(root))).info
+
+
+def list_datasets(root: Path) -> list[dict[str, Any]]:
+    """Every built-in dataset built under `root` and every imported one: name, kind,
+    modalities, classes, records per split and where it came from."""
+    rows = []
+    for name in DATASETS.names():
+        try:
+            rows.append(_row(DATASETS.get(name).source(root), "built-in"))
+        except DataError:  # not built there
+            continue
+    for name in imported_names(root):
+        from mmjax.data.imports.stored import open_imported
+
+        try:
+            rows.append(_row(open_imported(root, name), "imported"))
+        except DataError as err:
+            rows.append({"name": name, "kind": "imported", "error": str(err)})
+    return rows
+
+
+def _row(source: DataSource, kind: str) -> dict[str, Any]:
+    info = source.info
+    origin = info.get("source", {})
+    return {
+        "name": source.name,
+        "kind": kind,
+        "modalities": sorted(info["modalities"]),
+        "classes": info["num_classes"],
+        "splits": {s: e.get("num_records", 0) for s, e in info["splits"].items()},
+        "source": origin.get("description", "mmjax data prepare")
+        if kind == "imported"
+        else f"mmjax data prepare {source.name}",
+        "path": str(source.directory),
+    }

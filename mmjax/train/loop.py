@@ -185,7 +185,7 @@ def train(
                 checkpointer, config, state, shardings, data_iter
             )
             source.check_model(nnx.merge(graphdef, state)[0])
-            write_experiment(workdir, config, info)
+            write_experiment(workdir, config, source.description())
             train_step = make_train_step(
                 graphdef,
                 shardings,

@@ -49,16 +49,10 @@ def read_experiment(workdir: Path) -> dict[str, Any]:
     return record
 
 
-def write_experiment(workdir: Path, config: dict[str, Any], info: dict[str, Any]) -> None:
-    """Record the config and the dataset's input description for `eval` and `predict`."""
-    record = {
-        "config": config,
-        "dataset": {
-            "name": info["name"],
-            "num_classes": info["num_classes"],
-            "modalities": info["modalities"],
-        },
-    }
+def write_experiment(workdir: Path, config: dict[str, Any], dataset: dict[str, Any]) -> None:
+    """Record the config and the dataset's description (`DataSource.description`) for `eval`
+    and `predict`."""
+    record = {"config": config, "dataset": dataset}
     if jax.process_index() == 0:
         (Path(workdir) / EXPERIMENT_FILE).write_text(json.dumps(record, indent=2))
 

@@ -33,6 +33,7 @@ class Table:
     groups: list[str] | None = None  # --group-by values: a group never spans two splits
     base_dir: Path | None = None  # relative paths in cells resolve against it
     sha256: str = ""  # of the source file(s), recorded in info.json
+    problems: dict[int, str] = dataclasses.field(default_factory=dict)  # found while reading
 
     def __len__(self) -> int:
         return len(self.labels)
