@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mmjax.batch_keys import cached_keys
+from mmjax.batch_keys import attention_key, cached_keys
 from mmjax.config import ConfigDict, as_json_dict, experiment_from
 from mmjax.data import features_store, sources
 from mmjax.data.pipeline import EVAL_NOISE_SEED
@@ -66,6 +66,7 @@ def extract(
         shards = write_shards(records, staging, split)
         new_splits[split] = {"num_records": len(split_source), "shards": shards}
     new_info = info | {
+        "kind": "features",  # not the dataset's own kind (an import's, say)
         "splits": new_splits,
         "cached": {
             m: {
@@ -85,18 +86,35 @@ def extract(
 
 
 def _encoder_fn(model: nnx.Module, modalities: tuple[str, ...]):
+    """batch {m: input [B, ...], and for text m its attention mask [B, L]} -> {m: Features
+    as a (tokens, token_mask, pooled) tuple of host arrays} for each of `modalities`."""
     graphdef, state = nnx.split(model)
 
     @jax.jit
     def encode(state: nnx.State, batch: dict[str, jax.Array]) -> dict[str, tuple]:
         model = nnx.merge(graphdef, state)
-        return {m: tuple(model.encoders[m](batch[m], train=False)) for m in modalities}
+        return {m: tuple(_encode_one(model.encoders[m], m, batch)) for m in modalities}
 
     return lambda batch: jax.device_get(encode(state, batch))
 
 
+def _encode_one(encoder: nnx.Module, m: str, batch: dict[str, jax.Array]) -> tuple:
+    """`encoder` on batch[m] in inference mode, with m's attention mask when the batch has it."""
+    if attention_key(m) in batch:
+        return encoder(batch[m], train=False, mask=batch[attention_key(m)])
+    return encoder(batch[m], train=False)
+
+
+def _input_keys(modalities: tuple[str, ...]) -> set[str]:
+    """The record and batch keys that the cached Features of `modalities` replace: each input
+    and, for text, its attention mask."""
+    return set(modalities) | {attention_key(m) for m in modalities}
+
+
 def _split_records(source, decode, noise, encode, cached, batch_size):
-    """The split's records in order, each with its cached modalities' Features."""
+    """The split's records in order, each with its cached modalities' Features in place of
+    their inputs (and attention masks)."""
+    consumed = _input_keys(cached)
     for start in range(0, len(source), batch_size):
         indices = range(start, min(start + batch_size, len(source)))
         raws = [source[i] for i in indices]
@@ -104,9 +122,9 @@ def _split_records(source, decode, noise, encode, cached, batch_size):
             noise.random_map(decode.map(raw), np.random.default_rng([EVAL_NOISE_SEED, i]))
             for raw, i in zip(raws, indices, strict=True)
         ]
-        features = encode({m: np.stack([x[m] for x in inputs]) for m in cached})
+        features = encode({k: np.stack([x[k] for x in inputs]) for k in inputs[0] if k in consumed})
         for row, raw in enumerate(raws):
-            record = {k: v for k, v in decode_record(raw).items() if k not in cached}
+            record = {k: v for k, v in decode_record(raw).items() if k not in consumed}
             for m in cached:
                 for key, value in zip(cached_keys(m), features[m], strict=True):
                     record[key] = np.asarray(value[row])

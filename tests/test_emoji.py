@@ -71,6 +71,11 @@ def test_info(built):
     assert info["modalities"]["image"] == {"shape": [32, 32, 3], "dtype": "uint8"}
     assert info["modalities"]["text"]["shape"] == [16]
     assert info["modalities"]["text"]["dtype"] == "int32"
+    assert info["modalities"]["text"]["attention_mask"] == {
+        "field": "text.attention_mask",
+        "shape": [16],
+        "dtype": "bool",
+    }
     assert info["small"] is True and info["seed"] == 0 and info["build_seconds"] > 0
     assert info["skipped"] == len(info["skipped_captions"])
     assert {"fonts-noto-color-emoji", "unicode-data", "pillow", "tokenizer"} <= set(info["sources"])
@@ -92,9 +97,22 @@ def test_records(built, records):
     for split, rows in records.items():
         assert len(rows) == info["splits"][split]["num_records"]
         for r in rows:
-            assert set(r) == {"image", "text", "label", "subgroup", "caption", "emoji"}
+            assert set(r) == {
+                "image",
+                "text",
+                "text.attention_mask",
+                "label",
+                "subgroup",
+                "caption",
+                "emoji",
+            }
             assert r["image"].shape == (32, 32, 3) and r["image"].dtype == np.uint8
             assert r["text"].shape == (16,) and r["text"].dtype == np.int32
+            mask = r["text.attention_mask"]
+            assert mask.shape == (16,) and mask.dtype == bool
+            assert mask[0] and (np.sort(mask)[::-1] == mask).all(), "not a prefix of the row"
+            # no caption holds a literal "[PAD]": the tokenizer's mask is the non-zero ids
+            np.testing.assert_array_equal(mask, r["text"] != 0)
             assert r["label"].shape == () and r["label"].dtype == np.int32
             assert r["subgroup"].shape == () and r["subgroup"].dtype == np.int32
             assert r["caption"].dtype.kind == "U" and r["emoji"].dtype.kind == "U"
@@ -106,7 +124,10 @@ def test_records(built, records):
             assert (r["image"] < 250).any(), f"{e.caption} is blank"
         captions = [str(r["caption"]) for r in rows]
         texts = np.stack([r["text"] for r in rows])
-        np.testing.assert_array_equal(texts, tokenize("minilm-l6", captions, length=16))
+        masks = np.stack([r["text.attention_mask"] for r in rows])
+        ids, attention_mask = tokenize("minilm-l6", captions, length=16)
+        np.testing.assert_array_equal(texts, ids)
+        np.testing.assert_array_equal(masks, attention_mask)
 
 
 def test_captions_decode_back(records):
@@ -211,9 +232,9 @@ def test_build_of_another_version_is_refused(built, tmp_path):
     shutil.copytree(built[0] / "emoji", tmp_path / "emoji")
     path = tmp_path / "emoji" / "info.json"
     info = json.loads(path.read_text())
-    info["version"] = "0.9.0"
+    info["version"] = "1.0.0"  # built before records kept the attention mask
     path.write_text(json.dumps(info))
-    with pytest.raises(DataError, match=r"version 0\.9\.0.*mmjax data prepare emoji"):
+    with pytest.raises(DataError, match=r"version 1\.0\.0.*mmjax data prepare emoji"):
         emoji.load_info(tmp_path)
 
 

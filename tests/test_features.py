@@ -11,8 +11,10 @@ import mmjax
 from mmjax.config import experiment_from, set_value
 from mmjax.data import pipeline
 from mmjax.data.features_store import check_cached_weights, weights_sha256
+from mmjax.data.records import decode_record, encode_record
+from mmjax.data.transforms import AddNoise, Decode
 from mmjax.errors import ConfigError, DataError, InputError
-from mmjax.features import extract
+from mmjax.features import _encode_one, _split_records, extract
 from mmjax.models import build_model, validate_batch
 from mmjax.models.layers import jit_init
 from mmjax.pretrained import place_pretrained
@@ -45,6 +47,8 @@ def test_cached_features_equal_the_frozen_encoder(emoji_root, features):
         pipeline.eval_batches(experiment_from(cached_cfg.to_dict()).data, modalities, "test", 8)
     )
     assert "text" not in cached and cached["text.tokens"].shape == (8, 16, 384)
+    assert raw["text.attention_mask"].shape == (8, 16) and "text.attention_mask" not in cached
+    np.testing.assert_array_equal(cached["text.token_mask"], raw["text.attention_mask"])
     np.testing.assert_array_equal(raw["label"], cached["label"])
     inputs = lambda b: {k: v for k, v in b.items() if k != "label"}
     (fused_raw, aux_raw), (fused_cached, aux_cached) = (
@@ -113,3 +117,31 @@ def test_batches_mixing_inputs_and_cached_features_are_refused():
         validate_batch(cached | {"text": np.ones((2, 5), np.int32)}, ("text",))
     with pytest.raises(InputError, match="all of tokens, token_mask and pooled"):
         validate_batch({k: v for k, v in cached.items() if k != "text.pooled"}, ("text",))
+
+
+def test_extraction_encodes_text_with_the_records_attention_mask():
+    """A record whose text holds a real token of id 0 (a literal "[PAD]") is encoded under its
+    stored mask, and its cached record keeps neither the ids nor the consumed mask."""
+    cls = mmjax.ENCODERS.get("text_transformer")
+    encoder = cls(
+        cls.Config(vocab_size=50, hidden=8, layers=1, heads=2, intermediate=16), rngs=nnx.Rngs(0)
+    )
+    ids = np.array([5, 0, 7, 0], np.int32)
+    mask = np.array([True, True, True, False])
+    raw = encode_record(
+        {"text": ids, "text.attention_mask": mask, "caption": np.array("x"), "label": np.array(0)}
+    )
+    seen = []
+
+    def encode(batch):
+        seen.append(sorted(batch))
+        return {"text": tuple(np.asarray(x) for x in _encode_one(encoder, "text", batch))}
+
+    decode, noise = Decode(("text",)), AddNoise(0.0, 100.0)
+    (record,) = _split_records([raw], decode, noise, encode, ("text",), batch_size=4)
+    assert seen == [["text", "text.attention_mask"]]
+    assert set(record) == {"caption", "label", "text.tokens", "text.token_mask", "text.pooled"}
+    np.testing.assert_array_equal(record["text.token_mask"], mask)
+    expected = encoder(ids[None], train=False, mask=mask[None]).pooled[0]
+    np.testing.assert_allclose(record["text.pooled"], expected, atol=1e-6)
+    assert decode_record(raw)["text.attention_mask"].tolist() == mask.tolist()

@@ -5,19 +5,21 @@ import dataclasses
 import grain
 import numpy as np
 
-from mmjax.batch_keys import cached_keys, presence_key
+from mmjax.batch_keys import attention_key, cached_keys, presence_key
 from mmjax.data.records import decode_record
 from mmjax.errors import DataError
 
 # How a stored integer array becomes the float input the encoders expect.
-_SCALES = {np.dtype("uint8"): 1 / 255.0, np.dtype("int16"): 1 / 32767.0}
+SCALES = {np.dtype("uint8"): 1 / 255.0, np.dtype("int16"): 1 / 32767.0}
 
 
 @dataclasses.dataclass(frozen=True)
 class Decode(grain.transforms.Map):
     """record bytes -> {modality: float32 or int32 ids, <modality>_mask, label: int32}; a cached
     modality gives its `m.tokens`, `m.token_mask`, `m.pooled` instead. `<modality>_mask` is the
-    record's own (False: missing for this example, as an import stores it), else True.
+    record's own (False: missing for this example, as an import stores it), else True. Token ids
+    [L] come with `<modality>.attention_mask` [L] bool: the record's own (the tokenizer's),
+    else `ids != 0` for builds that store none.
 
     A record that is corrupt, lacks a field, or has a field of the wrong dtype raises a
     DataError naming the field. Given `shapes` ((modality, per-sample shape) pairs, from the
@@ -43,14 +45,15 @@ class Decode(grain.transforms.Map):
                 _bad(m, "a float or integer array", x.dtype)
             if m in shapes and x.shape != tuple(shapes[m]):
                 _bad(m, f"per-sample shape {tuple(shapes[m])}", x.shape)
-            if x.dtype in _SCALES:
-                out[m] = x.astype(np.float32) * _SCALES[x.dtype]
+            if x.dtype in SCALES:
+                out[m] = x.astype(np.float32) * SCALES[x.dtype]
             elif x.dtype.kind == "f":
                 out[m] = _finite(m, x.astype(np.float32))
             else:  # token ids
                 if x.size and (x.min() < 0 or x.max() > _INT32_MAX):
                     _bad(m, f"token ids in [0, {_INT32_MAX}]", f"[{x.min()}, {x.max()}]")
                 out[m] = x.astype(np.int32)
+                out[attention_key(m)] = _attention(record, m, out[m])
         label = _field(record, "label")
         if label.dtype.kind not in "iu" or label.shape != ():
             _bad("label", "an integer scalar", f"{label.dtype} {label.shape}")
@@ -82,6 +85,18 @@ def _presence(record: dict[str, np.ndarray], m: str) -> np.bool_:
     if record[key].dtype != bool or record[key].shape != ():
         _bad(key, "a bool scalar", f"{record[key].dtype} {record[key].shape}")
     return np.bool_(record[key])
+
+
+def _attention(record: dict[str, np.ndarray], m: str, ids: np.ndarray) -> np.ndarray:
+    """The record's attention mask of token ids [L] (bool [L]), or `ids != 0` when it stores
+    none (builds from before the tokenizer's mask was kept)."""
+    key = attention_key(m)
+    if key not in record:
+        return ids != 0
+    mask = record[key]
+    if mask.dtype != bool or mask.shape != ids.shape:
+        _bad(key, f"a bool array of the ids' shape {ids.shape}", f"{mask.dtype} {mask.shape}")
+    return mask
 
 
 def _finite(key: str, x: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mmjax.batch_keys import cached_keys
+from mmjax.batch_keys import attention_key, cached_keys
 from mmjax.config import ModelConfig
 from mmjax.errors import ConfigError, InputError, MmjaxError
 from mmjax.models.alignment import ModalityDiscriminator
@@ -24,7 +24,9 @@ MODALITY_KINDS = {"image": "f", "audio": "f", "text": "iu", "video": "f"}
 class MultimodalModel(nnx.Module):
     """batch {modality: x, <modality>_mask: [B] bool} -> logits [B, num_classes].
 
-    A modality absent from the batch is treated as missing for every sample. Auxiliary
+    A modality absent from the batch is treated as missing for every sample. A text
+    modality's `<modality>.attention_mask` [B, L] bool, when in the batch, goes to its
+    encoder as `mask=` (else the encoder takes id 0 for padding). Auxiliary
     losses (an encoder's or the fusion head's `aux_loss`, adversarial alignment) come from
     `forward`.
     """
@@ -95,17 +97,24 @@ class MultimodalModel(nnx.Module):
                     )
                 masks[m] = batch.get(f"{m}_mask", jnp.ones((size,), bool))
             elif m in self.frozen and m in batch:
-                out = self.encoders[m](batch[m], train=False)
+                out = self._run_encoder(m, batch, train=False)
                 features[m] = jax.tree.map(jax.lax.stop_gradient, out)
                 masks[m] = batch.get(f"{m}_mask", jnp.ones((size,), bool))
             elif m in batch:
-                features[m] = self.encoders[m](batch[m], train=train)
+                features[m] = self._run_encoder(m, batch, train=train)
                 masks[m] = batch.get(f"{m}_mask", jnp.ones((size,), bool))
             else:
                 zeros = jnp.zeros((size, 1, self.encoders[m].dim))
                 features[m] = Features(zeros, jnp.zeros((size, 1), bool), zeros[:, 0])
                 masks[m] = jnp.zeros((size,), bool)
         return features, masks
+
+    def _run_encoder(self, m: str, batch: Mapping[str, jax.Array], *, train: bool) -> Features:
+        """Modality m's encoder on batch[m], given the batch's attention mask of m if any."""
+        key = attention_key(m)
+        if key in batch:
+            return self.encoders[m](batch[m], train=train, mask=batch[key])
+        return self.encoders[m](batch[m], train=train)
 
 
 def _construct(where: str, factory: Any, *args: Any, rngs: nnx.Rngs) -> nnx.Module:
@@ -178,6 +187,20 @@ def _check_cached(m: str, arrays: Mapping[str, Any], size: int | None) -> None:
             _fail(key, "finite values", "NaN or infinity")
 
 
+def _check_attention(m: str, ids: Any, mask: Any) -> None:
+    """The attention mask of text modality m: bool, of exactly the shape of its integer token
+    ids [B, L] (static checks, so traced arrays pass through)."""
+    key = attention_key(m)
+    if _kind(ids.dtype) not in "iu":
+        _fail(key, f"integer token ids in {m!r} to mask", f"{m!r} of dtype {ids.dtype}")
+    if mask.dtype != bool or tuple(mask.shape) != tuple(ids.shape):
+        _fail(
+            key,
+            f"a bool array of the shape of {m!r}'s ids {tuple(ids.shape)}",
+            f"{mask.dtype} {tuple(mask.shape)}",
+        )
+
+
 def validate_batch(
     batch: Mapping[str, Any],
     modalities: tuple[str, ...],
@@ -191,11 +214,15 @@ def validate_batch(
         _fail("batch", "a dict of arrays", type(batch).__name__)
     allowed = set(modalities) | {f"{m}_mask" for m in modalities} | {"label"}
     allowed |= {key for m in modalities for key in cached_keys(m)}
+    allowed |= {attention_key(m) for m in modalities if "i" in MODALITY_KINDS.get(m, "iu")}
     for key in batch:
         if key not in allowed:
             _fail(key, f"one of the model's keys {sorted(allowed)}", "an unknown key")
     cached = [m for m in modalities if any(k in batch for k in cached_keys(m))]
     present = [m for m in modalities if m in batch]
+    for m in modalities:
+        if attention_key(m) in batch and m not in batch:
+            _fail(attention_key(m), f"its token ids {m!r} in the batch too", "none")
     for m in cached:
         if m in present:
             _fail(m, "either the input or its cached features", "both")
@@ -231,6 +258,8 @@ def validate_batch(
             _fail(m, f"batch size {size} (as {present[0]})", x.shape[0])
         if _is_host_float(x) and not np.isfinite(x).all():
             _fail(m, "finite values", "NaN or infinity")
+        if attention_key(m) in arrays:
+            _check_attention(m, x, arrays[attention_key(m)])
     for m in modalities:
         mask = arrays.get(f"{m}_mask")
         if mask is not None and (mask.dtype != bool or tuple(mask.shape) != (size,)):

@@ -1,4 +1,9 @@
-"""Text encoders: token ids [B, L] int (0 = padding) -> Features."""
+"""Text encoders: token ids [B, L] int and their attention mask [B, L] bool -> Features.
+
+The mask is the tokenizer's own (`mmjax.pretrained.load.tokenize`, the `<m>.attention_mask`
+batch key); without one the encoders take id 0 for padding, which misreads a text holding
+the literal token of id 0 (MiniLM's "[PAD]").
+"""
 
 import dataclasses
 import math
@@ -12,6 +17,7 @@ import numpy as np
 from einops import rearrange
 from flax import nnx
 
+from mmjax.batch_keys import attention_key
 from mmjax.errors import ConfigError, DataError, InputError
 from mmjax.models.layers import Features, features_from_tokens
 from mmjax.registry import ENCODERS
@@ -128,6 +134,23 @@ def _pretrained_table(cfg: "RNNTextFields", name: str, rngs: nnx.Rngs) -> jax.Ar
 
 
 # ----------------------------------------------------------------------------------------------
+# Attention masks
+
+
+def token_mask(ids: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Which positions of ids [B, L] are real tokens: `mask` [B, L] bool when given, else the
+    fallback for bare id arrays, `ids != 0` (id 0 taken for padding)."""
+    if mask is None:
+        return ids != 0
+    if tuple(mask.shape) != tuple(ids.shape) or mask.dtype != jnp.bool_:
+        raise InputError(
+            f"{attention_key('text')}: expected a bool array of the ids' shape "
+            f"{tuple(ids.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+        )
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------
 # Bidirectional recurrent encoders
 
 
@@ -144,7 +167,8 @@ class RNNTextFields:
 
 
 class BiRNNText(nnx.Module):
-    """Token embedding -> bidirectional RNN of `cell`; padding (id 0) is masked out.
+    """Token embedding -> bidirectional RNN of `cell`; padding (the attention mask's False
+    positions, else id 0) is masked out.
 
     Subclasses pick the recurrent cell and the registered name; the padded steps are excluded
     from each direction's recurrence via ``seq_lengths`` and from the pooled mean.
@@ -167,8 +191,13 @@ class BiRNNText(nnx.Module):
         )
         self.dim = 2 * cfg.hidden
 
-    def __call__(self, x: jax.Array, *, train: bool) -> Features:
-        mask = x != 0
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> Features:
+        """ids x [B, L] int and `mask` [B, L] bool (True on real tokens, a prefix of each row,
+        as a right-padding tokenizer makes it) -> Features: tokens [B, L, 2*hidden].
+
+        Without `mask` (callers passing bare id arrays) the real tokens are `x != 0`.
+        """
+        mask = token_mask(x, mask)
         lengths = jnp.sum(mask, axis=1).astype(jnp.int32)
         embedded = self.embed(x)
         if self.freeze:
@@ -284,8 +313,8 @@ class TextTransformer(nnx.Module):
 
     Submodule names mirror BERT's (``embeddings.word``, ``layers[i].attention.query``, ...) so
     pretrained BERT / MiniLM weights map one-to-one (BERT's pooler is not included). The
-    defaults are MiniLM-L6's sizes; the pooled vector is the mean over non-padding tokens, as
-    sentence-transformers does for all-MiniLM-L6-v2.
+    defaults are MiniLM-L6's sizes; the pooled vector is the mean over the attention mask's
+    tokens, as sentence-transformers does for all-MiniLM-L6-v2.
     """
 
     modality = "text"
@@ -307,13 +336,18 @@ class TextTransformer(nnx.Module):
         self.layers = nnx.List([BertLayer(cfg, rngs=rngs) for _ in range(cfg.layers)])
         self.dim = cfg.hidden
 
-    def __call__(self, x: jax.Array, *, train: bool) -> Features:
+    def __call__(self, x: jax.Array, *, train: bool, mask: jax.Array | None = None) -> Features:
+        """ids x [B, L] int and `mask` [B, L] bool (True on real tokens) -> Features: tokens
+        [B, L, hidden], token_mask = mask, pooled = the mean of the masked tokens [B, hidden].
+
+        Without `mask` (callers passing bare id arrays) the real tokens are `x != 0`.
+        """
         if x.ndim != 2 or x.shape[1] > self.max_len:
             raise InputError(
                 f"text: expected token ids [B, L] with L <= max_len ({self.max_len}), "
                 f"got shape {tuple(x.shape)}"
             )
-        mask = x != 0
+        mask = token_mask(x, mask)
         tokens = self.embeddings(x, train=train)
         for layer in self.layers:
             tokens = layer(tokens, mask, train=train)

@@ -50,9 +50,14 @@ def load_classifier(name: str) -> nnx.Linear:
     return layer
 
 
-def tokenize(name: str, texts: list[str], *, length: int | None = None) -> np.ndarray:
-    """Token ids [N, L] int32 for a catalog text encoder, padded with 0 to the longest text
-    (or to `length`, which keeps one compiled shape) and truncated as its reference does."""
+def tokenize(
+    name: str, texts: list[str], *, length: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int32 [N, L], attention_mask bool [N, L]) for a catalog text encoder: padded with
+    id 0 to the longest text (or to `length`, which keeps one compiled shape) and truncated as
+    its reference does. The mask is the tokenizer's own (True on real tokens), so a text that
+    holds the literal padding token (MiniLM's "[PAD]", id 0) keeps it; pass it to the encoder
+    as `mask=` (batch key `text.attention_mask`)."""
     from tokenizers import Tokenizer
 
     spec = entry(name)
@@ -65,7 +70,10 @@ def tokenize(name: str, texts: list[str], *, length: int | None = None) -> np.nd
     limit = min(spec.max_tokens, length) if length else spec.max_tokens
     tokenizer.enable_truncation(limit)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=length)
-    return np.asarray([e.ids for e in tokenizer.encode_batch(list(texts))], np.int32)
+    encodings = tokenizer.encode_batch(list(texts))
+    ids = np.asarray([e.ids for e in encodings], np.int32)
+    mask = np.asarray([e.attention_mask for e in encodings], bool)
+    return ids, mask
 
 
 def sentence_embedding(features: Features) -> jnp.ndarray:

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from mmjax.batch_keys import attention_key, presence_key
 from mmjax.config import ExperimentConfig, experiment_from
 from mmjax.data import pipeline, sources
 from mmjax.errors import ConfigError
@@ -36,6 +37,14 @@ def _embedder(model: nnx.Module):
     return lambda batch: embed(state, batch)
 
 
+def _class_name_prompts(info: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A text batch of the dataset's class names, tokenised as its captions are: {"text": ids
+    [C, L], "text.attention_mask": [C, L] bool}."""
+    vocab = info["text_vocab"]
+    ids, mask = tokenize(vocab["tokenizer"], info["class_names"], length=vocab["length"])
+    return {"text": ids, attention_key("text"): mask}
+
+
 def two_tower_metrics(
     workdir: str | Path, split: str, *, data_root: str = "", batch_size: int = 100
 ) -> dict[str, Any]:
@@ -57,20 +66,18 @@ def model_metrics(
     if set(exp.model.modalities) != {"image", "text"} or not hasattr(model.fusion, "embed"):
         raise ConfigError("retrieval metrics need an image + text model with a two-tower head")
     embed = _embedder(model)
+    dropped = {"label"} | {presence_key(m) for m in exp.model.modalities}
     images, texts, labels = [], [], []
     for batch, rows in pipeline.eval_batches(exp.data, exp.model.modalities, split, batch_size):
-        inputs = {k: v for k, v in batch.items() if k != "label" and not k.endswith("_mask")}
-        out = jax.device_get(embed(inputs))  # raw inputs or cached features
+        inputs = {k: v for k, v in batch.items() if k not in dropped}
+        out = jax.device_get(embed(inputs))  # raw inputs (text with its mask) or cached features
         images.append(out["image"][:rows])
         texts.append(out["text"][:rows])
         labels.append(batch["label"][:rows])
     image, text, label = (np.concatenate(x) for x in (images, texts, labels))
     similarity = image @ text.T
     info = sources.open_source(exp.data).info
-    vocab = info["text_vocab"]
-    prompts = jax.device_get(
-        embed({"text": tokenize(vocab["tokenizer"], info["class_names"], length=vocab["length"])})
-    )
+    prompts = jax.device_get(embed(_class_name_prompts(info)))
     zero_shot = np.argmax(image @ prompts["text"].T, axis=1)
     return {
         "examples": len(label),

@@ -13,7 +13,8 @@ flags of France and St. Martin) are merged too. A base's split is fixed by a sha
 key (80/10/10), so it does not depend on the seed, which only orders records.
 
 Layout: `root/emoji/info.json` plus `{split}.array_record-*` shards of npz records
-{"image": uint8 [32,32,3], "text": int32 [16], "label": int32 [], "subgroup": int32 [],
+{"image": uint8 [32,32,3], "text": int32 [16], "text.attention_mask": bool [16] (the
+tokenizer's mask: True on real tokens), "label": int32 [], "subgroup": int32 [],
 "caption": str [], "emoji": str []}.
 """
 
@@ -27,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mmjax.batch_keys import attention_key
 from mmjax.data.builders.built import Built, building, write_info
 from mmjax.data.records import write_shards
 from mmjax.errors import DataError
 
 NAME = "emoji"
-VERSION = "1.0.0"
+VERSION = "1.1.0"  # 1.1.0: records store text.attention_mask
 SPLITS = ("train", "val", "test")
 EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
 FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
@@ -126,8 +128,9 @@ def prepare_emoji(root: Path, *, small: bool = False, seed: int = 0, progress: b
     log(f"{NAME}: {len(kept)} emoji under {num_keys} split keys, {len(skipped)} skipped")
     groups = sorted({e.group for e in emojis})
     subgroups = sorted({e.subgroup for e in emojis})
-    token_rows = _tokenize([e.caption for e in kept])
+    token_rows, attention_rows = _tokenize([e.caption for e in kept])
     tokens = dict(zip(kept, token_rows, strict=True))
+    attention = dict(zip(kept, attention_rows, strict=True))
     rng = np.random.default_rng(seed)
     by_split: dict[str, list[Emoji]] = {split: [] for split in SPLITS}
     for e in kept:
@@ -140,6 +143,7 @@ def prepare_emoji(root: Path, *, small: bool = False, seed: int = 0, progress: b
                 {
                     "image": images[e.caption],
                     "text": tokens[e],
+                    attention_key("text"): attention[e],
                     "label": np.array(groups.index(e.group), np.int32),
                     "subgroup": np.array(subgroups.index(e.subgroup), np.int32),
                     "caption": np.array(e.caption),
@@ -158,7 +162,7 @@ def prepare_emoji(root: Path, *, small: bool = False, seed: int = 0, progress: b
                 "missing_groups": [g for g in groups if g not in covered],
                 "shards": shards,
             }
-        notes = _notes(splits, small, int(np.count_nonzero(token_rows[:, -1])))
+        notes = _notes(splits, small, int(np.count_nonzero(attention_rows[:, -1])))
         info = {
             "name": NAME,
             "version": VERSION,
@@ -168,7 +172,16 @@ def prepare_emoji(root: Path, *, small: bool = False, seed: int = 0, progress: b
             "text_vocab": {"tokenizer": TOKENIZER, "length": TEXT_LENGTH},
             "modalities": {
                 "image": {"shape": [IMAGE_SIZE, IMAGE_SIZE, 3], "dtype": "uint8"},
-                "text": {"shape": [TEXT_LENGTH], "dtype": "int32", "tokenizer": TOKENIZER},
+                "text": {
+                    "shape": [TEXT_LENGTH],
+                    "dtype": "int32",
+                    "tokenizer": TOKENIZER,
+                    "attention_mask": {
+                        "field": attention_key("text"),
+                        "shape": [TEXT_LENGTH],
+                        "dtype": "bool",
+                    },
+                },
             },
             "splits": splits,
             "notes": notes,
@@ -271,7 +284,8 @@ def _split_keys(emojis: list[Emoji], images: dict[str, np.ndarray]) -> dict[str,
     return {base: find(base) for base in parent}
 
 
-def _tokenize(captions: list[str]) -> np.ndarray:
+def _tokenize(captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int32 [N, 16], attention_mask bool [N, 16]) of the captions, MiniLM's tokenizer."""
     from mmjax.pretrained.load import tokenize
 
     return tokenize(TOKENIZER, captions, length=TEXT_LENGTH)
