@@ -31,14 +31,16 @@ def _component(registry: Any, name: str, **fields: Any) -> dict[str, Any]:
     return {"name": name, **dataclasses.asdict(registry.get(name).Config(**fields))}
 
 
-def _image_encoder(side: int) -> tuple[dict[str, Any], str]:
-    """(encoder section, catalog weights or "") for square RGB images of `side` pixels."""
-    if side >= LARGE_IMAGE:
+def _image_encoder(shape: list[int]) -> tuple[dict[str, Any], str]:
+    """(encoder section, catalog weights or "") for images [H, W, C]."""
+    side, channels = min(shape[:2]), shape[2]
+    if side >= LARGE_IMAGE and channels == 3:
         weights = "efficientnet-lite0"
         return _component(ENCODERS, "efficientnet_lite0", imagenet_input=True), weights
     if side <= SMALL_IMAGE:
-        return _component(ENCODERS, "small_cnn", in_channels=3, channels=(32, 64, 128), dim=128), ""
-    return _component(ENCODERS, "resnet18", in_channels=3, stem="cifar"), ""
+        deeper = {"channels": (32, 64, 128), "dim": 128} if side >= 16 else {}
+        return _component(ENCODERS, "small_cnn", in_channels=channels, **deeper), ""
+    return _component(ENCODERS, "resnet18", in_channels=channels, stem="cifar"), ""
 
 
 def _audio_encoder(sample_rate: int) -> dict[str, Any]:
@@ -55,12 +57,12 @@ def choose_encoders(info: dict[str, Any]) -> tuple[dict, dict[str, str], tuple[s
     for m, entry in sorted(info["modalities"].items()):
         shape = entry["shape"]
         if m == "image":
-            encoders[m], pretrained[m] = _image_encoder(shape[0])
+            encoders[m], pretrained[m] = _image_encoder(shape)
         elif m == "audio":
             encoders[m] = _audio_encoder(entry["sample_rate"])
         elif m == "video":
-            frame = "small_cnn" if shape[1] <= SMALL_IMAGE else "resnet18"
-            encoders[m] = _component(ENCODERS, "video", frame_encoder=frame)
+            frame = "small_cnn" if min(shape[1:3]) <= SMALL_IMAGE else "resnet18"
+            encoders[m] = _component(ENCODERS, "video", frame_encoder=frame, in_channels=shape[3])
         elif m == "text" and info["text_vocab"]["tokenizer"] == "minilm-l6":
             encoders[m] = _component(ENCODERS, "text_transformer")
             pretrained[m] = "minilm-l6"

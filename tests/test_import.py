@@ -378,3 +378,56 @@ def test_kill_9_during_an_import_keeps_the_old_dataset(imported, files, tmp_path
     assert len(grain.sources.ArrayRecordDataSource(
         [str(p) for p in open_source(DataConfig(name="clips", root=str(data))).shard_paths("train")]
     )) == first["splits"]["train"]["num_records"]  # fmt: skip
+
+
+def _info(modalities: dict, vocab: dict | None = None) -> dict:
+    info = {"name": "d", "num_classes": 3, "modalities": modalities}
+    info["splits"] = {"train": {"num_records": 640}, "val": {"num_records": 0}}
+    return info | ({"text_vocab": vocab} if vocab else {})
+
+
+@pytest.mark.parametrize(
+    ("modalities", "vocab", "expected"),
+    [
+        ({"image": {"shape": [8, 8, 1]}}, None, {"image": ("small_cnn", "", 1)}),
+        ({"image": {"shape": [64, 64, 3]}}, None, {"image": ("resnet18", "", 3)}),
+        ({"image": {"shape": [128, 128, 3]}}, None,
+         {"image": ("efficientnet_lite0", "efficientnet-lite0", 3)}),
+        ({"video": {"shape": [8, 32, 32, 3]}, "audio": {"shape": [16000], "sample_rate": 16000}},
+         None, {"video": ("video", "", 3), "audio": ("cnn_lstm", "", None)}),
+        ({"text": {"shape": [16]}}, {"tokenizer": "minilm-l6", "length": 16},
+         {"text": ("text_transformer", "minilm-l6", None)}),
+        ({"text": {"shape": [16]}}, {"tokenizer": "words", "length": 16, "size": 77},
+         {"text": ("bilstm", "", None)}),
+    ],
+)  # fmt: skip
+def test_the_chosen_model_fits_the_data(modalities, vocab, expected):
+    from mmjax.auto_config import config_for_data
+    from mmjax.config import experiment_from
+    from mmjax.data.source import DataSource
+
+    source = DataSource(Path("."), _info(modalities, vocab), "")
+    config = config_for_data(source, fusion="mbt")
+    exp = experiment_from(config.to_dict())  # a valid experiment
+    assert exp.model.fusion.name == "mbt" and exp.train.eval_splits == ()
+    assert exp.train.steps == 200 and exp.train.batch_size == 32  # 10 epochs < 200 steps
+    encoders = dict(exp.model.encoders)
+    for m, (name, weights, channels) in expected.items():
+        assert encoders[m].name == name and dict(exp.model.pretrained).get(m, "") == weights
+        if channels is not None:
+            assert encoders[m].cfg.in_channels == channels
+    if "audio" in expected:
+        assert encoders["audio"].cfg.sample_rate == 16000 and encoders["audio"].cfg.n_fft == 512
+    if vocab and vocab["tokenizer"] == "words":
+        assert encoders["text"].cfg.vocab_size == 77
+    assert exp.model.frozen == (("text",) if weights == "minilm-l6" else ())
+
+
+def test_two_workers_write_the_same_shards(imported, files, tmp_path):
+    _, info, _ = imported
+    other = mmjax.data.import_manifest(
+        "clips", files[0], label="category", group_by="speaker", data_dir=str(tmp_path),
+        workers=2, **SETTINGS,
+    )  # fmt: skip
+    for split, entry in info["splits"].items():
+        assert other["splits"][split]["shards"] == entry["shards"]

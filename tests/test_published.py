@@ -28,7 +28,10 @@ def test_reproduces_the_card_accuracy_on_a_fresh_build(name, full_root):
 
 def test_predicts_like_a_predictor(late):
     rng = np.random.default_rng(0)
-    inputs = {"image": rng.random((3, 8, 8, 1), np.float32), "audio": rng.standard_normal((3, 8000))}
+    inputs = {
+        "image": rng.random((3, 8, 8, 1), np.float32),
+        "audio": rng.standard_normal((3, 8000)),
+    }
     probs = late.predict_proba(**inputs)
     assert probs.shape == (3, 10)
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)

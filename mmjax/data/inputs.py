@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from mmjax.batch_keys import attention_key, presence_key
+from mmjax.data.transforms import SCALES
 from mmjax.errors import DataError, InputError
 
 RAW = (str, bytes, os.PathLike)
-SCALES = {np.dtype("uint8"): 1 / 255.0, np.dtype("int16"): 1 / 32767.0}
 
 
 def prepare_inputs(

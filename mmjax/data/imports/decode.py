@@ -118,10 +118,8 @@ def decode_row(
             problems.append(RowProblem(name, columns.get(m, m), path, str(err)))
     if problems:
         return index, None, problems
-    wanted = set(cells) & set(MEDIA)
-    if "video" in wanted and preprocess.video_audio:
-        wanted.add("audio")
-    for m in wanted:
+    wanted = [m for m in MEDIA if m in cells or (m == "audio" and preprocess.video_audio)]
+    for m in wanted:  # in a fixed order: the record's bytes do not depend on the process
         present = m in record
         record[presence_key(m)] = np.bool_(present)
         if not present:
