@@ -54,9 +54,7 @@ def fit(
     dotted config keys, e.g. {"train.steps": 500}. Returns the results dict."""
     from mmjax.auto_config import choose
 
-    config = choose(data, workdir, fusion=fusion, root=data_dir)
-    for key, value in (overrides or {}).items():
-        set_value(config, key, value)
+    config = choose(data, workdir, fusion=fusion, root=data_dir, overrides=overrides)
     return train(config, workdir, progress=progress)
 
 

@@ -6,12 +6,13 @@ data, written to the workdir as an ordinary config file so the choice can be edi
 import dataclasses
 import math
 import pprint
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from mmjax.config import DataConfig, as_json_dict
+from mmjax.config import DataConfig, as_json_dict, set_value
 from mmjax.data.source import DataSource
 from mmjax.errors import ConfigError
 from mmjax.experiments import experiment_config
@@ -75,8 +76,16 @@ def choose_encoders(info: dict[str, Any]) -> tuple[dict, dict[str, str], tuple[s
     return encoders, {m: w for m, w in pretrained.items() if w}, tuple(frozen)
 
 
-def config_for_data(source: DataSource, *, fusion: str = "late_concat", root: str = ""):
-    """The experiment config chosen for `source` (an imported or built dataset)."""
+def config_for_data(
+    source: DataSource,
+    *,
+    fusion: str = "late_concat",
+    root: str = "",
+    overrides: Mapping[str, Any] | None = None,
+) -> ml_collections.ConfigDict:
+    """The locked experiment config chosen for `source` (an imported or built dataset), with
+    `overrides` ({dotted key: value}) applied. The checkpoint interval and the warm-up follow
+    the final step count unless they are overridden too."""
     info = source.info
     FUSIONS.get(fusion)  # ConfigError listing the fusion heads
     encoders, pretrained, frozen = choose_encoders(info)
@@ -99,8 +108,14 @@ def config_for_data(source: DataSource, *, fusion: str = "late_concat", root: st
     epochs_steps = math.ceil(EPOCHS * train_records / BATCH_SIZE)
     cfg.train.steps = min(max(epochs_steps, STEPS[0]), STEPS[1])
     cfg.train.batch_size = cfg.train.eval_batch_size = BATCH_SIZE
-    cfg.train.checkpoint_every = max(cfg.train.steps // 4, 1)
-    cfg.optim.warmup_steps = min(100, cfg.train.steps // 10)
+    cfg.lock()
+    overrides = dict(overrides or {})
+    for key, value in overrides.items():
+        set_value(cfg, key, value)
+    if "train.checkpoint_every" not in overrides:
+        cfg.train.checkpoint_every = max(cfg.train.steps // 4, 1)
+    if "optim.warmup_steps" not in overrides:
+        cfg.optim.warmup_steps = min(100, cfg.train.steps // 10)
     return cfg
 
 
@@ -149,14 +164,19 @@ def write_config_file(workdir: Path, cfg: ml_collections.ConfigDict, dataset: st
     return path
 
 
-def choose(dataset: str, workdir: Path, *, fusion: str = "late_concat", root: str = ""):
-    """The locked config chosen for `dataset` (under data root `root`), also written to
-    `workdir/config.py`."""
+def choose(
+    dataset: str,
+    workdir: Path,
+    *,
+    fusion: str = "late_concat",
+    root: str = "",
+    overrides: Mapping[str, Any] | None = None,
+) -> ml_collections.ConfigDict:
+    """The config chosen for `dataset` (under data root `root`) with `overrides`, also written
+    to `workdir/config.py`, so `mmjax train --config` on that file repeats the run."""
     from mmjax.data.sources import open_source
 
-    config = config_for_data(
-        open_source(DataConfig(name=dataset, root=root)), fusion=fusion, root=root
-    )
+    source = open_source(DataConfig(name=dataset, root=root))
+    config = config_for_data(source, fusion=fusion, root=root, overrides=overrides)
     write_config_file(Path(workdir), config, dataset)
-    config.lock()
     return config

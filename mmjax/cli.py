@@ -10,7 +10,13 @@ import jax
 import numpy as np
 
 import mmjax
-from mmjax.config import ConfigDict, apply_overrides, load_config_file, set_value
+from mmjax.config import (
+    ConfigDict,
+    apply_overrides,
+    load_config_file,
+    parse_overrides,
+    set_value,
+)
 from mmjax.data import sources
 from mmjax.errors import MmjaxError
 
@@ -34,10 +40,9 @@ def _train(args: argparse.Namespace) -> int:
     else:
         if args.fusion:
             raise MmjaxError("--fusion picks the head of a chosen model: use it with --data")
-        config = load_config_file(args.config)
-    config = apply_overrides(config, args.set)
-    if args.data_dir:
-        set_value(config, "data.root", args.data_dir)
+        config = apply_overrides(load_config_file(args.config), args.set)
+        if args.data_dir:
+            set_value(config, "data.root", args.data_dir)
     results = mmjax.train(config, args.workdir, stop_after=args.stop_after, progress=not args.quiet)
     if results.get("preempted"):
         print(
@@ -52,11 +57,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _chosen_config(args: argparse.Namespace) -> ConfigDict:
-    """The model `--data` chooses for the dataset, printed and written to the workdir."""
+    """The model `--data` chooses for the dataset with the `--set` overrides, printed and
+    written to the workdir."""
     from mmjax import auto_config
 
     config = auto_config.choose(
-        args.data, Path(args.workdir), fusion=args.fusion or "late_concat", root=args.data_dir or ""
+        args.data,
+        Path(args.workdir),
+        fusion=args.fusion or "late_concat",
+        root=args.data_dir or "",
+        overrides=parse_overrides(args.set),
     )
     path = Path(args.workdir) / auto_config.CONFIG_FILE
     if jax.process_index() == 0:

@@ -156,13 +156,21 @@ def set_value(cfg: ConfigDict, key: str, value: Any) -> None:
         node[parts[-1]] = _coerce(value, current, key)
 
 
-def apply_overrides(cfg: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
-    """Apply `path.to.key=value` strings (the CLI's `--set`) to `cfg` in place; return it."""
+def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
+    """`path.to.key=value` strings (the CLI's `--set`) -> {key: value text}, in order."""
+    parsed = {}
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects path.to.key=value, got {item!r}")
-        set_value(cfg, key.strip(), text)
+        parsed[key.strip()] = text
+    return parsed
+
+
+def apply_overrides(cfg: ConfigDict, overrides: Sequence[str]) -> ConfigDict:
+    """Apply `path.to.key=value` strings (the CLI's `--set`) to `cfg` in place; return it."""
+    for key, text in parse_overrides(overrides).items():
+        set_value(cfg, key, text)
     return cfg
 
 

@@ -126,6 +126,7 @@ def test_manifest_import_records_and_info(imported):
             text = rows[int(record["source_row"])]["text"]
             assert (own in vocab) == (split == "train" and text != ""), (split, own)
     assert json.loads((root / "clips" / "import_report.json").read_text())["problems"] == []
+    assert info["source"]["settings"] == {"label": "category", "group_by": "speaker", "map": {}}
     open_source(DataConfig(name="clips", root=str(root))).verify()
 
 
@@ -184,6 +185,7 @@ def test_train_on_imported_data_and_predict_from_raw_files(imported, files, caps
     assert results["completed"] and list(results["accuracy"]) == ["test"]
     chosen = mmjax.load_config_file(str(workdir / "config.py"))
     assert chosen.model.num_classes == 10 and chosen.data.name == "clips"
+    assert chosen.train.steps == 2 and chosen.optim.warmup_steps == 0  # --set in the file
     folder = files[0].parent
     row = rows[1]
     code, out, err = _run(

@@ -397,26 +397,27 @@ def _records(
     `tallies` (records per class, missing cells per modality) are counted as they go."""
     counts, missing = tallies
     columns = dict(table.columns)
-    for start in range(0, len(rows), CHUNK * 4):
-        chunk = rows[start : start + CHUNK * 4]
-        tasks = [
+    chunks = (
+        [
             (i, table.row_names[i], table.row(i), columns, table.base_dir, preprocess)
-            for i in chunk
+            for i in rows[start : start + CHUNK * 4]
         ]
-        for index, record, row_problems in decode_many(tasks):
-            bar.update(1)
-            if row_problems:
-                problems[index] = row_problems
-                continue
-            if text is not None:
-                record["text"] = text["ids"][index]
-                record[attention_key("text")] = text["mask"][index]
-                record[presence_key("text")] = np.bool_(text["present"][index])
-            record["label"] = np.int32(class_index[labels[index]])
-            record["source_row"] = np.int32(index)  # the table row it came from
-            counts[labels[index]] += 1
-            missing.update(m for m in ("image", "audio", "video", "text") if _missing(record, m))
-            yield record
+        for start in range(0, len(rows), CHUNK * 4)
+    )
+    for index, record, row_problems in decode_many(chunks):
+        bar.update(1)
+        if row_problems:
+            problems[index] = row_problems
+            continue
+        if text is not None:
+            record["text"] = text["ids"][index]
+            record[attention_key("text")] = text["mask"][index]
+            record[presence_key("text")] = np.bool_(text["present"][index])
+        record["label"] = np.int32(class_index[labels[index]])
+        record["source_row"] = np.int32(index)  # the table row it came from
+        counts[labels[index]] += 1
+        missing.update(m for m in ("image", "audio", "video", "text") if _missing(record, m))
+        yield record
 
 
 def _missing(record: dict[str, np.ndarray], m: str) -> bool:
@@ -424,9 +425,14 @@ def _missing(record: dict[str, np.ndarray], m: str) -> bool:
 
 
 class _decoder:
-    """A context giving `decode_many(tasks) -> results in order`: in this process for one
-    worker, else over a pool of worker processes (forkserver: a clean process, mmjax imported
-    once, whatever threads this process runs)."""
+    """A context giving `decode_many(chunks) -> results in order`, for an iterator of task
+    chunks: in this process for one worker, else over a pool of worker processes (forkserver:
+    a clean process, mmjax imported once, whatever threads this process runs) that decodes
+    the next chunk while this process writes the records of the last. Only two chunks are in
+    memory at a time, whatever the dataset's size.
+
+    With workers > 1 the pool's processes import the main module: a script calling the
+    import API needs the `if __name__ == "__main__":` guard."""
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -434,11 +440,21 @@ class _decoder:
 
     def __enter__(self):
         if self.workers == 1:
-            return lambda tasks: [decode_row(t) for t in tasks]
+            return lambda chunks: (decode_row(t) for chunk in chunks for t in chunk)
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(["mmjax.data.imports.decode"])
         self.pool = context.Pool(self.workers)
-        return lambda tasks: self.pool.map(decode_row, tasks, chunksize=CHUNK // 4)
+        return self._ahead
+
+    def _ahead(self, chunks: Iterator[list]) -> Iterator[tuple]:
+        pending = None
+        for chunk in chunks:
+            submitted = self.pool.map_async(decode_row, chunk, chunksize=CHUNK // 4)
+            if pending is not None:
+                yield from pending.get()
+            pending = submitted
+        if pending is not None:
+            yield from pending.get()
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
@@ -506,7 +522,12 @@ def _info(
             }
             for split, entry in written.items()
         },
-        "source": {"description": table.source, "columns": table.columns, "sha256": table.sha256},
+        "source": {
+            "description": table.source,
+            "columns": table.columns,
+            "sha256": table.sha256,
+            "settings": table.settings,
+        },
         "options": dataclasses.asdict(options),
         "skipped_rows": len(problems),
         "report": REPORT,

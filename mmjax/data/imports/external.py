@@ -380,6 +380,7 @@ def tfds_table(spec: str, data_dir: str | Path, mapping: dict[str, str]) -> Tabl
         splits=[ours[p] for p, src in enumerate(sources) for _ in range(len(src))],
         groups=text.get("group"),
         sha256=_sha256_files(builder_dir.glob("*.array_record*"), builder_dir),
+        settings={"map": mapping},
     )
 
 
@@ -524,4 +525,5 @@ def hf_table(path: str | Path, mapping: dict[str, str]) -> Table:
         groups=text.get("group"),
         base_dir=path,
         sha256=_sha256_files(files, path),
+        settings={"map": mapping},
     )

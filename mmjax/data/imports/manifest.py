@@ -56,6 +56,7 @@ def manifest_table(
         groups=[_text(row.get(group_by)) for row in rows] if group_by else None,
         base_dir=path.parent.absolute(),
         sha256=sha256_file(path),
+        settings={"label": label, "group_by": group_by, "map": mapping},
     )
 
 

@@ -34,6 +34,7 @@ class Table:
     base_dir: Path | None = None  # relative paths in cells resolve against it
     sha256: str = ""  # of the source file(s), recorded in info.json
     problems: dict[int, str] = dataclasses.field(default_factory=dict)  # found while reading
+    settings: dict[str, object] = dataclasses.field(default_factory=dict)  # how it was read
 
     def __len__(self) -> int:
         return len(self.labels)
