@@ -272,6 +272,10 @@ def test_broken_rows_fail_the_import_or_are_skipped(files, tmp_path):
         on_error="skip", **SETTINGS,
     )  # fmt: skip
     assert skipped["skipped_rows"] == 5
+    assert not (tmp_path / "broken.import_report.json").exists()  # the failure's, now stale
+    assert (
+        len(json.loads((tmp_path / "broken" / "import_report.json").read_text())["problems"]) == 5
+    )
     assert sum(s["num_records"] for s in skipped["splits"].values()) == 15
     with pytest.raises(mmjax.DataError, match=r"exists.*--overwrite"):
         mmjax.data.import_manifest(

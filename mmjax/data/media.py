@@ -44,7 +44,9 @@ Source = str | os.PathLike | bytes  # a path, or the encoded file's bytes
 
 EXTENSIONS: dict[str, str] = {
     **dict.fromkeys((".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"), "image"),
-    **dict.fromkeys((".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus"), "audio"),
+    **dict.fromkeys(
+        (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif"), "audio"
+    ),
     **dict.fromkeys((".mp4", ".webm", ".mkv", ".mov", ".avi"), "video"),
     ".txt": "text",
 }

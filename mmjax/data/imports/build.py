@@ -128,7 +128,7 @@ def import_table(
     remove_leftovers(root, name)
     log = print if progress else _quiet
     problems: dict[int, list[RowProblem]] = {}
-    labels, assigned = _labels_and_splits(table, options, problems, log)
+    labels, assigned = _labels_and_splits(table, options, problems)
     class_names = _class_names(table, [labels[i] for i in range(len(table)) if i not in problems])
     _no_training_example(table, labels, assigned, problems)
     text = _text_ids(table, options, assigned, problems)
@@ -178,6 +178,7 @@ def import_table(
         (build_dir / "info.json").write_text(info_json)
         build_dir.chmod(0o755)
         _swap_into_place(build_dir, final)
+        (root / f"{name}.{REPORT}").unlink(missing_ok=True)  # an earlier failure's report
     except BaseException:
         shutil.rmtree(build_dir, ignore_errors=True)
         raise
@@ -226,7 +227,7 @@ def _swap_into_place(build_dir: Path, final: Path) -> None:
 
 
 def _labels_and_splits(
-    table: Table, options: ImportOptions, problems: dict, log: Any
+    table: Table, options: ImportOptions, problems: dict
 ) -> tuple[list[str], list[str]]:
     """Row checks that need no decoding, then each row's split."""
     for i, reason in table.problems.items():

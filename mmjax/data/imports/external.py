@@ -20,20 +20,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mmjax.data.imports.splits import ALIASES
 from mmjax.data.imports.table import MODALITIES, Cell, Table
+from mmjax.data.media import EXTENSIONS
 from mmjax.errors import ConfigError, DataError
 
 MAP_KEYS = (*MODALITIES, "label", "group")
-SPLITS = {
-    "train": "train",
-    "validation": "val",
-    "valid": "val",
-    "val": "val",
-    "dev": "val",
-    "test": "test",
-}
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".aiff", ".aif"}
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+AUDIO_SUFFIXES = {s for s, m in EXTENSIONS.items() if m == "audio"}
+IMAGE_SUFFIXES = {s for s, m in EXTENSIONS.items() if m == "image"}
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
 _TENSOR_CLASS = "tensorflow_datasets.core.features.tensor_feature.Tensor"
 
@@ -74,12 +68,12 @@ def _check_mapping(mapping: dict[str, str], available: Iterable[str], what: str)
 
 def _mmjax_split(name: str, all_names: Sequence[str], flag: str) -> str:
     """A source split name -> "train", "val" or "test"."""
-    if name not in SPLITS:
+    if name not in ALIASES:
         raise ConfigError(
             f"{flag}: split {name!r} (of {', '.join(all_names)}) has no mmjax split; "
-            f"accepted split names: {', '.join(SPLITS)}"
+            f"accepted split names: {', '.join(ALIASES)}"
         )
-    return SPLITS[name]
+    return ALIASES[name]
 
 
 def _label_text(value: Any, names: list[str] | None) -> str:
