@@ -77,7 +77,8 @@ def _as_tf_prepared(version_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tinydigits/main (train + test) and tinydigits/odd (train + extra), as array_record."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # the `tfds` extra, in `dev`
+
     features = tfds.features
 
     class Tinydigits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -157,6 +158,23 @@ def test_tfds_table_reads_labels_splits_and_cells_without_tensorflow(tfds_dir: P
     assert "tensorflow" not in sys.modules
 
 
+def test_tfds_import_through_the_command_line(tfds_dir: Path, tmp_path: Path, capsys):
+    from mmjax import cli
+
+    argv = ["data", "import", "tiny", "--tfds", "tinydigits:main", "--tfds-dir", str(tfds_dir),
+            "--map", "image=image,audio=speech,text=caption,label=label,group=writer",
+            "--image-size", "16", "--sample-rate", "8000", "--audio-seconds", "1",
+            "--data-dir", str(tmp_path)]  # fmt: skip
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    info = json.loads((tmp_path / "tiny" / "info.json").read_text())
+    assert info["class_names"] == NAMES and set(info["modalities"]) == {"image", "audio", "text"}
+    assert {s: e["num_records"] for s, e in info["splits"].items()} == {
+        "train": N_TRAIN, "val": 0, "test": N_TEST,
+    }  # fmt: skip
+    assert info["source"]["settings"]["map"]["group"] == "writer"
+    assert "tensorflow" not in sys.modules
+
+
 def test_tfds_arrays_and_integer_labels(tfds_dir: Path):
     mapping = {"image": "pixels", "text": "caption", "label": "number"}
     table = tfds_table("tinydigits/main:1.0.0", tfds_dir, mapping)
@@ -202,7 +220,8 @@ def hf_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """saved/ (a DatasetDict: train + validation), single/ (a Dataset), folder/ (imagefolder
     with split folders), flat/ (imagefolder without), wavs/ (audio files only), notes/ (neither).
     The imagefolder cache goes to a temporary folder."""
-    datasets = pytest.importorskip("datasets")
+    import datasets  # the `hf` extra, in `dev`
+
     root = tmp_path_factory.mktemp("hf")
     features = datasets.Features(
         {
