@@ -511,23 +511,14 @@ def _close(iterator: Any) -> None:
         close()
 
 
-def _wait_until_idle(limit_s: float, poll_s: float = 0.25) -> tuple[float, bool]:
-    """Sleeps until this process's threads go idle (grain's read-ahead buffer is full)."""
-    started = time.perf_counter()
-    while time.perf_counter() - started < limit_s:
-        cpu, wall = time.process_time(), time.perf_counter()
-        time.sleep(poll_s)
-        if time.process_time() - cpu < 0.1 * (time.perf_counter() - wall):
-            return time.perf_counter() - started, True
-    return time.perf_counter() - started, False
-
-
 def child_train(spec: dict[str, Any]) -> dict[str, Any]:
     """Loader, step and loop timings of `avdigits_late` on the built and the imported
     AV-Digits, `rounds` rounds alternating which goes first."""
     import jax
     import numpy as np
 
+    sys.path.insert(0, str(REPO))
+    from benchmarks.suite_pipeline import _wait_until_idle as wait_until_idle
     from mmjax import perf
     from mmjax.config import experiment_from
     from mmjax.data import pipeline
@@ -596,7 +587,7 @@ def child_train(spec: dict[str, Any]) -> dict[str, Any]:
             iterator = iter(pipeline.train_dataset(exp.data, modalities, batch, 1))
             try:
                 next(iterator)
-                settle_s, settled = _wait_until_idle(spec["settle_s"])
+                settle_s, settled = wait_until_idle(spec["settle_s"])
                 walls, waits = [], []
                 for _ in range(spec["steps"]):
                     started = time.perf_counter()
