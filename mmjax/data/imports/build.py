@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mmjax.batch_keys import attention_key, presence_key
+from mmjax.data.builders.built import move_into_place
 from mmjax.data.imports import splits as split_rules
 from mmjax.data.imports import vocab as words_vocab
 from mmjax.data.imports.decode import Preprocess, RowProblem, decode_row
@@ -177,7 +178,7 @@ def import_table(
         info = json.loads(info_json)  # as `DataSource.info` reads it back (lists, not tuples)
         (build_dir / "info.json").write_text(info_json)
         build_dir.chmod(0o755)
-        _swap_into_place(build_dir, final)
+        move_into_place(build_dir, final)  # a kill midway: remove_leftovers puts it back
         (root / f"{name}.{REPORT}").unlink(missing_ok=True)  # an earlier failure's report
     except BaseException:
         shutil.rmtree(build_dir, ignore_errors=True)
@@ -214,16 +215,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _swap_into_place(build_dir: Path, final: Path) -> None:
-    """Renames the build over `final`. An old dataset is moved aside first and deleted only
-    after; a kill in between leaves it aside, where `remove_leftovers` puts it back."""
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}-old-", dir=final.parent))
-    if final.exists():
-        final.rename(old / final.name)
-    build_dir.rename(final)
-    shutil.rmtree(old)
 
 
 def _labels_and_splits(
