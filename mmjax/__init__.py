@@ -9,6 +9,7 @@ from mmjax import models as _models  # noqa: F401  (registers the built-in compo
 from mmjax.config import ConfigDict, load_config_file, model_config_from, set_value
 from mmjax.data.builders import avdigits as _avdigits  # noqa: F401  (registers AV-Digits)
 from mmjax.data.builders import emoji as _emoji  # noqa: F401  (registers emoji)
+from mmjax.data.builders import product_clips as _product_clips  # noqa: F401  (registers it)
 from mmjax.errors import CheckpointError, ConfigError, DataError, InputError, MmjaxError
 from mmjax.models import MultimodalModel, build_model
 from mmjax.models.layers import jit_init

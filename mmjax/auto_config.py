@@ -26,7 +26,7 @@ LARGE_IMAGE = 96  # from this side up, images get the pretrained EfficientNet-Li
 SMALL_IMAGE = 32  # up to this side, images get the small CNN
 
 
-def _component(registry: Any, name: str, **fields: Any) -> dict[str, Any]:
+def component(registry: Any, name: str, **fields: Any) -> dict[str, Any]:
     """A config section naming `name` with every field of its Config (so `--set` can reach
     each), `fields` overriding the defaults."""
     return {"name": name, **dataclasses.asdict(registry.get(name).Config(**fields))}
@@ -37,17 +37,17 @@ def _image_encoder(shape: list[int]) -> tuple[dict[str, Any], str]:
     side, channels = min(shape[:2]), shape[2]
     if side >= LARGE_IMAGE and channels == 3:
         weights = "efficientnet-lite0"
-        return _component(ENCODERS, "efficientnet_lite0", imagenet_input=True), weights
+        return component(ENCODERS, "efficientnet_lite0", imagenet_input=True), weights
     if side <= SMALL_IMAGE:
         deeper = {"channels": (32, 64, 128), "dim": 128} if side >= 16 else {}
-        return _component(ENCODERS, "small_cnn", in_channels=channels, **deeper), ""
-    return _component(ENCODERS, "resnet18", in_channels=channels, stem="cifar"), ""
+        return component(ENCODERS, "small_cnn", in_channels=channels, **deeper), ""
+    return component(ENCODERS, "resnet18", in_channels=channels, stem="cifar"), ""
 
 
-def _audio_encoder(sample_rate: int) -> dict[str, Any]:
+def audio_encoder(sample_rate: int) -> dict[str, Any]:
     """A log-mel CNN-LSTM with 32 ms windows and 10 ms hops at the data's sample rate."""
     n_fft = 2 ** math.ceil(math.log2(0.032 * sample_rate))
-    return _component(
+    return component(
         ENCODERS, "cnn_lstm", sample_rate=sample_rate, n_fft=n_fft, hop_length=sample_rate // 100
     )
 
@@ -60,17 +60,17 @@ def choose_encoders(info: dict[str, Any]) -> tuple[dict, dict[str, str], tuple[s
         if m == "image":
             encoders[m], pretrained[m] = _image_encoder(shape)
         elif m == "audio":
-            encoders[m] = _audio_encoder(entry["sample_rate"])
+            encoders[m] = audio_encoder(entry["sample_rate"])
         elif m == "video":
             frame = "small_cnn" if min(shape[1:3]) <= SMALL_IMAGE else "resnet18"
-            encoders[m] = _component(ENCODERS, "video", frame_encoder=frame, in_channels=shape[3])
+            encoders[m] = component(ENCODERS, "video", frame_encoder=frame, in_channels=shape[3])
         elif m == "text" and info["text_vocab"]["tokenizer"] == "minilm-l6":
-            encoders[m] = _component(ENCODERS, "text_transformer")
+            encoders[m] = component(ENCODERS, "text_transformer")
             pretrained[m] = "minilm-l6"
             frozen.append(m)  # 22.7M parameters: trained heads on its sentence vectors
         elif m == "text":
             size = info["text_vocab"]["size"]
-            encoders[m] = _component(ENCODERS, "bilstm", vocab_size=size, embed_dim=128, hidden=128)
+            encoders[m] = component(ENCODERS, "bilstm", vocab_size=size, embed_dim=128, hidden=128)
         else:
             raise ConfigError(f"dataset {info['name']!r}: no encoder is chosen for {m!r} data")
     return encoders, {m: w for m, w in pretrained.items() if w}, tuple(frozen)
@@ -91,7 +91,7 @@ def config_for_data(
     encoders, pretrained, frozen = choose_encoders(info)
     model = {
         "encoders": encoders,
-        "fusion": _component(FUSIONS, fusion),
+        "fusion": component(FUSIONS, fusion),
         "num_classes": info["num_classes"],
         "adversarial_weight": 0.0,
         "classification_weight": 1.0,

@@ -3,6 +3,7 @@
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,11 @@ PREDICT_MODALITIES = ("image", "audio", "video", "text")
 
 
 def _predict(args: argparse.Namespace) -> None:
-    predictor = mmjax.load_predictor(args.workdir)
+    if bool(args.workdir) == bool(args.model):
+        raise MmjaxError("predict needs --workdir RUN (a trained run) or --model NAME (published)")
+    predictor = (
+        mmjax.load_pretrained(args.model) if args.model else mmjax.load_predictor(args.workdir)
+    )
     inputs = {}
     for modality in PREDICT_MODALITIES:
         value = getattr(args, modality)
@@ -110,7 +115,12 @@ def _predict(args: argparse.Namespace) -> None:
     if not inputs:
         flags = ", ".join(f"--{m}" for m in predictor.modalities)
         raise MmjaxError(f"predict needs at least one input; this model takes {flags}")
-    probs = predictor.predict_proba(**inputs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        probs = predictor.predict_proba(**inputs)
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            print(f"note: {warning.message}", file=sys.stderr)
     names = predictor.class_names
     best = names[int(np.argmax(probs))]
     if args.json:
@@ -357,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_eval)
 
     predict = commands.add_parser("predict", help="the class (and probabilities) of new inputs")
-    predict.add_argument("--workdir", required=True)
+    predict.add_argument("--workdir", help="a trained run's directory")
+    predict.add_argument("--model", help="a published model's name (mmjax.published_names())")
     predict.add_argument("--image", help="image file (PNG, JPEG, WebP, ...)")
     predict.add_argument("--audio", help="audio file (WAV; imported datasets: FLAC, OGG, MP3 too)")
     predict.add_argument("--video", help="video file (MP4, WebM, ...)")

@@ -21,7 +21,7 @@ from typing import Any
 import ml_collections
 
 from mmjax.errors import ConfigError
-from mmjax.registry import Registry
+from mmjax.registry import ENCODERS, FUSIONS, Registry
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -144,6 +144,9 @@ def set_value(cfg: ConfigDict, key: str, value: Any) -> None:
             if not isinstance(node, ConfigDict):
                 raise ConfigError(f"config key {where!r} is a value, not a section")
     current = node[parts[-1]]
+    if isinstance(current, ConfigDict) and isinstance(value, str) and "name" in current:
+        _swap_component(node, parts[-1], key, value)
+        return
     if isinstance(current, ConfigDict):
         if not isinstance(value, Mapping):
             raise ConfigError(f"config key {key!r} is a section; set one of its keys instead")
@@ -154,6 +157,21 @@ def set_value(cfg: ConfigDict, key: str, value: Any) -> None:
         value = _parse_literal(value)
     with node.unlocked():
         node[parts[-1]] = _coerce(value, current, key)
+
+
+def _swap_component(node: ConfigDict, field: str, key: str, name: str) -> None:
+    """`--set model.fusion=cnn_rnn`: the component section `key` becomes registered component
+    `name` with its Config's defaults (so its own keys can be `--set` next)."""
+
+    registry = FUSIONS if key == "model.fusion" else ENCODERS
+    if key != "model.fusion" and not key.startswith("model.encoders."):
+        raise ConfigError(f"config key {key!r} is a section; set one of its keys instead")
+    try:
+        defaults = dataclasses.asdict(registry.get(name).Config())
+    except ConfigError as err:  # it lists the registered names
+        raise ConfigError(f"{key}={name}: {err}") from None
+    with node.unlocked():
+        node[field] = ConfigDict({"name": name, **defaults})
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, str]:
@@ -280,7 +298,6 @@ class ModelConfig:
 
 def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
     """Typed ModelConfig from a `model` config section."""
-    from mmjax.registry import ENCODERS, FUSIONS
 
     if isinstance(section, ConfigDict):
         section = section.to_dict()
@@ -337,13 +354,22 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
             "classification_weight": (weights["classification_weight"] >= 0, ">= 0"),
         },
     )
+    pretrained = _pretrained_from(section.get("pretrained") or {}, dict(components))
+    for modality, component in components:
+        temporal = getattr(component.cfg, "temporal", "mean")
+        if component.name == "video" and modality in frozen and temporal != "mean":
+            raise ConfigError(
+                f"config key 'model.encoders.{modality}.temporal' is {temporal!r}, but the "
+                f"video encoder is frozen: its {temporal} model would never train; use "
+                "'mean' (frozen frame features, then a trained fusion head) or unfreeze it"
+            )
     return ModelConfig(
         encoders=components,
         fusion=component_from_mapping(FUSIONS, section.get("fusion"), "model.fusion"),
         num_classes=num_classes,
         frozen=tuple(sorted(frozen)),
         **weights,
-        pretrained=_pretrained_from(section.get("pretrained") or {}, dict(components)),
+        pretrained=pretrained,
     )
 
 
@@ -369,20 +395,38 @@ def _pretrained_from(
             )
         if not _check_type(name, str, where):
             continue
-        spec, component = entry(name), components[modality]
-        if component.name != spec.encoder:
-            raise ConfigError(
-                f"config key {where!r}: {name!r} is a {spec.encoder} encoder, but "
-                f"model.encoders.{modality} is {component.name}"
-            )
-        for field, value in spec.config.items():
-            if getattr(component.cfg, field) != value:
-                raise ConfigError(
-                    f"config key 'model.encoders.{modality}.{field}' is "
-                    f"{getattr(component.cfg, field)!r}; pretrained {name!r} needs {value!r}"
-                )
+        _check_weights_fit(entry(name), components[modality], where, modality)
         pairs.append((modality, name))
     return tuple(pairs)
+
+
+def _check_weights_fit(spec: Any, component: Component, where: str, modality: str) -> None:
+    """ConfigError unless catalog weights `spec` fit the encoder: the same encoder with the
+    Config fields the weights pin, or a video encoder whose frames are that encoder (built
+    with its default Config and the video's in_channels)."""
+    config, section = component.cfg, f"model.encoders.{modality}"
+    if component.name == "video" and component.cfg.frame_encoder == spec.encoder:
+        frame_config = ENCODERS.get(spec.encoder).Config()
+        if any(f.name == "in_channels" for f in dataclasses.fields(frame_config)):
+            frame_config = dataclasses.replace(frame_config, in_channels=config.in_channels)
+        config, section = frame_config, f"model.encoders.{modality} (its {spec.encoder} frames)"
+    elif component.name != spec.encoder:
+        frames = (
+            f" with frame_encoder={spec.encoder}"
+            if ENCODERS.get(spec.encoder).modality == "image"
+            else ""
+        )
+        raise ConfigError(
+            f"config key {where!r}: {spec.name!r} is a {spec.encoder} encoder, but "
+            f"model.encoders.{modality} is {component.name}"
+            + (f" (a video encoder takes it{frames})" if frames else "")
+        )
+    for field, value in spec.config.items():
+        if getattr(config, field) != value:
+            raise ConfigError(
+                f"config key '{section}.{field}' is {getattr(config, field)!r}; "
+                f"pretrained {spec.name!r} needs {value!r}"
+            )
 
 
 def _require(section: str, checks: dict[str, tuple[bool, str]]) -> None:

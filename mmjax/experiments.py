@@ -59,3 +59,45 @@ def emoji_config(model: str = "emoji_clip", arg: str | None = None) -> ml_collec
     """An emoji image <-> caption experiment; its metrics are retrieval and zero-shot accuracy
     (mmjax.train.retrieval), so the classifier's eval splits are off."""
     return experiment_config(model, DataConfig(name="emoji"), 1e-3, (), arg)
+
+
+def product_clips_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Product clips as the task is usually written: a BiLSTM over the title starting from
+    MiniLM-L6 word vectors, ResNet-50 on every frame with an LSTM over the frames, a log-mel
+    CNN-LSTM over the voice-over, late concatenation + MLP; cross-entropy and Adam (no weight
+    decay). The word vectors and the vocabulary are files of the build under the data root
+    ($MMJAX_DATA when this config is read). arg "tiny" shrinks it for tests."""
+    from mmjax.auto_config import audio_encoder, component
+    from mmjax.data.builders import product_clips
+    from mmjax.data.sources import data_root
+    from mmjax.registry import ENCODERS, FUSIONS
+
+    built = data_root() / product_clips.NAME
+    text = component(
+        ENCODERS,
+        "bilstm",
+        vocab_size=product_clips.VOCAB_SIZE,
+        embed_dim=product_clips.WORD_VECTOR_DIM,
+        hidden=64,
+        embeddings=str(built / product_clips.WORD_VECTORS),
+        vocab=str(built / "vocab.txt"),
+    )
+    video = component(ENCODERS, "video", frame_encoder="resnet50", temporal="lstm", hidden=128)
+    model = {
+        "encoders": {
+            "text": text,
+            "video": video,
+            "audio": audio_encoder(product_clips.FULL.sample_rate),
+        },
+        "fusion": component(FUSIONS, "late_concat", hidden=128),
+        "num_classes": len(product_clips.CLASSES),
+        "adversarial_weight": 0.0,
+        "classification_weight": 1.0,
+        "frozen": (),
+        "pretrained": {"text": "", "video": "", "audio": ""},
+    }
+    data = DataConfig(name=product_clips.NAME)
+    cfg = experiment_config(model, data, 1e-3, ("val", "test"), arg)
+    cfg.optim.weight_decay = 0.0  # Adam
+    cfg.train.batch_size = cfg.train.eval_batch_size = 32 if arg != "tiny" else 8
+    return cfg

@@ -80,6 +80,9 @@ def extract(
         "source": source.build_checksums(),
         "extract_seconds": round(time.perf_counter() - started, 2),
     }
+    vocab_file = info.get("text_vocab", {}).get("file")
+    if vocab_file:  # an imported dataset's words vocabulary, which predictions tokenise with
+        shutil.copy2(source.directory / vocab_file, staging / vocab_file)
     (staging / features_store.INFO).write_text(json.dumps(new_info, indent=2))
     staging.rename(out)
     return new_info

@@ -206,3 +206,40 @@ def mfu(flops_per_step: float, seconds_per_step: float, peak: float | None) -> f
     if not peak or seconds_per_step <= 0:
         return None
     return flops_per_step / seconds_per_step / peak
+
+
+def model_cost(config: dict[str, Any], batch: dict[str, np.ndarray], *, iters: int = 10) -> dict:
+    """Parameter counts (all, and the fusion head's), XLA's forward FLOPs per example and the
+    median train-step seconds of the experiment `config` on `batch` (placed on this
+    process's mesh), after one untimed step."""
+    from flax import nnx
+
+    from mmjax.config import experiment_from
+    from mmjax.parallel import data_mesh, put_batch
+    from mmjax.train.state import init_state, state_shardings
+    from mmjax.train.step import make_train_step
+
+    exp = experiment_from(config)
+    mesh = data_mesh()
+    graphdef, state = init_state(exp, mesh)
+    model, _ = nnx.merge(graphdef, state)
+    count = lambda module: sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
+    placed = put_batch(batch, mesh)
+    model_graph, params = nnx.split(model)
+    forward = jax.jit(lambda p, b: nnx.merge(model_graph, p)(b, train=False))
+    flops = xla_flops(forward.lower(params, placed).compile())
+    step = make_train_step(graphdef, state_shardings(state, mesh), mesh)
+    holder = {"state": state}
+
+    def one_step() -> Any:
+        holder["state"], metrics = step(holder["state"], placed)
+        return metrics
+
+    times = measure(one_step, warmup=1, iters=iters)
+    examples = len(batch["label"])
+    return {
+        "params": count(model),
+        "fusion_params": count(model.fusion),
+        "forward_flops": flops / examples if flops is not None else float("nan"),
+        "step_s": times.median,
+    }

@@ -27,8 +27,8 @@ from mmjax.models import build_model
 from mmjax.models.layers import jit_init
 from mmjax.parallel import data_mesh
 from mmjax.predict import Predictor
-from mmjax.pretrained import place
 from mmjax.pretrained.catalog import entry as catalog_entry
+from mmjax.pretrained.load import place_encoder
 from mmjax.train.loop import evaluate
 from mmjax.train.state import init_state
 from mmjax.train.workdir import read_experiment, restore_trained
@@ -78,10 +78,15 @@ def _git_revision() -> str:
 
 
 def _portable(config: dict[str, Any]) -> dict[str, Any]:
-    """The run's config without where its data lived on the publishing machine."""
+    """The run's config without where its data lived on the publishing machine. Trained
+    (unfrozen) word-vector tables only started from their `embeddings` file, and the weights
+    hold what they became, so those files are not needed to load the model."""
     config = json.loads(json.dumps(config))
     config["data"]["root"] = ""
     config["data"]["features"] = ""  # a cached-features store is evaluated on its dataset
+    for encoder in config["model"]["encoders"].values():
+        if encoder.get("embeddings") and not encoder.get("freeze_embeddings"):
+            encoder["embeddings"] = encoder["vocab"] = ""
     return config
 
 
@@ -158,7 +163,7 @@ class PublishedModel(Predictor):
         experiment = experiment_from(self.card["config"])
         model = jit_init(lambda: build_model(experiment.model, rngs=nnx.Rngs(0)))
         for m in _catalog_encoders(experiment.model):  # not stored: load their pinned files
-            place(model.encoders[m], catalog_entry(dict(experiment.model.pretrained)[m]))
+            place_encoder(model.encoders[m], catalog_entry(dict(experiment.model.pretrained)[m]))
         state = nnx.state(model, _stored(experiment.model))
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = jax.tree.map(

@@ -18,7 +18,7 @@ def test_configs_exist():
 @pytest.mark.parametrize("arg", ["", ":tiny"])
 def test_shipped_config_is_valid(path, arg):
     exp = experiment_from(load_config_file(path + arg))
-    assert exp.model.num_classes == {"avdigits": 10, "emoji": 9}[exp.data.name]
+    assert exp.model.num_classes == {"avdigits": 10, "emoji": 9, "product-clips": 10}[exp.data.name]
     assert exp.train.batch_size % 4 == 0
 
 
@@ -63,6 +63,46 @@ def test_overrides_are_typed():
 def test_bad_override_names_the_key(override, match):
     with pytest.raises(mmjax.ConfigError, match=match):
         experiment_from(apply_overrides(load_config_file("configs/avdigits_late.py"), [override]))
+
+
+def test_a_component_is_swapped_by_name():
+    cfg = load_config_file("configs/avdigits_late.py")
+    apply_overrides(cfg, ["model.fusion=cnn_rnn", "model.fusion.width=32"])
+    apply_overrides(cfg, ["model.encoders.image=resnet18", "model.encoders.image.in_channels=1"])
+    exp = experiment_from(cfg)
+    assert exp.model.fusion.name == "cnn_rnn" and exp.model.fusion.cfg.width == 32
+    assert exp.model.fusion.cfg.steps == 8  # the head's own defaults
+    assert dict(exp.model.encoders)["image"].name == "resnet18"
+    with pytest.raises(mmjax.ConfigError, match=r"model.fusion=nope: unknown fusion 'nope'"):
+        apply_overrides(cfg, ["model.fusion=nope"])
+    with pytest.raises(mmjax.ConfigError, match=r"config key 'optim' is a section"):
+        apply_overrides(cfg, ["optim=adam"])
+
+
+def _video_model(**video):
+    section = {"name": "video", "frame_encoder": "efficientnet_lite0", "temporal": "mean"}
+    return {
+        "encoders": {"video": section | video},
+        "fusion": {"name": "late_concat"},
+        "num_classes": 3,
+        "pretrained": {"video": "efficientnet-lite0"},
+        "frozen": ("video",),
+    }
+
+
+def test_catalog_image_weights_fit_a_video_encoders_frames():
+    assert mmjax.model_config_from(_video_model()).pretrained == (("video", "efficientnet-lite0"),)
+    with pytest.raises(
+        mmjax.ConfigError,
+        match=r"'efficientnet-lite0' is a efficientnet_lite0 encoder, but model.encoders.video "
+        r"is video \(a video encoder takes it with frame_encoder=efficientnet_lite0\)",
+    ):
+        mmjax.model_config_from(_video_model(frame_encoder="small_cnn"))
+    with pytest.raises(
+        mmjax.ConfigError,
+        match=r"model.encoders.video.temporal' is 'lstm', but the video encoder is frozen",
+    ):
+        mmjax.model_config_from(_video_model(temporal="lstm"))
 
 
 def test_unknown_component_lists_choices():

@@ -17,20 +17,15 @@ same --workdir and --steps.
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 
 import mmjax
-from mmjax.config import experiment_from
 from mmjax.experiments import avdigits_config
-from mmjax.parallel import data_mesh, put_batch
+from mmjax.perf import model_cost
 from mmjax.train.loop import evaluate_workdir
-from mmjax.train.state import init_state, state_shardings
-from mmjax.train.step import make_train_step
 from mmjax.train.workdir import read_experiment
 
 TIMED_STEPS = 10
@@ -56,32 +51,10 @@ def _random_batch(size: int) -> dict[str, np.ndarray]:
 
 
 def cost(config: dict) -> dict[str, float]:
-    """Parameter counts, forward FLOPs per example and median train-step seconds."""
-    exp = experiment_from(config)
-    mesh = data_mesh()
-    graphdef, state = init_state(exp, mesh)
-    model, _ = nnx.merge(graphdef, state)
-    count = lambda module: sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
-    batch = put_batch(_random_batch(exp.train.batch_size), mesh)
-    model_graph, params = nnx.split(model)
-    forward = jax.jit(lambda p, b: nnx.merge(model_graph, p)(b, train=False))
-    analysis = forward.lower(params, batch).compile().cost_analysis()
-    analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis
-    step = make_train_step(graphdef, state_shardings(state, mesh), mesh)
-    state, metrics = step(state, batch)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(TIMED_STEPS):
-        started = time.perf_counter()
-        state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - started)
-    return {
-        "params": count(model),
-        "fusion_params": count(model.fusion),
-        "forward_flops": float(analysis.get("flops", float("nan"))) / exp.train.batch_size,
-        "step_ms": 1000 * statistics.median(times),
-    }
+    """Parameter counts, forward FLOPs per example and median train-step milliseconds."""
+    batch = _random_batch(config["train"]["batch_size"])
+    measured = model_cost(config, batch, iters=TIMED_STEPS)
+    return measured | {"step_ms": 1000 * measured.pop("step_s")}
 
 
 def run_head(fusion: str, seeds: list[int], steps: int, data_dir: str, workdir: Path) -> dict:

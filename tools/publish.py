@@ -1,10 +1,18 @@
 """Publish a finished run as a model inside the package (mmjax/published/NAME).
 
 python tools/publish.py --workdir runs/demo/avdigits_late --name avdigits-late
+    [--small-build DATA_ROOT]
+
+--small-build records the model's accuracy on every split of the `--small` build of its
+dataset under DATA_ROOT (with that build's checksums) in the card's "small_build", so a
+cheap test can reproduce the card on a fresh small build.
 """
 
 import argparse
+import json
 
+from mmjax.config import DataConfig
+from mmjax.data import sources
 from mmjax.publish import PublishedModel, publish
 
 
@@ -12,13 +20,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--name", required=True)
+    parser.add_argument("--small-build", help="data root holding the dataset's --small build")
     args = parser.parse_args()
     folder = publish(args.workdir, args.name)
     model = PublishedModel(args.name)
+    if args.small_build:
+        dataset = model.card["config"]["data"]["name"]
+        source = sources.open_source(DataConfig(name=dataset, root=args.small_build))
+        if not source.info.get("build", {}).get("small", source.info.get("small")):
+            raise SystemExit(f"--small-build {args.small_build}: {dataset} there is not --small")
+        model.card["small_build"] = {
+            "dataset_build": source.build_checksums(),
+            "accuracy": {
+                split: model.evaluate(split, data_root=args.small_build)["accuracy"]
+                for split in source.info["splits"]
+            },
+        }
+        (folder / "card.json").write_text(json.dumps(model.card, indent=2) + "\n")
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     print(f"published {args.name} to {folder} ({size / 1e3:.0f} kB)")
     for split, accuracy in model.card["metrics"]["accuracy"].items():
         print(f"  {split}: card accuracy {accuracy:.4f}")
+    for split, accuracy in model.card.get("small_build", {}).get("accuracy", {}).items():
+        print(f"  {split} of the small build: {accuracy:.4f}")
 
 
 if __name__ == "__main__":

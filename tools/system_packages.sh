@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(espeak-ng flite
   asterisk-core-sounds-en-wav asterisk-core-sounds-fr-wav asterisk-core-sounds-es-wav
   asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav
-  fonts-noto-color-emoji unicode-data)
+  fonts-noto-color-emoji unicode-data dataset-fashion-mnist wordnet-base)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

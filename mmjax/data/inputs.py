@@ -8,6 +8,7 @@ waveforms, token ids), one sample when it has the per-sample rank.
 """
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,16 @@ def _prepare(
     out = {m: _stack(dataset, m, [d[m] if d else None for d in decoded]), presence_key(m): present}
     if m == "video" and "audio" in modalities and "audio" not in batch:
         tracks = [d.get("audio") if d else None for d in decoded]
+        silent = [
+            _name(v) for v, d, t in zip(values, decoded, tracks, strict=True) if d and t is None
+        ]
+        if silent:
+            warnings.warn(
+                f"video {', '.join(silent)}: no audio track; predicting with the audio "
+                "modality masked (missing) for it",
+                UserWarning,
+                stacklevel=4,
+            )
         if any(t is not None for t in tracks):
             out["audio"] = _stack(dataset, "audio", tracks)
             out[presence_key("audio")] = np.array([t is not None for t in tracks])

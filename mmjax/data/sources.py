@@ -47,12 +47,14 @@ def open_source(cfg: DataConfig) -> DataSource:
 
 
 def imported_names(root: Path) -> list[str]:
-    """Names of the imported datasets under `root`."""
+    """Names of the imported datasets under `root`, built-in datasets (a builder may import
+    the files it writes) left out."""
     from mmjax.data.imports.stored import is_imported
 
     if not Path(root).is_dir():
         return []
-    return sorted(p.name for p in Path(root).iterdir() if is_imported(p))
+    found = (p.name for p in Path(root).iterdir() if p.name not in DATASETS and is_imported(p))
+    return sorted(found)
 
 
 def load_info(root: Path, name: str) -> dict[str, Any]:

@@ -348,7 +348,8 @@ class EfficientNetLite0(nnx.Module):
     tokens are the head's map positions (7x7 at 224x224, 1x1 at 32x32). Parameters are named for
     the PyTorch checkpoint's layout: `stem`, `blocks[i].expand/.depthwise/.project`, `head`, each a
     `conv` + `norm` pair. The pretrained weights expect `(255 x - 127) / 128` of [0, 1] pixels;
-    `imagenet_input=True` (pinned by the `efficientnet-lite0` catalog entry) applies it.
+    `imagenet_input=True` (the default, pinned by the `efficientnet-lite0` catalog entry)
+    applies it, so the default Config (which a video encoder's frames get) fits the weights.
     """
 
     modality = "image"
@@ -356,7 +357,7 @@ class EfficientNetLite0(nnx.Module):
     @dataclasses.dataclass(frozen=True)
     class Config:
         in_channels: int = 3
-        imagenet_input: bool = False  # map [0, 1] inputs to the (255 x - 127) / 128 of ImageNet
+        imagenet_input: bool = True  # map [0, 1] inputs to the (255 x - 127) / 128 of ImageNet
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
         self.imagenet_input = cfg.imagenet_input

@@ -45,7 +45,10 @@ class FrameVideo(nnx.Module):
     "single-frame CNN + temporal pooling / LSTM" family (Karpathy et al. 2014; Donahue et al.
     2015). A Config field cannot hold another encoder's Config, so the frame encoder is built
     with its own *default* Config, only its `in_channels` (if it has that field) being set from
-    this Config's `in_channels`.
+    this Config's `in_channels`. Catalog image weights (`model.pretrained.video:
+    efficientnet-lite0` with `frame_encoder: efficientnet_lite0`) go into the frame encoder;
+    frozen, with `temporal: "mean"`, its frame features can be cached once with
+    `mmjax features extract`.
     """
 
     modality = "video"

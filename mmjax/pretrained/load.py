@@ -21,10 +21,15 @@ def place(encoder: nnx.Module, spec: PretrainedEncoder) -> None:
     assign(encoder, table, source=str(path), unused=weights.unread(spec.ignored))
 
 
+def place_encoder(encoder: nnx.Module, spec: PretrainedEncoder) -> None:
+    """`place` into a model's encoder: a video encoder's weights go to its frame encoder."""
+    place(encoder.frames if encoder.modality == "video" else encoder, spec)
+
+
 def place_pretrained(model: MultimodalModel, cfg: ModelConfig) -> None:
     """Put the published weights named by `cfg.pretrained` into `model`'s encoders."""
     for modality, name in cfg.pretrained:
-        place(model.encoders[modality], entry(name))
+        place_encoder(model.encoders[modality], entry(name))
 
 
 def load_encoder(name: str) -> nnx.Module:

@@ -26,7 +26,6 @@ Layout: `root/avdigits/info.json` plus `{split}.array_record-*` shards of npz re
 import importlib.util
 import itertools
 import os
-import shutil
 import subprocess
 import tempfile
 import time
@@ -39,6 +38,21 @@ import numpy as np
 
 from mmjax.data.audio_io import prepare_waveform, read_wav
 from mmjax.data.builders.built import Built, building, write_info
+from mmjax.data.builders.voices import (
+    APT_TTS,
+    FLITE_VOICES,
+    TTS_SPLITS,
+    Accent,
+    Voice,
+    cut,
+    espeak_accents,
+    espeak_variants,
+    last_line,
+    require_tts,
+    split_accents,
+    split_variants,
+    tts_versions,
+)
 from mmjax.data.records import write_shards
 from mmjax.errors import DataError, InputError
 
@@ -50,17 +64,12 @@ SAMPLE_RATE = 8000
 NUM_SAMPLES = 8000
 LANGUAGES = ("en", "fr", "es", "it", "ru")
 LANGUAGE_NAMES = dict(en="English", fr="French", es="Spanish", it="Italian", ru="Russian")
-TTS_SPLITS = ("train", "val", "test")
 ASTERISK_SOUNDS = Path("/usr/share/asterisk/sounds")
 ASTERISK_PACKAGES = tuple(f"asterisk-core-sounds-{lang}-wav" for lang in LANGUAGES)
-APT_TTS = "apt-get install espeak-ng flite"
 APT_HUMAN = "apt-get install " + " ".join(ASTERISK_PACKAGES)
 APT_ALL = f"{APT_TTS} {' '.join(ASTERISK_PACKAGES)}"
 PIP_SKLEARN = "pip install scikit-learn"
 ENGLISH_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# kal16 is kal's speaker again and awb_time only speaks clock times.
-FLITE_VOICES = ("kal", "awb", "rms", "slt")
-SPLIT_FRACTIONS = {"val": 0.1, "test": 0.2}  # the rest is train; images, accents, variants
 HUMAN_IMAGES_PER_CLIP = 4
 ESPEAK_SPEED = (90, 180)  # words per minute; the human prompts are slower than the default 175
 ESPEAK_PITCH = (25, 75)  # 0..99
@@ -85,25 +94,6 @@ class Scale:
 # variants each), test 4 x 17; x 10 digits, plus 10 x 5 flite takes per flite voice.
 FULL = Scale(train_pairs=50, val_pairs=10, test_pairs=17, flite_takes=5)
 SMALL = Scale(train_pairs=3, val_pairs=1, test_pairs=1, flite_takes=1)
-
-
-@dataclass(frozen=True)
-class Accent:
-    code: str  # espeak's language code, e.g. "en-gb-x-gbclan"
-    file: str  # its voice file, e.g. "gmw/en-GB-x-gbclan"
-    language: str
-
-
-@dataclass(frozen=True)
-class Voice:
-    tool: str  # "espeak" or "flite"
-    name: str  # what the record stores after "tool:", e.g. "fr-fr+m3"
-    arg: str  # what the tool's voice flag gets, e.g. "roa/fr+m3"
-    language: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.tool}:{self.name}"
 
 
 @dataclass(frozen=True)
@@ -140,8 +130,8 @@ def prepare_avdigits(
     images, labels = _load_images()
     pools = _split_images(labels, rng)
     log(f"{NAME}: {len(labels)} images -> " + ", ".join(f"{k} {len(v)}" for k, v in pools.items()))
-    accents = _split_accents(_espeak_accents(), rng)
-    variants = _split_variants(_espeak_variants(), rng)
+    accents = split_accents(espeak_accents(LANGUAGES), rng)
+    variants = split_variants(espeak_variants(), rng)
     voices = _voices(accents, variants, scale, rng)
     clips = {split: _clips(split_voices, scale, rng) for split, split_voices in voices.items()}
     audio, skipped = _synthesise(clips, log)
@@ -177,9 +167,7 @@ def _quiet(*_args: object) -> None:
 
 
 def _require_tools() -> None:
-    missing = [tool for tool in ("espeak-ng", "flite") if shutil.which(tool) is None]
-    if missing:
-        raise DataError(f"AV-Digits needs {' and '.join(missing)} on PATH: `{APT_TTS}`")
+    require_tts("AV-Digits")
     if importlib.util.find_spec("sklearn") is None:
         raise DataError(f"AV-Digits needs scikit-learn's digit images: `{PIP_SKLEARN}`")
 
@@ -197,89 +185,9 @@ def _split_images(labels: np.ndarray, rng: np.random.Generator) -> dict[str, np.
     """Stratified, disjoint index pools per split (70/10/20)."""
     pools: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
     for digit in range(NUM_CLASSES):
-        for split, part in _cut(rng.permutation(np.flatnonzero(labels == digit))).items():
+        for split, part in cut(rng.permutation(np.flatnonzero(labels == digit))).items():
             pools[split].append(part)
     return {split: np.sort(np.concatenate(parts)) for split, parts in pools.items()}
-
-
-def _cut(items: np.ndarray) -> dict[str, np.ndarray]:
-    """Cuts a shuffled sequence into train/val/test; test gets >= 1 when n >= 2, val when n >= 3.
-
-    Train always gets >= 1: n = 1 -> 1/0/0, 2 -> 1/0/1, 3 -> 1/1/1, 4 -> 2/1/1, 8 -> 5/1/2.
-    """
-    n = len(items)
-    n_val, n_test = (
-        max(1, round(n * SPLIT_FRACTIONS[s])) if n >= least else 0
-        for s, least in (("val", 3), ("test", 2))
-    )
-    n_train = n - n_val - n_test
-    return {
-        "train": items[:n_train],
-        "val": items[n_train : n_train + n_val],
-        "test": items[n_train + n_val :],
-    }
-
-
-def _espeak_accents() -> dict[str, list[Accent]]:
-    """Installed espeak base voices (accents) per language, sorted; mbrola voices excluded."""
-    by_language: dict[str, list[Accent]] = {lang: [] for lang in LANGUAGES}
-    for row in _voice_table("--voices"):
-        code, file = row[1], row[4]
-        lang = code.split("-")[0]
-        if lang in by_language and not file.startswith(("mb/", "!v/")):
-            by_language[lang].append(Accent(code, file, lang))
-    missing = sorted(lang for lang, accents in by_language.items() if not accents)
-    if missing:
-        raise DataError(f"espeak-ng has no voice for {missing}; reinstall with `{APT_TTS}`")
-    return {lang: sorted(accents, key=lambda a: a.code) for lang, accents in by_language.items()}
-
-
-def _espeak_variants() -> dict[str, list[str]]:
-    """Installed espeak variant names (speaker timbres) by gender ("M", "F"), sorted."""
-    by_gender: dict[str, list[str]] = {}
-    for row in _voice_table("--voices=variant"):
-        if row[4].startswith("!v/"):
-            by_gender.setdefault(row[2].split("/")[-1], []).append(row[4][3:])
-    if sum(map(len, by_gender.values())) < 3:
-        raise DataError(
-            f"espeak-ng has fewer than 3 voice variants (one each for train, val and test); "
-            f"reinstall with `{APT_TTS}`"
-        )
-    return {gender: sorted(names) for gender, names in sorted(by_gender.items())}
-
-
-def _voice_table(flag: str) -> list[list[str]]:
-    """Rows of `espeak-ng --voices...`: Pty, Language, Age/Gender, VoiceName, File, ..."""
-    lines = _run(["espeak-ng", flag]).splitlines()[1:]
-    return [row for row in (line.split() for line in lines) if len(row) >= 5]
-
-
-def _split_accents(
-    accents: dict[str, list[Accent]], rng: np.random.Generator
-) -> dict[str, dict[str, list[Accent]]]:
-    """split -> language -> its accents: each language's accents are cut disjointly.
-
-    A language with one accent is train-only, with two has no val (see `_cut`).
-    """
-    groups: dict[str, dict[str, list[Accent]]] = {split: {} for split in TTS_SPLITS}
-    for lang, options in accents.items():
-        shuffled = [options[i] for i in rng.permutation(len(options))]
-        for split, part in _cut(np.arange(len(shuffled))).items():
-            if len(part):
-                groups[split][lang] = sorted((shuffled[i] for i in part), key=lambda a: a.code)
-    return groups
-
-
-def _split_variants(
-    variants: dict[str, list[str]], rng: np.random.Generator
-) -> dict[str, list[str]]:
-    """split -> variant names: disjoint, cut per gender so every split has both if it can."""
-    groups: dict[str, list[str]] = {split: [] for split in TTS_SPLITS}
-    for names in variants.values():
-        shuffled = [names[i] for i in rng.permutation(len(names))]
-        for split, part in _cut(np.arange(len(shuffled))).items():
-            groups[split] += [shuffled[i] for i in part]
-    return {split: sorted(names) for split, names in groups.items()}
 
 
 def _voices(
@@ -291,12 +199,12 @@ def _voices(
     """Per split, `scale.pairs(split)` random (accent, variant) pairs per language drawn from
     that split's accents x its variants, plus a 2/1/1 cut of the flite voices."""
     flite = [Voice("flite", name, name, "en") for name in FLITE_VOICES]
-    flite_parts = _cut(rng.permutation(len(flite)))
+    flite_parts = cut(rng.permutation(len(flite)))
     voices: dict[str, list[Voice]] = {}
     for split in TTS_SPLITS:
         voices[split] = []
-        for lang, split_accents in accents[split].items():
-            pairs = list(itertools.product(split_accents, variants[split]))
+        for lang, accents_of_split in accents[split].items():
+            pairs = list(itertools.product(accents_of_split, variants[split]))
             for i in sorted(rng.permutation(len(pairs))[: scale.pairs(split)]):
                 accent, variant = pairs[i]
                 voices[split].append(
@@ -512,33 +420,14 @@ def _sources() -> dict:
 
     packages = {}
     for package in ASTERISK_PACKAGES:
-        version = _last_line(["dpkg-query", "-W", "-f", "${Version}", package])
+        version = last_line(["dpkg-query", "-W", "-f", "${Version}", package])
         if version:
             packages[package] = version
     return {
-        "espeak-ng": _last_line(["espeak-ng", "--version"]),
-        "flite": _last_line(["flite", "--version"]),
+        **tts_versions(),
         "scikit-learn": f"{sklearn.__version__} (sklearn.datasets.load_digits)",
         "asterisk": packages,
     }
-
-
-def _run(argv: list[str]) -> str:
-    """stdout of a short command; DataError when it fails."""
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as e:
-        raise DataError(f"`{' '.join(argv)}` failed ({e}); reinstall with `{APT_TTS}`") from None
-
-
-def _last_line(argv: list[str]) -> str:
-    """Last stdout line of a version query whatever its exit status (flite --version exits 1)."""
-    try:
-        out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    lines = out.strip().splitlines()
-    return lines[-1].strip() if lines else ""
 
 
 BUILT = Built(NAME, "AV-Digits", VERSION, SPLITS, sources=f"`{APT_ALL}` and `{PIP_SKLEARN}`")

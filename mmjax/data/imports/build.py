@@ -114,10 +114,11 @@ def import_table(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Import `table` as dataset `name` under `root`; return its info."""
+    """Import `table` as dataset `name` under `root`; return its info. `extra` adds entries
+    to info.json (a built-in dataset's builder records its version and settings there)."""
     started = time.perf_counter()
-    check_name(name)
     root = Path(root)
     final = root / name
     if final.exists() and not overwrite:
@@ -170,7 +171,7 @@ def import_table(
             problems,
             text,
             started,
-        )
+        ) | (extra or {})
         (build_dir / REPORT).write_text(json.dumps(report, indent=2, ensure_ascii=False))
         if text and text["vocab"]:
             (build_dir / words_vocab.FILE).write_text("\n".join(text["vocab"]) + "\n")
@@ -272,7 +273,10 @@ def _empty_cells(table: Table, options: ImportOptions, problems: dict) -> None:
                 problems.setdefault(i, []).append(
                     RowProblem(name, table.columns[m], "", f"required modality {m!r} is empty")
                 )
-    missing = [m for m in options.require if m not in table.columns]
+    from_video = "video" in table.columns and "audio" not in table.columns
+    missing = [
+        m for m in options.require if m not in table.columns and not (m == "audio" and from_video)
+    ]
     if missing:
         raise ConfigError(
             f"--require {','.join(options.require)}: the source has no {missing} column "
@@ -359,6 +363,7 @@ def _write_splits(
                 rows,
                 decode_many,
                 preprocess,
+                options.require,
                 labels,
                 class_index,
                 text,
@@ -378,6 +383,7 @@ def _records(
     rows: list[int],
     decode_many: Any,
     preprocess: Preprocess,
+    require: tuple[str, ...],
     labels: list[str],
     class_index: dict[str, int],
     text: dict | None,
@@ -385,8 +391,9 @@ def _records(
     tallies: tuple[Counter, Counter],
     bar: tqdm,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The records of `rows`, decoded a chunk at a time; rows that fail are left out.
-    `tallies` (records per class, missing cells per modality) are counted as they go."""
+    """The records of `rows`, decoded a chunk at a time; rows that fail are left out (a clip
+    without an audio track fails when audio is `require`d). `tallies` (records per class,
+    missing cells per modality) are counted as they go."""
     counts, missing = tallies
     columns = dict(table.columns)
     chunks = (
@@ -398,6 +405,16 @@ def _records(
     )
     for index, record, row_problems in decode_many(chunks):
         bar.update(1)
+        if not row_problems and "audio" in require and _missing(record, "audio"):
+            clip = table.row(index)["video"]
+            row_problems = [
+                RowProblem(
+                    table.row_names[index],
+                    columns["video"],
+                    clip if isinstance(clip, str) else f"<{len(clip)} bytes>",
+                    "required modality 'audio': the clip has no audio track",
+                )
+            ]
         if row_problems:
             problems[index] = row_problems
             continue
