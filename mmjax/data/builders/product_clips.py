@@ -136,9 +136,19 @@ class Settings:
 MOTION = Motion(size=32, frames=8, scale=(0.6, 0.9), occluder=(0.15, 0.3), noise=0.06)
 FULL = Settings(clips={"train": 3000, "val": 500, "test": 1000}, motion=MOTION)
 SMALL = dataclasses.replace(FULL, clips={"train": 40, "val": 10, "test": 20})
-# Test accuracy measured on a full build (3 seeds) by tools/product_clips_results.py; see
-# docs/results/product_clips.md for every model and setting.
-MEASURED: dict[str, object] = {}
+# Test accuracy on a full build of this version, mean over seeds 0-2 of 500 steps, measured by
+# tools/product_clips_results.py (docs/results/product_clips.md has every model and setting).
+# The frames were frozen ImageNet EfficientNet-Lite0 features cached once.
+MEASURED: dict[str, object] = {
+    "steps": 500,
+    "seeds": [0, 1, 2],
+    "test_accuracy": {
+        "late_concat": 0.915,
+        "title_only": 0.351,
+        "voice_only": 0.366,
+        "frames_only": 0.469,
+    },
+}
 
 
 @dataclasses.dataclass(frozen=True)
