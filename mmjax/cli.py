@@ -96,7 +96,10 @@ PREDICT_MODALITIES = ("image", "audio", "video", "text")
 
 def _predict(args: argparse.Namespace) -> None:
     if bool(args.workdir) == bool(args.model):
-        raise MmjaxError("predict needs --workdir RUN (a trained run) or --model NAME (published)")
+        raise MmjaxError(
+            "predict needs one of --workdir RUN (a trained run) or --model NAME (a published "
+            f"model), {'not both' if args.workdir else 'got neither'}"
+        )
     predictor = (
         mmjax.load_pretrained(args.model) if args.model else mmjax.load_predictor(args.workdir)
     )
