@@ -44,7 +44,6 @@ ONLY = {
     "frames_only_pretrained": "video",
     "voice_only": "audio",
 }
-PRETRAINED_MODELS = ("late_concat_pretrained_frames", "frames_only_pretrained")
 CACHED_FRAMES = {  # frozen EfficientNet-Lite0 frames, cached once
     "model.encoders.video.frame_encoder": "efficientnet_lite0",
     "model.encoders.video.temporal": "mean",
@@ -58,8 +57,10 @@ MODELS = {
     "mbt": {"model.fusion": "mbt"},
     "perceiver": {"model.fusion": "perceiver"},
     "tensor_fusion": {"model.fusion": "tensor_fusion"},
-    "late_concat_pretrained_frames": CACHED_FRAMES,
-} | {name: CACHED_FRAMES if name in PRETRAINED_MODELS else {} for name in ONLY}
+}
+HEADS = tuple(MODELS)
+MODELS |= {f"{head}_pretrained_frames": MODELS[head] | CACHED_FRAMES for head in HEADS}
+MODELS |= {name: CACHED_FRAMES if name.endswith("_pretrained") else {} for name in ONLY}
 FRAME_ENCODERS = ("resnet50", "resnet18", "small_cnn")
 
 
@@ -91,7 +92,7 @@ def cached_frames(args: argparse.Namespace) -> str:
     """The frozen EfficientNet-Lite0 frame features, extracted once (with their seconds)."""
     out = Path(args.workdir) / "efficientnet_frames"
     if not (out / "info.json").is_file():
-        info = extract(experiment(PRETRAINED_MODELS[0], 0, args), out)
+        info = extract(experiment("late_concat_pretrained_frames", 0, args), out)
         print(f"cached frame features in {info['extract_seconds']:.1f} s", flush=True)
         (out.parent / "extract_seconds.json").write_text(json.dumps(info["extract_seconds"]))
     return str(out)
@@ -106,7 +107,7 @@ def run(name: str, seed: int, args: argparse.Namespace) -> dict:
         if read_experiment(run_dir)["config"]["train"]["steps"] != args.steps:
             raise SystemExit(f"{run_dir} ran another --steps; use another --workdir")
         return json.loads(done.read_text())
-    features = cached_frames(args) if name in PRETRAINED_MODELS else ""
+    features = cached_frames(args) if MODELS[name].get("model.frozen") else ""
     config = experiment(name, seed, args, features)
     started = time.perf_counter()
     results = mmjax.train(config, run_dir, progress=False)
@@ -141,7 +142,7 @@ def row(name: str, args: argparse.Namespace) -> dict:
 
 def cost(name: str, args: argparse.Namespace, frames: str = "", iters: int = 10) -> dict:
     """model_cost on a batch of real test records (`frames`: another trained frame encoder)."""
-    features = cached_frames(args) if name in PRETRAINED_MODELS else ""
+    features = cached_frames(args) if MODELS[name].get("model.frozen") else ""
     config = experiment(name, 0, args, features)
     if frames:
         config["model"]["encoders"]["video"]["frame_encoder"] = frames
