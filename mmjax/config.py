@@ -162,7 +162,6 @@ def set_value(cfg: ConfigDict, key: str, value: Any) -> None:
 def _swap_component(node: ConfigDict, field: str, key: str, name: str) -> None:
     """`--set model.fusion=cnn_rnn`: the component section `key` becomes registered component
     `name` with its Config's defaults (so its own keys can be `--set` next)."""
-
     registry = FUSIONS if key == "model.fusion" else ENCODERS
     if key != "model.fusion" and not key.startswith("model.encoders."):
         raise ConfigError(f"config key {key!r} is a section; set one of its keys instead")
@@ -298,7 +297,6 @@ class ModelConfig:
 
 def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
     """Typed ModelConfig from a `model` config section."""
-
     if isinstance(section, ConfigDict):
         section = section.to_dict()
     if not isinstance(section, Mapping):
