@@ -1,9 +1,12 @@
 """Test setup: 4 fake CPU devices, forced before anything imports jax."""
 
 import atexit
+import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from pathlib import Path
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
@@ -24,20 +27,77 @@ from mmjax.data.builders.avdigits import prepare_avdigits
 assert jax.device_count() == 4, f"tests need 4 fake CPU devices, got {jax.devices()}"
 
 
+# The test files that take longest, longest first (file totals of `--durations=0`). `make test`
+# runs one file per worker at a time (--dist loadfile), and xdist's default queue puts files
+# with more tests first, which left the one-test end-to-end file to start last, alone, while
+# the other worker had nothing left. Long files first end both workers at about the same time.
+# Files not named here follow in xdist's order.
+LONGEST_FIRST = (
+    "test_components",
+    "test_fusion_training",
+    "test_product_clips",
+    "test_end_to_end",
+    "test_faults",
+    "test_bench",
+    "test_published",
+    "test_multiprocess",
+    "test_import",
+    "test_text_audio_video",
+    "test_auxiliary_losses",
+    "test_pretrained_models",
+    "test_features",
+    "test_fusion_reference",
+    "test_train_loop",
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order set below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    by_size = {}  # xdist's own order for the rest: files with more tests first
+    for item in items:
+        by_size[item.path] = by_size.get(item.path, 0) + 1
+    items.sort(key=lambda item: (rank.get(item.path.stem, len(rank)), -by_size[item.path]))
+
+
+def _build_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]):
+    """A folder made by `build(folder)`, once per test run: under pytest-xdist the first worker
+    that asks builds it in the run's shared temporary folder (holding a lock meanwhile) and the
+    other workers reuse it. Builds are deterministic and no test writes into them."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        root = factory.mktemp(name)
+        build(root)
+        return root
+    shared = factory.getbasetemp().parent  # every worker's basetemp is a folder in it
+    root, done = shared / f"shared-{name}", shared / f"shared-{name}.done"
+    with open(shared / f"shared-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a build a failed worker left half done
+            root.mkdir()
+            build(root)
+            done.touch()
+    return root
+
+
 @pytest.fixture(scope="session")
 def avdigits_root(tmp_path_factory: pytest.TempPathFactory):
     """A small AV-Digits build (real digits, real TTS and human speech), shared by the session."""
-    root = tmp_path_factory.mktemp("data")
-    prepare_avdigits(root, small=True, progress=False)
-    return root
+    return _build_once(
+        tmp_path_factory, "data", lambda root: prepare_avdigits(root, small=True, progress=False)
+    )
 
 
 @pytest.fixture(scope="session")
 def full_root(tmp_path_factory: pytest.TempPathFactory):
     """The full AV-Digits build (3,900 records; about 15-30 s on 2 cores)."""
-    root = tmp_path_factory.mktemp("avdigits_full")
-    prepare_avdigits(root, progress=False)
-    return root
+    return _build_once(
+        tmp_path_factory, "avdigits_full", lambda root: prepare_avdigits(root, progress=False)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +105,6 @@ def emoji_root(tmp_path_factory: pytest.TempPathFactory):
     """A small emoji image <-> caption build (real font, real Unicode names; a few seconds)."""
     from mmjax.data.builders.emoji import prepare_emoji
 
-    root = tmp_path_factory.mktemp("emoji")
-    prepare_emoji(root, small=True, progress=False)
-    return root
+    return _build_once(
+        tmp_path_factory, "emoji", lambda root: prepare_emoji(root, small=True, progress=False)
+    )

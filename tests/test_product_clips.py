@@ -2,6 +2,7 @@
 missing-stream rules, and prediction on an MP4 and a title."""
 
 import csv
+import functools
 import json
 
 import av
@@ -192,6 +193,12 @@ def test_pretrained_branch_caches_imagenet_frame_features(clips_root, monkeypatc
 PUBLISHED = [n for n in mmjax.publish.published_names() if n.startswith("product-clips")]
 
 
+@functools.cache
+def _published(name: str):
+    """Loaded once per test file: loading builds the model and its EfficientNet frames."""
+    return mmjax.load_pretrained(name)
+
+
 def test_a_product_clips_model_is_published():
     assert PUBLISHED
 
@@ -200,7 +207,7 @@ def test_a_product_clips_model_is_published():
 def test_published_card_reproduces_on_a_fresh_small_build(name, clips_root):
     """The card records the model's accuracy on the `--small` build too (tools/publish.py
     --small-build); a fresh small build has its checksums and gives exactly those numbers."""
-    published = mmjax.load_pretrained(name)
+    published = _published(name)
     small = published.card["small_build"]
     source = open_source(mmjax.config.DataConfig(name="product-clips", root=str(clips_root)))
     assert source.build_checksums()["shards"] == small["dataset_build"]["shards"]
@@ -213,7 +220,7 @@ def test_published_card_reproduces_on_a_fresh_small_build(name, clips_root):
 def test_predict_takes_an_mp4_and_a_title(name, clips_root, capsys):
     from mmjax.cli import main
 
-    published = mmjax.load_pretrained(name)
+    published = _published(name)
     rows = [r for r in _manifest(clips_root) if r["title"]]
     folder = clips_root / product_clips.FILES
     streams = {r["video"]: _streams(folder / r["video"]) for r in rows}
