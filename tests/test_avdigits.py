@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmjax.data import audio_io
-from mmjax.data.builders import avdigits
+from mmjax.data.builders import avdigits, voices
 from mmjax.data.records import decode_record, encode_record
 from mmjax.errors import DataError, InputError
 from mmjax.registry import DATASETS
@@ -80,7 +80,7 @@ def test_split_sizes(built):
 
 
 def _accent_counts() -> dict[str, int]:
-    return {lang: len(accents) for lang, accents in avdigits._espeak_accents().items()}
+    return {lang: len(accents) for lang, accents in voices.espeak_accents(avdigits.LANGUAGES).items()}
 
 
 def _disjoint(groups: dict[str, set]) -> None:
@@ -104,11 +104,11 @@ def test_accents_and_variants_are_disjoint(built):
 def test_full_plan_is_accent_and_variant_disjoint():
     """The full build's groups, without synthesising: disjoint, complete, every language in
     train, in test when it has >= 2 accents and in val only when it has >= 3."""
-    accents = avdigits._espeak_accents()
-    variants = avdigits._espeak_variants()
+    accents = voices.espeak_accents(avdigits.LANGUAGES)
+    variants = voices.espeak_variants()
     rng = np.random.default_rng(0)
-    accent_groups = avdigits._split_accents(accents, rng)
-    variant_groups = avdigits._split_variants(variants, rng)
+    accent_groups = voices.split_accents(accents, rng)
+    variant_groups = voices.split_variants(variants, rng)
     codes = {s: {a.code for g in accent_groups[s].values() for a in g} for s in TTS_SPLITS}
     _disjoint(codes)
     _disjoint({s: set(variant_groups[s]) for s in TTS_SPLITS})
@@ -119,14 +119,14 @@ def test_full_plan_is_accent_and_variant_disjoint():
     assert set(accent_groups["train"]) == set(avdigits.LANGUAGES)
     assert set(accent_groups["test"]) == {lang for lang, n in counts.items() if n >= 2}
     assert set(accent_groups["val"]) == {lang for lang, n in counts.items() if n >= 3}
-    voices = avdigits._voices(accent_groups, variant_groups, avdigits.FULL, rng)
+    planned = avdigits._voices(accent_groups, variant_groups, avdigits.FULL, rng)
     for split in TTS_SPLITS:
-        for voice in voices[split]:
+        for voice in planned[split]:
             if voice.tool == "espeak":
                 accent, variant = voice.name.split("+")
                 assert accent in codes[split] and variant in variant_groups[split]
-        assert len({v.id for v in voices[split]}) == len(voices[split])
-    clips = {s: 10 * sum(5 if v.tool == "flite" else 1 for v in voices[s]) for s in TTS_SPLITS}
+        assert len({v.id for v in planned[split]}) == len(planned[split])
+    clips = {s: 10 * sum(5 if v.tool == "flite" else 1 for v in planned[s]) for s in TTS_SPLITS}
     assert 2000 <= clips["train"] <= 3000 and 200 <= clips["val"] <= 500
     assert 500 <= clips["test"] <= 800, clips
 
@@ -201,7 +201,7 @@ def test_unknown_split(built):
 
 
 def test_missing_tools(monkeypatch, tmp_path):
-    monkeypatch.setattr(avdigits.shutil, "which", lambda name: None)
+    monkeypatch.setattr(voices.shutil, "which", lambda name: None)
     with pytest.raises(DataError, match="apt-get install espeak-ng flite"):
         avdigits.prepare_avdigits(tmp_path, small=True, progress=False)
 

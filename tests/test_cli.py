@@ -24,10 +24,12 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def workdir(avdigits_root, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cli_run")
+    # The tiny late-fusion run of 20 steps: test_train_loop (and others) train the same program,
+    # so the session's compilation cache holds it.
     code = main(
         [
             "train", "--config", "configs/avdigits_late.py:tiny", "--workdir", str(workdir),
-            "--data-dir", str(avdigits_root), "--set", "train.steps=10", "--quiet",
+            "--data-dir", str(avdigits_root), "--set", "train.steps=20", "--quiet",
         ]
     )  # fmt: skip
     assert code == 0
@@ -51,7 +53,7 @@ def test_console_script_is_installed():
 
 def test_train_wrote_results(workdir):
     results = json.loads((workdir / "results.json").read_text())
-    assert results["steps"] == 10 and set(results["accuracy"]) == {"val", "test", "test_human"}
+    assert results["steps"] == 20 and set(results["accuracy"]) == {"val", "test", "test_human"}
 
 
 def test_eval_json(capsys, workdir, avdigits_root):

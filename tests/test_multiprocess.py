@@ -111,7 +111,9 @@ def _next_batch(workdir, exp):
 
 def test_a_dead_process_ends_its_peer_in_bounded_time(avdigits_root, tmp_path):
     heartbeat = 5
-    args = tiny_args(avdigits_root, 100_000, "train.checkpoint_every=2")
+    # The program of the test above (its step count): the compilation cache holds it. The peer
+    # is killed at the first checkpoint, so the run cannot get near its end.
+    args = tiny_args(avdigits_root, STEPS, "train.checkpoint_every=2")
     procs = _cluster(tmp_path, args, "--heartbeat-timeout", str(heartbeat))
     try:
         wait_for(lambda: saved_steps(tmp_path), 240, "a first checkpoint", procs[0])
@@ -127,7 +129,7 @@ def test_a_dead_process_ends_its_peer_in_bounded_time(avdigits_root, tmp_path):
     print(f"the survivor exited {waited:.1f} s after its peer's SIGKILL (heartbeat {heartbeat} s)")
     assert waited < heartbeat + 30, waited
     # What was saved before the failure still restores.
-    cfg = tiny_config(avdigits_root, 100_000)
+    cfg = tiny_config(avdigits_root, STEPS)
     step, _, _ = restore_trained(tmp_path, experiment_from(cfg.to_dict()), data_mesh())
     assert step in saved_steps(tmp_path)
 

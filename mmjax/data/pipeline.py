@@ -17,6 +17,11 @@ from mmjax.errors import ConfigError
 
 # Eval noise is drawn from its own fixed seed so every evaluation sees the same corrupted inputs.
 EVAL_NOISE_SEED = 1234
+# How far the training process reads ahead, in batches. grain's default (16 threads, 500
+# elements, and an element here is a whole batch) decoded 16,000 records ahead of a 300-step
+# run on the CPU the step needs, and kept decoding while it evaluated. Two threads keep a
+# CPU or accelerator step fed (decoding holds a lock: records.py); `data.workers` scales out.
+READ_AHEAD = grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)
 
 
 def _per_process_batch(global_batch: int, field: str) -> int:
@@ -46,7 +51,7 @@ def train_dataset(
         ds = ds.random_map(DropModalities(modalities, cfg.modality_dropout))
     local = _per_process_batch(global_batch, "train.batch_size")
     ds = ds.batch(local, drop_remainder=True)[jax.process_index() :: jax.process_count()]
-    ds = ds.to_iter_dataset()
+    ds = ds.to_iter_dataset(READ_AHEAD)
     if cfg.workers > 0:
         # grain 0.2.18 reads an absl flag in its workers; unparsed flags raise there (grain#1355).
         if not absl.flags.FLAGS.is_parsed():

@@ -11,7 +11,8 @@ from mmjax.train.optim import make_optimizer
 DEFAULT_PARALLEL = ParallelConfig()
 
 
-def _model_and_optimizer(exp: ExperimentConfig) -> tuple[nnx.Module, nnx.Optimizer]:
+def build_model_and_optimizer(exp: ExperimentConfig) -> tuple[nnx.Module, nnx.Optimizer]:
+    """The model and its optimizer, built eagerly on the default device (unsharded)."""
     model = build_model(exp.model, rngs=nnx.Rngs(exp.train.seed))
     tx = make_optimizer(exp.optim, exp.train.steps)
     return model, nnx.Optimizer(model, tx, wrt=model.trainable())
@@ -19,7 +20,7 @@ def _model_and_optimizer(exp: ExperimentConfig) -> tuple[nnx.Module, nnx.Optimiz
 
 def abstract_state(exp: ExperimentConfig) -> tuple[nnx.GraphDef, nnx.State]:
     """Graphdef and shape/dtype-only state, without allocating any parameter."""
-    return nnx.split(nnx.eval_shape(lambda: _model_and_optimizer(exp)))
+    return nnx.split(nnx.eval_shape(lambda: build_model_and_optimizer(exp)))
 
 
 def state_shardings(
@@ -38,7 +39,7 @@ def init_state(exp: ExperimentConfig, mesh: jax.sharding.Mesh) -> tuple[nnx.Grap
     (no host-side copy, no replicated intermediate)."""
     graphdef, abstract = abstract_state(exp)
     init = jax.jit(
-        lambda: nnx.split(_model_and_optimizer(exp))[1],
+        lambda: nnx.split(build_model_and_optimizer(exp))[1],
         out_shardings=state_shardings(abstract, mesh, exp.parallel),
     )
     return graphdef, init()
