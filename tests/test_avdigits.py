@@ -80,7 +80,9 @@ def test_split_sizes(built):
 
 
 def _accent_counts() -> dict[str, int]:
-    return {lang: len(accents) for lang, accents in voices.espeak_accents(avdigits.LANGUAGES).items()}
+    return {
+        lang: len(accents) for lang, accents in voices.espeak_accents(avdigits.LANGUAGES).items()
+    }
 
 
 def _disjoint(groups: dict[str, set]) -> None:

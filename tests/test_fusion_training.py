@@ -11,7 +11,7 @@ from mmjax.config import experiment_from
 from mmjax.experiments import avdigits_config
 from mmjax.parallel import data_mesh, put_batch
 from mmjax.registry import FUSIONS
-from mmjax.train.state import build_model_and_optimizer, abstract_state, state_shardings
+from mmjax.train.state import abstract_state, build_model_and_optimizer, state_shardings
 from mmjax.train.step import make_train_step
 
 BATCH = 8
