@@ -24,13 +24,14 @@ from mmjax.config import ModelConfig, experiment_from
 from mmjax.data import sources
 from mmjax.errors import CheckpointError, ConfigError
 from mmjax.models import build_model
-from mmjax.models.layers import jit_init
+from mmjax.models.layers import fill_abstract
 from mmjax.parallel import data_mesh
 from mmjax.predict import Predictor
 from mmjax.pretrained.catalog import entry as catalog_entry
 from mmjax.pretrained.load import place_encoder
 from mmjax.train.loop import evaluate
-from mmjax.train.state import init_state
+from mmjax.train.optim import make_optimizer
+from mmjax.train.state import state_shardings
 from mmjax.train.workdir import read_experiment, restore_trained
 
 PUBLISHED_DIR = Path(__file__).parent / "published"
@@ -161,7 +162,10 @@ class PublishedModel(Predictor):
                 "reinstall mmjax"
             )
         experiment = experiment_from(self.card["config"])
-        model = jit_init(lambda: build_model(experiment.model, rngs=nnx.Rngs(0)))
+        # Built abstractly: the weights come from files, so only what they leave out (RNG
+        # state) is initialised, at the end.
+        factory = lambda: build_model(experiment.model, rngs=nnx.Rngs(0))
+        model = nnx.eval_shape(factory)
         for m in _catalog_encoders(experiment.model):  # not stored: load their pinned files
             place_encoder(model.encoders[m], catalog_entry(dict(experiment.model.pretrained)[m]))
         state = nnx.state(model, _stored(experiment.model))
@@ -174,6 +178,7 @@ class PublishedModel(Predictor):
             state, ocp.StandardCheckpointer().restore(folder / "weights", target)
         )
         nnx.update(model, state)
+        fill_abstract(model, factory)
         super().__init__(experiment, self.card["dataset"], model, step=self.card["step"])
         self.name = name
         self.model = model
@@ -199,10 +204,14 @@ class PublishedModel(Predictor):
         exp = experiment_from(config)
         source = sources.open_source(exp.data)
         mesh = data_mesh(jax.devices()[:1])
-        graphdef, state = init_state(exp, mesh)
-        model, optimizer = nnx.merge(graphdef, state)
-        nnx.update(model, nnx.state(self.model, KEPT))
-        result = evaluate(graphdef, nnx.state((model, optimizer)), exp, split, mesh)
+        # The train state's layout that `evaluate` takes, around this model: an optimizer built
+        # eagerly costs far less than compiling a fresh model's initialisation (`init_state`).
+        optimizer = nnx.Optimizer(
+            self.model, make_optimizer(exp.optim, exp.train.steps), wrt=self.model.trainable()
+        )
+        graphdef, state = nnx.split((self.model, optimizer))
+        state = jax.device_put(state, state_shardings(state, mesh, exp.parallel))
+        result = evaluate(graphdef, state, exp, split, mesh)
         same = source.build_checksums()["shards"].get(split) == (
             self.card["dataset_build"]["shards"].get(split)
         )

@@ -204,3 +204,22 @@ def jit_init(factory: Callable[[], nnx.Module]) -> nnx.Module:
     graphdef, _ = nnx.split(nnx.eval_shape(factory))
     state = jax.jit(lambda: nnx.split(factory())[1])()
     return nnx.merge(graphdef, state)
+
+
+def fill_abstract(model: nnx.Module, factory: Callable[[], nnx.Module]) -> None:
+    """Give the variables of `model` that are still abstract (`jax.ShapeDtypeStruct`, as
+    `nnx.eval_shape` leaves them) the values `factory()` initialises them to, in place.
+
+    For a model whose weights come from files: one compiled program computes only the rest
+    (RNG state, say), as XLA drops every initialiser whose output is not asked for.
+    """
+    flat = nnx.to_flat_state(nnx.state(model))
+    wanted = {path for path, v in flat if isinstance(v.get_value(), jax.ShapeDtypeStruct)}
+    if not wanted:
+        return
+
+    def init() -> nnx.State:
+        built = nnx.to_flat_state(nnx.state(factory()))
+        return nnx.from_flat_state([(path, v) for path, v in built if path in wanted])
+
+    nnx.update(model, jax.jit(init)())

@@ -7,7 +7,7 @@ from flax import nnx
 from mmjax.config import ModelConfig
 from mmjax.errors import ConfigError, DataError
 from mmjax.models import MultimodalModel
-from mmjax.models.layers import Features, jit_init
+from mmjax.models.layers import Features, fill_abstract
 from mmjax.pretrained.assign import TrackedWeights, assign
 from mmjax.pretrained.catalog import PretrainedEncoder, entry, package_dir, weight_file
 from mmjax.registry import ENCODERS
@@ -36,8 +36,10 @@ def load_encoder(name: str) -> nnx.Module:
     """The catalog encoder `name` (see `mmjax.pretrained.CATALOG`) with its weights."""
     spec = entry(name)
     cls = ENCODERS.get(spec.encoder)
-    encoder = jit_init(lambda: cls(cls.Config(**spec.config), rngs=nnx.Rngs(0)))
+    factory = lambda: cls(cls.Config(**spec.config), rngs=nnx.Rngs(0))
+    encoder = nnx.eval_shape(factory)  # the file gives the weights: initialise only the rest
     place(encoder, spec)
+    fill_abstract(encoder, factory)
     return encoder
 
 
