@@ -12,7 +12,7 @@ from mmjax.data.builders import emoji as _emoji  # noqa: F401  (registers emoji)
 from mmjax.data.builders import product_clips as _product_clips  # noqa: F401  (registers it)
 from mmjax.errors import CheckpointError, ConfigError, DataError, InputError, MmjaxError
 from mmjax.models import MultimodalModel, build_model
-from mmjax.models.layers import jit_init
+from mmjax.models.layers import fill_abstract
 from mmjax.predict import Predictor, load_predictor
 from mmjax.pretrained import CATALOG, load_encoder, place_pretrained
 from mmjax.publish import PublishedModel, published_names
@@ -36,8 +36,10 @@ def create_model(name: str, *, seed: int = 0, **overrides: Any) -> MultimodalMod
     for key, value in overrides.items():
         set_value(section, key, value)
     cfg = model_config_from(section)
-    model = jit_init(lambda: build_model(cfg, rngs=nnx.Rngs(seed)))
+    factory = lambda: build_model(cfg, rngs=nnx.Rngs(seed))
+    model = nnx.eval_shape(factory)
     place_pretrained(model, cfg)
+    fill_abstract(model, factory)  # what no published weights gave, as jit_init would
     return model
 
 

@@ -129,10 +129,11 @@ def test_fusion_contract(name, dims):
     fusion = cls(dims, cls.Config(), rngs=nnx.Rngs(0))
     features = _features(dims, 0)
     all_present = {m: jnp.ones((B,), bool) for m in dims}
-    out = fusion(features, all_present, train=False)
+    # Jitted: run op by op, a deep head (MBT) compiled hundreds of small programs.
+    out = nnx.jit(lambda f: f(features, all_present, train=False))(fusion)
     assert out.shape == (B, fusion.dim)
     assert np.isfinite(np.asarray(out)).all()
-    grads = nnx.grad(lambda f: f(features, all_present, train=True).sum())(fusion)
+    grads = nnx.jit(nnx.grad(lambda f: f(features, all_present, train=True).sum()))(fusion)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
 
 
@@ -145,8 +146,8 @@ def test_fusion_ignores_masked_modality(name):
     masks = {"image": jnp.array([True, True]), "audio": jnp.array([False, True])}
     a, b = _features(dims, 0), _features(dims, 1)
     b["image"] = a["image"]  # only audio differs
-    out_a = fusion(a, masks, train=False)
-    out_b = fusion(b, masks, train=False)
+    forward = nnx.jit(lambda f, features: f(features, masks, train=False))
+    out_a, out_b = forward(fusion, a), forward(fusion, b)
     np.testing.assert_allclose(out_a[0], out_b[0], atol=1e-5)  # audio missing: same output
     assert not np.allclose(out_a[1], out_b[1], atol=1e-5)  # audio present: it matters
 
