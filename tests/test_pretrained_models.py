@@ -2,6 +2,7 @@
 create_model and through a fresh training run; mismatches are config errors."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -9,6 +10,8 @@ from flax import nnx
 import mmjax
 from mmjax.config import experiment_from
 from mmjax.experiments import avdigits_config
+from mmjax.models import build_model
+from mmjax.models.layers import jit_init
 from mmjax.parallel import data_mesh
 from mmjax.pretrained import catalog
 from mmjax.train.state import init_state
@@ -37,6 +40,24 @@ def test_create_model_places_both_encoders():
         model.encoders["image"].head.conv.kernel[...],
         image["_conv_head.weight"].transpose(2, 3, 1, 0),
     )
+
+
+def test_the_rest_is_initialised_as_a_fresh_model_is():
+    """create_model fills what no file gave (here: the fusion head, the classifier and the RNG
+    state) with the values a fresh build has: nothing is left abstract or drawn differently."""
+    model = mmjax.create_model("avdigits_late", seed=3, pretrained={})
+    cfg = mmjax.model_config_from(mmjax.config.ConfigDict(mmjax.MODELS.get("avdigits_late")()))
+    fresh = jit_init(lambda: build_model(cfg, rngs=nnx.Rngs(3)))
+    ours, theirs = (nnx.to_flat_state(nnx.state(m)) for m in (model, fresh))
+    assert [path for path, _ in ours] == [path for path, _ in theirs]
+    for (path, a), (_, b) in zip(ours, theirs, strict=True):
+        assert isinstance(a.get_value(), jax.Array), path
+        np.testing.assert_array_equal(_data(a.get_value()), _data(b.get_value()), err_msg=path)
+
+
+def _data(x: jax.Array) -> jax.Array:
+    """The array itself, or a PRNG key's raw bits."""
+    return jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
 
 
 def test_a_fresh_run_starts_from_the_published_weights():
