@@ -5,7 +5,9 @@ import pytest
 import mmjax
 from mmjax.config import set_value
 
-STEPS = 300
+# 200 steps: late fusion 0.873 test / 0.850 test_human against 0.837 for the image alone and
+# 0.479 for the audio alone (at 300: 0.904 / 0.860 against 0.852 and 0.603; 40 s more).
+STEPS = 200
 # The splits each run is judged on: the single-modality runs only on "test".
 EVAL_SPLITS = {"image": ("test",), "audio": ("test",), "late": ("test", "test_human")}
 
