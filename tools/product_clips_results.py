@@ -165,6 +165,14 @@ def frame_costs(args: argparse.Namespace) -> dict[str, dict]:
     return json.loads(path.read_text())
 
 
+def _seeds(*rows: dict) -> str:
+    """'3 seeds each', or '3 and 1 seeds' when the rows have different numbers of seeds."""
+    counts = [len(r["accuracy"]["test"]) for r in rows]
+    if len(set(counts)) == 1:
+        return f"{counts[0]} seeds each"
+    return f"{' and '.join(map(str, counts))} seeds"
+
+
 def _extract_seconds(args: argparse.Namespace) -> float:
     path = Path(args.workdir) / "extract_seconds.json"
     return json.loads(path.read_text()) if path.is_file() else 0.0
@@ -194,7 +202,7 @@ def pretrained_branch(rows: dict[str, dict], args: argparse.Namespace, clips: in
         f"{1000 * trained['step_s']:.0f} ms), after one extraction of "
         f"{_extract_seconds(args):.0f} s for all {clips} clips, and "
         f"reaches {accuracy(cached):.3f} test accuracy against {accuracy(trained):.3f} "
-        f"({len(cached['accuracy']['test'])} and {len(trained['accuracy']['test'])} seeds). "
+        f"({_seeds(cached, trained)}). "
         "The step times and FLOPs of `*_pretrained*` rows leave out the frozen frame encoder, "
         "which ran once, in the extraction.",
     ]
