@@ -11,7 +11,6 @@ import mmjax
 from mmjax.config import experiment_from
 from mmjax.experiments import avdigits_config
 from mmjax.models import build_model
-from mmjax.models.layers import jit_init
 from mmjax.parallel import data_mesh
 from mmjax.pretrained import catalog
 from mmjax.train.state import init_state
@@ -44,10 +43,10 @@ def test_create_model_places_both_encoders():
 
 def test_the_rest_is_initialised_as_a_fresh_model_is():
     """create_model fills what no file gave (here: the fusion head, the classifier and the RNG
-    state) with the values a fresh build has: nothing is left abstract or drawn differently."""
+    state) with the values an eager build has: nothing is left abstract or drawn differently."""
     model = mmjax.create_model("avdigits_late", seed=3, pretrained={})
     cfg = mmjax.model_config_from(mmjax.config.ConfigDict(mmjax.MODELS.get("avdigits_late")()))
-    fresh = jit_init(lambda: build_model(cfg, rngs=nnx.Rngs(3)))
+    fresh = build_model(cfg, rngs=nnx.Rngs(3))
     ours, theirs = (nnx.to_flat_state(nnx.state(m)) for m in (model, fresh))
     assert [path for path, _ in ours] == [path for path, _ in theirs]
     for (path, a), (_, b) in zip(ours, theirs, strict=True):

@@ -201,9 +201,9 @@ class TransformerBlock(nnx.Module):
 def jit_init(factory: Callable[[], nnx.Module]) -> nnx.Module:
     """Build `factory()` as one compiled program: eager NNX init dispatches (and compiles)
     every initialiser separately, which takes tens of seconds for a large CNN on a CPU."""
-    graphdef, _ = nnx.split(nnx.eval_shape(factory))
-    state = jax.jit(lambda: nnx.split(factory())[1])()
-    return nnx.merge(graphdef, state)
+    model = nnx.eval_shape(factory)
+    fill_abstract(model, factory)  # every variable is abstract: one program initialises all
+    return model
 
 
 def fill_abstract(model: nnx.Module, factory: Callable[[], nnx.Module]) -> None:
