@@ -91,6 +91,60 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"{split:<12} {r['accuracy']:>9.4f} {r['loss']:>8.4f} {r['examples']:>9d}")
 
 
+def _robustness(args: argparse.Namespace) -> None:
+    from mmjax import robustness
+
+    if bool(args.workdir) == bool(args.model):
+        raise MmjaxError(
+            "robustness needs one of --workdir RUN (a trained run) or --model NAME (a published "
+            f"model), {'not both' if args.workdir else 'got neither'}"
+        )
+    reference = None
+    if args.reference:
+        try:
+            reference = json.loads(Path(args.reference).read_text())
+            reference["curves"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise MmjaxError(
+                f"--reference {args.reference!r}: not a robustness.json written by "
+                f"`mmjax robustness` ({err})"
+            ) from None
+    robustness.check_levels(args.levels)
+    if args.model:
+        predictor, title = mmjax.load_pretrained(args.model), args.model
+        out = Path(args.out or f"robustness-{args.model}")
+    else:
+        predictor, title = mmjax.load_predictor(args.workdir), str(args.workdir)
+        out = Path(args.out or Path(args.workdir) / "robustness")
+    result = robustness.measure(
+        predictor,
+        args.split,
+        seed=args.seed,
+        corruptions=args.corruptions,
+        levels=args.levels,
+        data_root=args.data_dir or "",
+        reference=reference,
+    )
+    json_path, png_path = robustness.write(result, out, title)
+    if args.json:
+        print(json_path.read_text(), end="")
+        return
+    print(
+        f"{title} on {args.split}: clean accuracy {result['clean']:.4f}, "
+        f"{result['examples']} examples"
+    )
+    for m, accuracy in result["removed"].items():
+        print(f"  without {m:<10} {accuracy:.4f}")
+    for curve in result["curves"]:
+        rr = curve["relative_robustness"]
+        print(
+            f"  {curve['modality'] + ':' + curve['corruption']:<24} "
+            + " ".join(f"{a:.3f}" for a in curve["accuracy"])
+            + (f"   relative robustness {rr:.3f}" if rr is not None else "")
+        )
+    print(f"written: {json_path}, {png_path}")
+
+
 PREDICT_MODALITIES = ("image", "audio", "video", "text")
 
 
@@ -379,6 +433,40 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=int, default=10, help="classes shown (default 10)")
     predict.add_argument("--json", action="store_true")
     predict.set_defaults(run=_predict)
+
+    robust = commands.add_parser(
+        "robustness", help="accuracy under corrupted and missing modalities, as curves"
+    )
+    robust.add_argument("--workdir", help="a trained run's directory")
+    robust.add_argument("--model", help="a published model's name (mmjax.published_names())")
+    robust.add_argument("--split", default="test", help="the split to measure (default test)")
+    robust.add_argument(
+        "--out", help="folder for robustness.json and .png (default WORKDIR/robustness)"
+    )
+    robust.add_argument("--seed", type=int, default=0, help="seeds every corruption's randomness")
+    robust.add_argument(
+        "--corruptions",
+        nargs="+",
+        default=[],
+        metavar="[MODALITY:]NAME",
+        help="only these corruptions (default: every one of the model's inputs)",
+    )
+    robust.add_argument(
+        "--levels",
+        nargs="+",
+        type=int,
+        default=list(range(10)),
+        metavar="LEVEL",
+        help="only these levels, 0-9 (level 0, the clean input, is always measured)",
+    )
+    robust.add_argument(
+        "--reference",
+        metavar="JSON",
+        help="late fusion's robustness.json: adds MultiBench's effective robustness against it",
+    )
+    robust.add_argument("--data-dir")
+    robust.add_argument("--json", action="store_true", help="print robustness.json")
+    robust.set_defaults(run=_robustness)
 
     data = commands.add_parser("data", help="dataset preparation")
     data_commands = data.add_subparsers(dest="data_command", required=True)

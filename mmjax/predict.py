@@ -54,6 +54,12 @@ class Predictor:
         probs = np.asarray(self._forward(self._params, batch))
         return probs[0] if single else probs
 
+    def batch_proba(self, batch: dict[str, Any]) -> np.ndarray:
+        """Class probabilities [B, C] of a batch as the data pipeline yields it: each modality's
+        input, `<modality>_mask`, text attention masks or cached features (`mmjax.batch_keys`);
+        other keys (the label) are ignored."""
+        return np.asarray(self._forward(self._params, batch))
+
     def predict(self, **inputs: Any) -> list[str] | str:
         """The most probable class's name per sample (one name for one unbatched sample)."""
         probs = self.predict_proba(**inputs)

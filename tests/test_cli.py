@@ -131,3 +131,55 @@ def test_docs_zoo_table_is_current(capsys):
     assert code == 0 and out.count("\n| encoder |") >= 12 and out.count("\n| fusion |") >= 17
     with open("docs/zoo.md") as f:
         assert f.read() == out
+
+
+def test_robustness_level_zero_and_removal_are_plain_evaluation(
+    capsys, workdir, avdigits_root, tmp_path
+):
+    from mmjax.train.loop import evaluate_workdir
+
+    out_dir = tmp_path / "curves"
+    code, out, err = run(
+        capsys, "robustness", "--workdir", str(workdir), "--data-dir", str(avdigits_root),
+        "--out", str(out_dir), "--corruptions", "image:blur", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result == json.loads((out_dir / "robustness.json").read_text())
+    root = str(avdigits_root)
+    assert (
+        result["clean"] == evaluate_workdir(workdir, ("test",), data_root=root)["test"]["accuracy"]
+    )
+    for m in ("audio", "image"):
+        without = evaluate_workdir(workdir, ("test",), data_root=root, missing=(m,))
+        assert result["removed"][m] == without["test"]["accuracy"]
+    (curve,) = result["curves"]
+    assert len(curve["accuracy"]) == 10 and curve["accuracy"][0] == result["clean"]
+    assert curve["relative_robustness"] == pytest.approx(
+        np.trapezoid(curve["accuracy"], np.linspace(0, 1, 10))
+    )
+    # Against itself as the reference, its effective robustness is zero.
+    code, out, err = run(
+        capsys, "robustness", "--workdir", str(workdir), "--data-dir", root, "--out",
+        str(tmp_path / "again"), "--corruptions", "blur", "--reference",
+        str(out_dir / "robustness.json"), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["curves"][0]["effective_robustness"] == pytest.approx(0.0, abs=1e-12)
+    image = np.asarray(Image.open(out_dir / "robustness.png").convert("L"), np.float32)
+    assert image.shape[0] > 300 and image.shape[1] > 800 and image.std() > 10
+
+
+def test_robustness_bad_arguments(capsys, workdir, tmp_path):
+    cases = {
+        ("--levels", "0", "10"): "--levels: [10]",
+        ("--corruptions", "text:typos"): "--corruptions: 'text:typos'",
+        ("--reference", str(tmp_path / "none.json")): "--reference",
+        ("--model", "avdigits-late"): "not both",
+        ("--split", "nope"): "nope",
+    }
+    for extra, message in cases.items():
+        code, _, err = run(capsys, "robustness", "--workdir", str(workdir), *extra)
+        assert code == 2 and message in err, (extra, err)
+    code, _, err = run(capsys, "robustness")
+    assert code == 2 and "got neither" in err

@@ -748,6 +748,7 @@ COMMANDS = {
     "train": ("--config", "--workdir", "--set", "--data-dir", "--stop-after", "--quiet"),
     "eval": ("--workdir", "--split", "--data-dir", "--without", "--json"),
     "predict": ("--workdir", "--image", "--audio", "--json"),
+    "robustness": ("--workdir", "--model", "--split", "--out", "--levels", "--corruptions"),
     "data prepare": ("--data-dir", "--small"),
     "features extract": ("--config", "--out", "--split", "--set", "--data-dir"),
     "bench": ("--smoke", "--out"),
@@ -794,6 +795,7 @@ def well_formed(draw, command: str, root: Path) -> list[str]:
         "train": ["--config", "--workdir"],
         "eval": ["--workdir"],
         "predict": ["--workdir"],
+        "robustness": ["--workdir"],
         "features extract": ["--config", "--out"],
     }.get(command, [])
     optional = [f for f in COMMANDS[command] if f not in required or f in ("--set", "--split")]
@@ -831,7 +833,7 @@ def malformed(draw, command: str, root: Path) -> list[str]:
 
 @st.composite
 def argvs(draw, root: Path):
-    real = ("train", "eval", "predict", "data prepare", "features extract", "bench")
+    real = ("train", "eval", "predict", "robustness", "data prepare", "features extract", "bench")
     command = draw(st.sampled_from(sorted(COMMANDS) + 2 * list(real) + ["train"] * 3))
     if command in real and draw(st.integers(0, 3)):
         argv = draw(well_formed(command, root))

@@ -68,7 +68,7 @@ def _prepare(
     its audio track when the model takes audio from the video and none was given)."""
     present = np.array([v is not None for v in values])
     if m == "text":
-        ids, mask = _tokenize(dataset, [v if isinstance(v, str) else "" for v in values])
+        ids, mask = tokenize_texts(dataset, [v if isinstance(v, str) else "" for v in values])
         return {m: ids, attention_key(m): mask, presence_key(m): present}
     decoded = [_decode(dataset, m, v) if v is not None else None for v in values]
     out = {m: _stack(dataset, m, [d[m] if d else None for d in decoded]), presence_key(m): present}
@@ -132,11 +132,16 @@ def _name(value: Any) -> str:
     return f"<{len(value)} bytes>" if isinstance(value, bytes) else str(value)
 
 
-def _tokenize(dataset: dict[str, Any], texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int32 [N, L], attention mask bool [N, L]) with the dataset's own tokenizer."""
+def _text_vocab(dataset: dict[str, Any]) -> dict[str, Any]:
     vocab = dataset.get("text_vocab")
     if not vocab:
         raise InputError("text: this model's dataset records no tokenizer; pass token ids")
+    return vocab
+
+
+def tokenize_texts(dataset: dict[str, Any], texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int32 [N, L], attention mask bool [N, L]) with the dataset's own tokenizer."""
+    vocab = _text_vocab(dataset)
     if "tokens" in vocab:
         from mmjax.data.imports.vocab import encode_words
 
@@ -144,3 +149,28 @@ def _tokenize(dataset: dict[str, Any], texts: list[str]) -> tuple[np.ndarray, np
     from mmjax.pretrained.load import tokenize
 
     return tokenize(vocab["tokenizer"], texts, length=vocab["length"])
+
+
+def text_words(dataset: dict[str, Any], ids: np.ndarray, mask: np.ndarray) -> list[list[str]]:
+    """The words behind token ids [N, L] (attention mask [N, L]), as the dataset's tokenizer
+    reads them back: the vocabulary's words, one per id ("[UNK]" for an unknown one), or a
+    catalog tokenizer's decoding without its special tokens, split at spaces."""
+    vocab = _text_vocab(dataset)
+    if "tokens" in vocab:
+        table = vocab["tokens"]
+        return [[table[i] for i in row[keep]] for row, keep in zip(ids, mask)]
+    from mmjax.pretrained.load import decode_tokens
+
+    texts = decode_tokens(vocab["tokenizer"], [row[keep].tolist() for row, keep in zip(ids, mask)])
+    return [text.split() for text in texts]
+
+
+def words_to_ids(dataset: dict[str, Any], texts: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """`tokenize_texts` for texts given as words (`text_words`' output, edited): with a word
+    vocabulary each word is one id, as it was read back."""
+    vocab = _text_vocab(dataset)
+    if "tokens" in vocab:
+        from mmjax.data.imports.vocab import encode_tokens
+
+        return encode_tokens(texts, vocab["tokens"], vocab["length"])
+    return tokenize_texts(dataset, [" ".join(words) for words in texts])

@@ -1,5 +1,7 @@
 """Build catalog encoders with their published weights; tokenise text for them."""
 
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -57,14 +59,8 @@ def load_classifier(name: str) -> nnx.Linear:
     return layer
 
 
-def tokenize(
-    name: str, texts: list[str], *, length: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int32 [N, L], attention_mask bool [N, L]) for a catalog text encoder: padded with
-    id 0 to the longest text (or to `length`, which keeps one compiled shape) and truncated as
-    its reference does. The mask is the tokenizer's own (True on real tokens), so a text that
-    holds the literal padding token (MiniLM's "[PAD]", id 0) keeps it; pass it to the encoder
-    as `mask=` (batch key `text.attention_mask`)."""
+def _catalog_tokenizer(name: str) -> tuple[Any, Any]:
+    """(tokenizers.Tokenizer, catalog entry) of the catalog text encoder `name`."""
     from tokenizers import Tokenizer
 
     spec = entry(name)
@@ -73,7 +69,18 @@ def tokenize(
     path = package_dir(spec) / spec.tokenizer
     if not path.is_file():
         raise DataError(f"{spec.package} has no {spec.tokenizer}; {spec.install_line()}")
-    tokenizer = Tokenizer.from_file(str(path))
+    return Tokenizer.from_file(str(path)), spec
+
+
+def tokenize(
+    name: str, texts: list[str], *, length: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int32 [N, L], attention_mask bool [N, L]) for a catalog text encoder: padded with
+    id 0 to the longest text (or to `length`, which keeps one compiled shape) and truncated as
+    its reference does. The mask is the tokenizer's own (True on real tokens), so a text that
+    holds the literal padding token (MiniLM's "[PAD]", id 0) keeps it; pass it to the encoder
+    as `mask=` (batch key `text.attention_mask`)."""
+    tokenizer, spec = _catalog_tokenizer(name)
     limit = min(spec.max_tokens, length) if length else spec.max_tokens
     tokenizer.enable_truncation(limit)
     tokenizer.enable_padding(pad_id=0, pad_token="[PAD]", length=length)
@@ -81,6 +88,12 @@ def tokenize(
     ids = np.asarray([e.ids for e in encodings], np.int32)
     mask = np.asarray([e.attention_mask for e in encodings], bool)
     return ids, mask
+
+
+def decode_tokens(name: str, ids: list[list[int]]) -> list[str]:
+    """The texts of token id lists for a catalog text encoder, without its special tokens."""
+    tokenizer, _ = _catalog_tokenizer(name)
+    return tokenizer.decode_batch(ids, skip_special_tokens=True)
 
 
 def sentence_embedding(features: Features) -> jnp.ndarray:

@@ -31,9 +31,16 @@ def build_vocab(texts: Iterable[str], max_size: int) -> list[str]:
 def encode_words(texts: list[str], vocab: list[str], length: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids int32 [N, length], attention mask bool [N, length]): each text's first `length`
     words, unknown words as [UNK], padded with 0."""
+    return encode_tokens([words(text) for text in texts], vocab, length)
+
+
+def encode_tokens(
+    texts: list[list[str]], vocab: list[str], length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`encode_words` for texts already cut into words (each word one id, [UNK] if unknown)."""
     index = {w: i for i, w in enumerate(vocab)}
     ids = np.zeros((len(texts), length), np.int32)
-    for row, text in enumerate(texts):
-        tokens = [index.get(w, 1) for w in words(text)[:length]]
-        ids[row, : len(tokens)] = tokens
+    for row, tokens in enumerate(texts):
+        found = [index.get(w, 1) for w in tokens[:length]]
+        ids[row, : len(found)] = found
     return ids, ids != 0
