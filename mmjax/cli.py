@@ -94,11 +94,6 @@ def _eval(args: argparse.Namespace) -> None:
 def _robustness(args: argparse.Namespace) -> None:
     from mmjax import robustness
 
-    if bool(args.workdir) == bool(args.model):
-        raise MmjaxError(
-            "robustness needs one of --workdir RUN (a trained run) or --model NAME (a published "
-            f"model), {'not both' if args.workdir else 'got neither'}"
-        )
     reference = None
     if args.reference:
         try:
@@ -110,12 +105,9 @@ def _robustness(args: argparse.Namespace) -> None:
                 f"`mmjax robustness` ({err})"
             ) from None
     robustness.check_levels(args.levels)
-    if args.model:
-        predictor, title = mmjax.load_pretrained(args.model), args.model
-        out = Path(args.out or f"robustness-{args.model}")
-    else:
-        predictor, title = mmjax.load_predictor(args.workdir), str(args.workdir)
-        out = Path(args.out or Path(args.workdir) / "robustness")
+    predictor, title = _trained_or_published(args, "robustness")
+    default_out = Path(args.workdir) / "robustness" if args.workdir else f"robustness-{args.model}"
+    out = Path(args.out or default_out)
     result = robustness.measure(
         predictor,
         args.split,
@@ -145,18 +137,58 @@ def _robustness(args: argparse.Namespace) -> None:
     print(f"written: {json_path}, {png_path}")
 
 
+def _trained_or_published(args: argparse.Namespace, command: str) -> tuple[Any, str]:
+    """(the Predictor, its name) of --workdir or --model, exactly one of them."""
+    if bool(args.workdir) == bool(args.model):
+        raise MmjaxError(
+            f"{command} needs one of --workdir RUN (a trained run) or --model NAME (a published "
+            f"model), {'not both' if args.workdir else 'got neither'}"
+        )
+    if args.model:
+        return mmjax.load_pretrained(args.model), args.model
+    return mmjax.load_predictor(args.workdir), str(args.workdir)
+
+
+def _fewshot(args: argparse.Namespace) -> None:
+    from mmjax import fewshot
+
+    fewshot.check_shots(args.shots, args.draws)
+    if not args.l2 > 0:
+        raise MmjaxError(f"--l2 {args.l2}: the L2 strength must be > 0")
+    predictor, title = _trained_or_published(args, "fewshot")
+    result = fewshot.evaluate(
+        predictor,
+        args.shots,
+        draws=args.draws,
+        l2=args.l2,
+        train_split=args.train_split,
+        test_split=args.split,
+        data_root=args.data_dir or "",
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps({"model": title, **result}, indent=2) + "\n")
+    if args.json:
+        print(json.dumps({"model": title, **result}, indent=2))
+        return
+    print(
+        f"{title}: {args.draws}-draw mean ± std accuracy on {args.split!r} of linear probes "
+        f"fitted on N examples per class of {args.train_split!r} (L2 {args.l2:g})"
+    )
+    shots = result["shots"]
+    print(f"{'representation':<16} {'dim':>5} " + " ".join(f"{f'{k}-shot':>15}" for k in shots))
+    for rep, r in result["representations"].items():
+        cells = [
+            f"{r['accuracy'][str(k)]['mean']:.3f} ± {r['accuracy'][str(k)]['std']:.3f}"
+            for k in shots
+        ]
+        print(f"{rep:<16} {r['dim']:>5} " + " ".join(f"{c:>15}" for c in cells))
+
+
 PREDICT_MODALITIES = ("image", "audio", "video", "text")
 
 
 def _predict(args: argparse.Namespace) -> None:
-    if bool(args.workdir) == bool(args.model):
-        raise MmjaxError(
-            "predict needs one of --workdir RUN (a trained run) or --model NAME (a published "
-            f"model), {'not both' if args.workdir else 'got neither'}"
-        )
-    predictor = (
-        mmjax.load_pretrained(args.model) if args.model else mmjax.load_predictor(args.workdir)
-    )
+    predictor, _ = _trained_or_published(args, "predict")
     inputs = {}
     for modality in PREDICT_MODALITIES:
         value = getattr(args, modality)
@@ -467,6 +499,28 @@ def build_parser() -> argparse.ArgumentParser:
     robust.add_argument("--data-dir")
     robust.add_argument("--json", action="store_true", help="print robustness.json")
     robust.set_defaults(run=_robustness)
+
+    few = commands.add_parser(
+        "fewshot", help="few-shot linear probes on the fused and per-encoder representations"
+    )
+    few.add_argument("--workdir", help="a trained run's directory")
+    few.add_argument("--model", help="a published model's name (mmjax.published_names())")
+    few.add_argument(
+        "--shots",
+        type=int,
+        nargs="+",
+        required=True,
+        metavar="N",
+        help="training examples per class, e.g. 1 5 10",
+    )
+    few.add_argument("--draws", type=int, default=5, help="random support sets (default 5)")
+    few.add_argument("--l2", type=float, default=2.0**10, help="ridge strength (default 1024)")
+    few.add_argument("--train-split", default="train", help="where supports are drawn")
+    few.add_argument("--split", default="test", help="the split classified (default test)")
+    few.add_argument("--out", help="also write the result to this JSON file")
+    few.add_argument("--data-dir")
+    few.add_argument("--json", action="store_true")
+    few.set_defaults(run=_fewshot)
 
     data = commands.add_parser("data", help="dataset preparation")
     data_commands = data.add_subparsers(dest="data_command", required=True)

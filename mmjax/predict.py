@@ -45,20 +45,20 @@ class Predictor:
         self._forward = jax.jit(
             lambda params, batch: jax.nn.softmax(nnx.merge(graphdef, params)(batch, train=False))
         )
-        self._params = params
+        self.graphdef, self.params = graphdef, params  # the model, split
 
     def predict_proba(self, **inputs: Any) -> np.ndarray:
         """Class probabilities [B, C], or [C] for one unbatched sample."""
         batch, single = prepare_inputs(self.dataset, self.modalities, inputs)
         validate_batch(batch, self.modalities, sample_shapes=self.sample_shapes)
-        probs = np.asarray(self._forward(self._params, batch))
+        probs = np.asarray(self._forward(self.params, batch))
         return probs[0] if single else probs
 
     def batch_proba(self, batch: dict[str, Any]) -> np.ndarray:
         """Class probabilities [B, C] of a batch as the data pipeline yields it: each modality's
         input, `<modality>_mask`, text attention masks or cached features (`mmjax.batch_keys`);
         other keys (the label) are ignored."""
-        return np.asarray(self._forward(self._params, batch))
+        return np.asarray(self._forward(self.params, batch))
 
     def predict(self, **inputs: Any) -> list[str] | str:
         """The most probable class's name per sample (one name for one unbatched sample)."""

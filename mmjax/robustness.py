@@ -131,14 +131,9 @@ def measure(
         "removed": {m: accuracy[f"without {m}"] for m in modalities},
         "curves": [],
     }
-    reference_curves = {
-        (c["modality"], c["corruption"]): c for c in (reference or {}).get("curves", [])
-    }
     for m, name in plan:
         corruption = CORRUPTIONS[kinds[m]][name]
         curve = [accuracy["clean"]] + [accuracy[(m, name, lv)] for lv in levels if lv > 0]
-        complete = len(levels) == LEVELS
-        ref = reference_curves.get((m, name))
         result["curves"].append(
             {
                 "modality": m,
@@ -146,16 +141,25 @@ def measure(
                 "parameter": corruption.parameter,
                 "values": [_finite_or_none(corruption.values[lv]) for lv in levels],
                 "accuracy": curve,
-                "relative_robustness": relative_robustness(curve) if complete else None,
-                "effective_robustness": (
-                    effective_robustness(curve, ref["accuracy"])
-                    if complete and ref and len(ref["accuracy"]) == LEVELS
-                    else None
-                ),
+                "relative_robustness": relative_robustness(curve) if len(curve) == LEVELS else None,
             }
         )
-    result["summary"] = _summary(result)
-    return result
+    return against(result, reference)
+
+
+def against(result: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, Any]:
+    """`result` (of `measure`) with each curve's effective robustness against the same curve of
+    `reference` (None where either lacks a level or the reference lacks the curve), and the
+    summary over the curves."""
+    by_key = {(c["modality"], c["corruption"]): c for c in (reference or {}).get("curves", [])}
+    curves = []
+    for curve in result["curves"]:
+        ref = by_key.get((curve["modality"], curve["corruption"]))
+        complete = ref and len(ref["accuracy"]) == len(curve["accuracy"]) == LEVELS
+        effective = effective_robustness(curve["accuracy"], ref["accuracy"]) if complete else None
+        curves.append({**curve, "effective_robustness": effective})
+    result = {**result, "curves": curves}
+    return {**result, "summary": _summary(result)}
 
 
 def _views(

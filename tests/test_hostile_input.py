@@ -749,6 +749,7 @@ COMMANDS = {
     "eval": ("--workdir", "--split", "--data-dir", "--without", "--json"),
     "predict": ("--workdir", "--image", "--audio", "--json"),
     "robustness": ("--workdir", "--model", "--split", "--out", "--levels", "--corruptions"),
+    "fewshot": ("--workdir", "--model", "--shots", "--draws", "--l2", "--split", "--out"),
     "data prepare": ("--data-dir", "--small"),
     "features extract": ("--config", "--out", "--split", "--set", "--data-dir"),
     "bench": ("--smoke", "--out"),
@@ -796,6 +797,7 @@ def well_formed(draw, command: str, root: Path) -> list[str]:
         "eval": ["--workdir"],
         "predict": ["--workdir"],
         "robustness": ["--workdir"],
+        "fewshot": ["--workdir", "--shots"],
         "features extract": ["--config", "--out"],
     }.get(command, [])
     optional = [f for f in COMMANDS[command] if f not in required or f in ("--set", "--split")]
@@ -833,7 +835,8 @@ def malformed(draw, command: str, root: Path) -> list[str]:
 
 @st.composite
 def argvs(draw, root: Path):
-    real = ("train", "eval", "predict", "robustness", "data prepare", "features extract", "bench")
+    real = ("train", "eval", "predict", "robustness", "fewshot", "data prepare")
+    real += ("features extract", "bench")
     command = draw(st.sampled_from(sorted(COMMANDS) + 2 * list(real) + ["train"] * 3))
     if command in real and draw(st.integers(0, 3)):
         argv = draw(well_formed(command, root))

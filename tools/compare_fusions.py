@@ -4,7 +4,8 @@ Each head sits on the same encoders (`avdigits_late`'s small CNN and CNN-LSTM) w
 default Config, the dataset's default noise and the same optimiser and step budget, so the
 fusion is the only difference. Per head it reports accuracy (mean +- std over seeds) on
 held-out TTS voices and on human recordings, accuracy on held-out voices with the audio
-or the image masked out, parameter counts, forward FLOPs per example (XLA's count) and the
+or the image masked out, MultiBench's robustness summaries of `mmjax robustness` curves,
+parameter counts, forward FLOPs per example (XLA's count) and the
 median train-step time on this machine.
 
     python tools/compare_fusions.py [--steps 1000] [--seeds 0 1 2] [--fusions a b ...]
@@ -23,6 +24,7 @@ import jax
 import numpy as np
 
 import mmjax
+from mmjax import robustness
 from mmjax.experiments import avdigits_config
 from mmjax.perf import model_cost
 from mmjax.train.loop import evaluate_workdir
@@ -76,11 +78,30 @@ def run_head(fusion: str, seeds: list[int], steps: int, data_dir: str, workdir: 
         for removed in ("audio", "image"):
             only = evaluate_workdir(run_dir, ("test",), data_root=data_dir, missing=(removed,))
             row[f"test_without_{removed}"] = only["test"]["accuracy"]
+        curves = robustness.measure(mmjax.load_predictor(run_dir), "test", data_root=data_dir)
+        robustness.write(curves, run_dir / "robustness", f"{fusion} seed {seed}")
+        row["relative_robustness"] = curves["summary"]["relative_robustness"]
         done.write_text(json.dumps(row))
         runs.append(row)
         print(f"{fusion} seed {seed}: {row}", flush=True)
     summary = {key: [r[key] for r in runs] for key in runs[0]}
     return {"accuracy": summary, **cost(experiment(fusion, seeds[0], steps, data_dir))}
+
+
+def effective_robustness(workdir: Path, fusion: str, seeds: list[int]) -> list[float] | None:
+    """Per seed, the head's mean effective robustness over its curves against late_concat's
+    curves of the same seed (MultiBench's reference); None without late_concat's runs."""
+    values = []
+    for seed in seeds:
+        paths = [
+            workdir / f / f"seed{seed}" / "robustness" / "robustness.json"
+            for f in (fusion, "late_concat")
+        ]
+        if not all(p.is_file() for p in paths):
+            return None
+        result, reference = (json.loads(p.read_text()) for p in paths)
+        values.append(robustness.against(result, reference)["summary"]["effective_robustness"])
+    return values
 
 
 def _mean_std(values: list[float]) -> str:
@@ -89,7 +110,7 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def markdown(rows: dict[str, dict], steps: int, seeds: list[int]) -> str:
+def markdown(rows: dict[str, dict], steps: int, seeds: list[int], workdir: Path) -> str:
     head = [
         "# Fusion heads on AV-Digits",
         "",
@@ -102,18 +123,26 @@ def markdown(rows: dict[str, dict], steps: int, seeds: list[int]) -> str:
         "'without' columns evaluate held-out voices with one modality masked out for every "
         "sample. FLOPs are XLA's count for one example's forward pass; step time is the "
         "median of 10 train steps on this machine (2 CPU cores: compare heads with each other, "
-        "not with other hardware).",
+        "not with other hardware). Robustness is MultiBench's (Liang et al. 2021), from `mmjax "
+        "robustness` on held-out voices, averaged over its 5 curves (audio: white noise, time "
+        "mask; image: Gaussian noise, blur, occlusion; 10 levels each): relative = the area "
+        "under the accuracy curve, effective = the mean gain over late_concat's curve shifted "
+        "to the same clean accuracy.",
         "",
         "| fusion | held-out TTS voices | human recordings | without audio | without image "
-        "| params (head) | forward MFLOPs | train step ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "| relative robustness | effective robustness | params (head) | forward MFLOPs "
+        "| train step ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(rows, key=lambda f: -statistics.mean(rows[f]["accuracy"]["test"]))
     for fusion in order:
         r, acc = rows[fusion], rows[fusion]["accuracy"]
+        effective = effective_robustness(workdir, fusion, seeds)
         head.append(
             f"| `{fusion}` | {_mean_std(acc['test'])} | {_mean_std(acc['test_human'])} "
             f"| {_mean_std(acc['test_without_audio'])} | {_mean_std(acc['test_without_image'])} "
+            f"| {_mean_std(acc['relative_robustness'])} "
+            f"| {_mean_std(effective) if effective else 'n/a'} "
             f"| {r['params'] / 1e3:.0f}k ({r['fusion_params'] / 1e3:.0f}k) "
             f"| {r['forward_flops'] / 1e6:.1f} | {r['step_ms']:.1f} |"
         )
@@ -135,7 +164,7 @@ def main() -> None:
         rows[fusion] = run_head(fusion, args.seeds, args.steps, data_dir, Path(args.workdir))
         Path(args.workdir, "rows.json").write_text(json.dumps(rows, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(markdown(rows, args.steps, args.seeds))
+    Path(args.out).write_text(markdown(rows, args.steps, args.seeds, Path(args.workdir)))
     print(Path(args.out).read_text())
 
 

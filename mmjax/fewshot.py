@@ -1,0 +1,153 @@
+"""Few-shot linear probes on a trained model's frozen representations: the fused vector (the
+fusion head's output) and each encoder's pooled features.
+
+As big_vision's few-shot evaluator does (`evaluators/fewshot_lsr.py`): per draw, `shots`
+training examples of every class (the same ordering of each class for every shot count, so a
+larger support set contains the smaller ones); features standardised by the support set's
+mean and std, a constant 100 appended for the bias (large, so it is nearly unregularised);
+targets one-hot in {-1, 1}; the L2-regularised least-squares solution in closed form; the
+test split classified by the arg-max of the probe's outputs. A per-encoder probe uses only the
+examples in which that modality is present.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from mmjax.data import pipeline
+from mmjax.errors import ConfigError
+from mmjax.predict import Predictor
+
+L2_REG = 2.0**10  # big_vision's default l2_reg
+BIAS_FEATURE = 100.0
+FUSED = "fused"
+
+
+def fit_probe(x: np.ndarray, labels: np.ndarray, num_classes: int, l2: float) -> dict:
+    """The closed-form probe of features x [N, D] for `labels` [N]: {mean, std, weights
+    [D + 1, C]}. Solves (Z^T Z + l2 I) W = Z^T T, or W = Z^T (Z Z^T + l2 I)^-1 T when N < D,
+    with Z the standardised features plus the bias feature and T the {-1, 1} one-hot targets."""
+    x = np.asarray(x, np.float64)
+    mean, std = x.mean(0), x.std(0) + 1e-5
+    z = _design(x, mean, std)
+    targets = 2.0 * np.eye(num_classes)[labels] - 1.0
+    n, d = z.shape
+    if n >= d:
+        weights = np.linalg.solve(z.T @ z + l2 * np.eye(d), z.T @ targets)
+    else:
+        weights = z.T @ np.linalg.solve(z @ z.T + l2 * np.eye(n), targets)
+    return {"mean": mean, "std": std, "weights": weights}
+
+
+def _design(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    z = (np.asarray(x, np.float64) - mean) / std
+    return np.concatenate([z, np.full((len(z), 1), BIAS_FEATURE)], axis=1)
+
+
+def probe_predict(probe: dict, x: np.ndarray) -> np.ndarray:
+    """Predicted classes [N] of features x [N, D]."""
+    return np.argmax(_design(x, probe["mean"], probe["std"]) @ probe["weights"], axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _represent(graphdef: nnx.GraphDef, params: nnx.State, batch: dict) -> tuple[dict, dict]:
+    model = nnx.merge(graphdef, params)
+    features, masks = model.encode(batch, train=False)
+    vectors = {FUSED: model.fusion(features, masks, train=False)}
+    return vectors | {m: f.pooled for m, f in features.items()}, masks
+
+
+def representations(
+    predictor: Predictor, split: str, data_root: str = ""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """Every record of `split`: ({"fused" or modality: vectors [N, D]}, {same: present [N]},
+    labels [N]); "fused" is present everywhere."""
+    exp = predictor.experiment
+    data = dataclasses.replace(exp.data, root=data_root or exp.data.root)
+    vectors, present, labels = [], [], []
+    for batch, rows in pipeline.eval_batches(
+        data, predictor.modalities, split, exp.train.eval_batch_size
+    ):
+        labels.append(batch.pop("label")[:rows])
+        out, masks = jax.device_get(_represent(predictor.graphdef, predictor.params, batch))
+        vectors.append({k: v[:rows] for k, v in out.items()})
+        present.append({m: masks[m][:rows] for m in masks} | {FUSED: np.ones(rows, bool)})
+    if not labels:
+        raise ConfigError(f"split {split!r} of {data.name!r} has no records")
+    joined = {k: np.concatenate([v[k] for v in vectors]) for k in vectors[0]}
+    return (
+        joined,
+        {k: np.concatenate([p[k] for p in present]) for k in present[0]},
+        np.concatenate(labels),
+    )
+
+
+def check_shots(shots: Sequence[int], draws: int) -> None:
+    if not shots or any(k < 1 for k in shots):
+        raise ConfigError(f"--shots: {list(shots)}: each must be a whole number >= 1")
+    if draws < 1:
+        raise ConfigError(f"--draws: {draws}: must be >= 1")
+
+
+def evaluate(
+    predictor: Predictor,
+    shots: Sequence[int],
+    *,
+    draws: int = 5,
+    l2: float = L2_REG,
+    train_split: str = "train",
+    test_split: str = "test",
+    data_root: str = "",
+) -> dict[str, Any]:
+    """Few-shot accuracy on `test_split` of probes fitted on `shots` examples per class of
+    `train_split`, per representation: mean, std and every draw's value."""
+    check_shots(shots, draws)
+    shots = sorted(set(shots))
+    num_classes = predictor.num_classes
+    train = representations(predictor, train_split, data_root)
+    test = representations(predictor, test_split, data_root)
+    names = list(predictor.class_names)
+    result = {
+        "train_split": train_split,
+        "test_split": test_split,
+        "l2": l2,
+        "draws": draws,
+        "shots": shots,
+        "representations": {},
+    }
+    for rep in [FUSED, *predictor.modalities]:
+        x, present, y = train[0][rep], train[1][rep], train[2]
+        counts = np.bincount(y[present], minlength=num_classes)
+        smallest = int(np.argmin(counts))
+        if shots[-1] > counts[smallest]:
+            where = "" if rep == FUSED else f" with {rep} present"
+            raise ConfigError(
+                f"--shots {shots[-1]}: class {names[smallest]!r} has only {counts[smallest]} "
+                f"examples in {train_split!r}{where}; use --shots <= {counts[smallest]}"
+            )
+        keep = test[1][rep]
+        x_test, y_test = test[0][rep][keep], test[2][keep]
+        accuracy = {k: [] for k in shots}
+        for draw in range(draws):
+            rng = np.random.default_rng(draw)
+            order = [
+                rng.permutation(np.flatnonzero(present & (y == c))) for c in range(num_classes)
+            ]
+            for k in shots:
+                support = np.concatenate([o[:k] for o in order])
+                probe = fit_probe(x[support], y[support], num_classes, l2)
+                accuracy[k].append(float(np.mean(probe_predict(probe, x_test) == y_test)))
+        result["representations"][rep] = {
+            "dim": int(x.shape[1]),
+            "test_examples": int(keep.sum()),
+            "accuracy": {
+                str(k): {"mean": float(np.mean(v)), "std": float(np.std(v)), "draws": v}
+                for k, v in accuracy.items()
+            },
+        }
+    return result
