@@ -341,19 +341,23 @@ def zoo_markdown() -> str:
         "",
         "Generated from the registries by `mmjax zoo list --markdown`.",
         "",
-        "| kind | name | input | what it is |",
-        "|---|---|---|---|",
+        "| kind | name | input | what it is | deviations from the paper |",
+        "|---|---|---|---|---|",
     ]
+    label = "Deviations from the paper:"
     kinds = (("encoder", mmjax.ENCODERS), ("fusion", mmjax.FUSIONS), ("model", mmjax.MODELS))
     for kind, registry in kinds:
         for name in registry.names():
             entry = registry.get(name)
-            summary = " ".join((entry.__doc__ or "").strip().split("\n\n")[0].split())
+            doc = (entry.__doc__ or "").strip()
+            paragraphs = [" ".join(p.split()) for p in doc.split("\n\n")]
+            summary = paragraphs[0]
+            deviations = "".join(p.removeprefix(label) for p in paragraphs if p.startswith(label))
             if kind == "model":
                 where = ", ".join(sorted(entry()["encoders"]))
             else:
                 where = getattr(entry, "modality", "features")
-            lines.append(f"| {kind} | `{name}` | {where} | {summary} |")
+            lines.append(f"| {kind} | `{name}` | {where} | {summary} | {deviations.strip()} |")
     return "\n".join(lines) + "\n"
 
 

@@ -16,7 +16,11 @@ from mmjax.registry import FUSIONS
 
 @FUSIONS.register("late_concat")
 class LateConcat(nnx.Module):
-    """Late fusion: concatenate pooled features (zeroed when missing) and presence flags -> MLP."""
+    """Late fusion: concatenate pooled features (zeroed when missing) and presence flags -> MLP.
+
+    Deviations from the paper: a generic baseline, not from one paper. Unlike MultiBench's Concat
+    it appends presence flags, so the MLP can tell a missing modality from zero features.
+    """
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -42,7 +46,10 @@ class LateConcat(nnx.Module):
 @FUSIONS.register("early_concat")
 class EarlyConcat(nnx.Module):
     """Early fusion: project every modality's tokens to one width, tag them with a learned
-    modality embedding, concatenate along time and run joint Transformer blocks over them."""
+    modality embedding, concatenate along time and run joint Transformer blocks over them.
+
+    Deviations from the paper: none (a generic baseline, not from one paper).
+    """
 
     @dataclasses.dataclass(frozen=True)
     class Config:

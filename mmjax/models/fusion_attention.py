@@ -106,6 +106,8 @@ class CNNRNN(nnx.Module):
        modality at each step and its neighbours -> [B, steps, width] -> GELU -> dropout.
     4. An LSTM (`nnx.RNN`, a scan) runs over the steps; its outputs are mean pooled over the
        steps where any modality is present (zeros when none is).
+
+    Deviations from the paper: none (a generic baseline, not from one paper).
     """
 
     @dataclasses.dataclass(frozen=True)
@@ -153,6 +155,11 @@ class MulT(nnx.Module):
     ([B, T_t, (M-1) dim]; a lone modality uses its own tokens) and run through `self_layers`
     self-attention blocks. Each target is masked mean pooled, zeroed when missing, concatenated
     with presence flags and mapped by an MLP to `dim`.
+
+    Deviations from the paper: each target sequence is mean pooled over its valid tokens where
+    MulT takes its last time step, and the output MLP (GELU, presence flags appended) has no
+    residual connection (the authors' code: a ReLU MLP with one). Cross-attention has a learned
+    null key/value.
     """
 
     @dataclasses.dataclass(frozen=True)
@@ -233,6 +240,12 @@ class MBT(nnx.Module):
     reads the learned bottleneck and only writes a fused one, so modalities exchange information
     from the second fusion layer on (fusion_layer=depth-1 is still late). Output: the mean over
     present modalities of their pooled tokens, projected by a linear layer.
+
+    Deviations from the paper: sine positions where MBT learns position embeddings, and each
+    modality is mean pooled over its valid tokens where MBT reads its CLS token. The linear map
+    of the mean over modalities equals MBT's mean of per-modality logits from a shared linear
+    classifier, but training takes the loss of that mean (Scenic's MBT averages per-modality
+    losses).
     """
 
     @dataclasses.dataclass(frozen=True)
@@ -313,6 +326,10 @@ class Perceiver(nnx.Module):
     embedding, then concatenated; `n_latents` learned latents cross-attend to them (keys masked by
     token and modality masks, plus a learned always-valid null key), run `depth` latent
     self-attention blocks, and are layer-normed and averaged -> [B, dim].
+
+    Deviations from the paper: one cross-attention, where the Perceiver repeats cross-attention
+    and latent blocks. Sine positions and the modality embedding are added to the tokens, where
+    the paper concatenates Fourier features and a modality code. The null key is this library's.
     """
 
     @dataclasses.dataclass(frozen=True)

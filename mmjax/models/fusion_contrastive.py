@@ -68,7 +68,14 @@ class _TwoTower(nnx.Module):
 
 @FUSIONS.register("clip")
 class CLIPHead(_TwoTower):
-    """Two towers with CLIP's symmetric softmax contrastive loss (Radford et al. 2021)."""
+    """Two towers with CLIP's symmetric softmax contrastive loss (Radford et al. 2021).
+
+    loss = (CE(t a bᵀ, I) + CE(t b aᵀ, I)) / 2 over the samples with both modalities, a and b unit
+    embeddings, t = exp(log_scale) learned from 1/0.07 and capped at 100, as in the paper.
+
+    Deviations from the paper: the projections have a bias (CLIP's have none), and the fused
+    vector, the mean of the present modalities' embeddings, is this library's addition.
+    """
 
     def __init__(self, dims: dict[str, int], cfg: _TwoTower.Config, *, rngs: nnx.Rngs):
         super().__init__(dims, cfg, rngs=rngs)
@@ -76,7 +83,8 @@ class CLIPHead(_TwoTower):
 
     def pair_loss(self, a: jax.Array, b: jax.Array, valid: jax.Array) -> jax.Array:
         """a, b [B, D] unit vectors; valid [B]: rows where both modalities are present."""
-        logits = jnp.exp(self.log_scale[...]) * a @ b.T
+        scale = jnp.exp(jnp.minimum(self.log_scale[...], jnp.log(100.0)))  # CLIP's cap
+        logits = scale * a @ b.T
         pair_ok = valid[:, None] & valid[None, :]
         logits = jnp.where(pair_ok, logits, -1e9)
         labels = jnp.arange(a.shape[0])
@@ -88,7 +96,14 @@ class CLIPHead(_TwoTower):
 
 @FUSIONS.register("siglip")
 class SigLIPHead(_TwoTower):
-    """Two towers with SigLIP's pairwise sigmoid loss (Zhai et al. 2023)."""
+    """Two towers with SigLIP's pairwise sigmoid loss (Zhai et al. 2023).
+
+    loss = -Σ_ij log σ(s_ij (t a_i · b_j + c)) / n, s_ij = 1 on the diagonal and -1 elsewhere, over
+    the n samples with both modalities; t = exp(log_scale) from 10 and c from -10, as in the paper.
+
+    Deviations from the paper: the fused vector, the mean of the present modalities' embeddings,
+    is this library's addition.
+    """
 
     def __init__(self, dims: dict[str, int], cfg: _TwoTower.Config, *, rngs: nnx.Rngs):
         super().__init__(dims, cfg, rngs=rngs)

@@ -9,9 +9,9 @@ cannot leak into the output or its gradient. Per head (z_m = pooled features of 
   [1, 0, ..., 0], so only its constant survives.
 - low_rank_fusion: out = Σ_r Π_m ([z_m, 1] @ W_m[r]) + b. Missing: input [0..0, 1], so the factor
   is the constant row W_m[r, -1].
-- multiplicative: h = A z_0 + c, then for each later modality h <- (I + W_m z_m) h + V_m z_m (the
-  MI layer with a generated weight matrix, folded over modalities). Missing: z_m = 0, so that
-  step is exactly the identity (and a missing first modality leaves h = c).
+- multiplicative: MI(x, z) = zᵀ W x + zᵀ U + V x + b with W a full tensor; h = MI(z_0, z_1), then
+  h <- MI_m(h, z_m) for each later modality. Missing: its input is 0, so MI(x, 0) = V x + b and
+  MI(0, z) = zᵀ U + b, the affine terms of the other input alone.
 - bilinear_mfb: e = Π_{m present} (U_m z_m + b_m) in R^{k·o}, summed over groups of k, signed square
   root, L2 norm. Missing: the modality is left out of the product (its factor is 1), so the head
   falls back to the present modalities' projections; with none present e = 0.
@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmjax.errors import ConfigError
 from mmjax.models.layers import MLP, Features
 from mmjax.registry import FUSIONS
 
@@ -41,7 +42,19 @@ def _present_pooled(
 
 @FUSIONS.register("tensor_fusion")
 class TensorFusion(nnx.Module):
-    """Tensor fusion: MLP over the outer product of [1, z_m] vectors (Zadeh et al. 2017, TFN)."""
+    """Tensor fusion: MLP over the outer product of [1, z_m] vectors (Zadeh et al. 2017, TFN).
+
+    Each modality is projected, P_m z_m [B, proj_dim]: the last layer of TFN's modality embedding
+    subnetwork, whose earlier layers are the encoder. The tensor fusion layer is the outer product
+    of the [1; P_m z_m] vectors, flattened to [B, (proj_dim + 1)^M]. The MLP (Linear, GELU,
+    dropout, Linear, GELU) is the sentiment inference subnetwork without its output layer, which
+    is the model's classifier.
+
+    Deviations from the paper: GELU where the paper uses ReLU. One `proj_dim` (8) for every
+    modality, where TFN's embeddings are 32 (audio, visual) and 128 (language) wide. Dropout acts
+    between the MLP's layers; the authors' code drops the fused tensor. Any number of modalities,
+    not the paper's three.
+    """
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -76,7 +89,15 @@ class TensorFusion(nnx.Module):
 
 @FUSIONS.register("low_rank_fusion")
 class LowRankFusion(nnx.Module):
-    """Low-rank multimodal fusion: rank-r modality factors of the TFN tensor (Liu et al. 2018)."""
+    """Low-rank multimodal fusion: rank-r modality factors of the TFN tensor (Liu et al. 2018).
+
+    out = Σ_{i<r} Π_m ([z_m; 1] · W_m^(i)) + b [B, hidden], the TFN weight tensor in rank-r CP
+    form applied without building the tensor; z_m are the encoders' pooled features, the output
+    of LMF's modality subnetworks.
+
+    Deviations from the paper: none. (The authors' code also weights the r terms by learned
+    scalars; the paper sums them, as here.)
+    """
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -107,27 +128,53 @@ class LowRankFusion(nnx.Module):
         return product.sum(axis=1) + self.bias[...]
 
 
+class _MI(nnx.Module):
+    """One multiplicative-interaction layer: x [B, D_x], z [B, D_z] -> [B, out],
+    f(x, z) = zᵀ W x + zᵀ U + V x + b with W a full [D_z, D_x, out] tensor."""
+
+    def __init__(self, x_dim: int, z_dim: int, out: int, *, rngs: nnx.Rngs):
+        init = nnx.initializers.variance_scaling(
+            1.0, "fan_in", "normal", in_axis=(0, 1), out_axis=2
+        )
+        self.w = nnx.Param(init(rngs.params(), (z_dim, x_dim, out)))
+        self.u = nnx.Linear(z_dim, out, use_bias=False, rngs=rngs)
+        self.v = nnx.Linear(x_dim, out, rngs=rngs)  # its bias is b
+
+    def __call__(self, x: jax.Array, z: jax.Array) -> jax.Array:
+        bilinear = einops.einsum(z, self.w[...], x, "b i, i j o, b j -> b o")
+        return bilinear + self.u(z) + self.v(x)
+
+
 @FUSIONS.register("multiplicative")
 class Multiplicative(nnx.Module):
-    """Multiplicative interactions, folded over modalities (Jayakumar et al. 2020, MI)."""
+    """Multiplicative interactions, folded over modalities (Jayakumar et al. 2020, MI).
+
+    MI(x, z) = zᵀ W x + zᵀ U + V x + b, W a full [D_z, D_x, dim] tensor (MultiBench's
+    MultiplicativeInteractions2Modal with output="matrix"). h = MI(z_0, z_1) [B, dim], then
+    h <- MI_m(h, z_m) for each later modality, with a full [D_m, dim, dim] tensor. The first
+    tensor has D_0·D_1·dim parameters: `project=k` > 0 projects z_0 to k features first
+    (D_0·k + k + k·D_1·dim), a tensor of rank at most k in z_0 for wide encoders. A lone
+    modality is projected to `dim` (there is nothing to interact with).
+
+    Deviations from the paper: none with `project=0`, the default; `project=k` limits the rank.
+    The paper fuses two inputs; more modalities fold in one MI layer each.
+    """
 
     @dataclasses.dataclass(frozen=True)
     class Config:
         dim: int = 32
+        project: int = 0  # 0: the paper's full tensor on z_0; k > 0: project z_0 to k first
 
     def __init__(self, dims: dict[str, int], cfg: Config, *, rngs: nnx.Rngs):
+        if cfg.project < 0:
+            raise ConfigError(f"multiplicative.project must be >= 0, got {cfg.project}")
         self.modalities = tuple(sorted(dims))
         first, *rest = self.modalities
-        self.base = nnx.Linear(dims[first], cfg.dim, rngs=rngs)
-        # W_m [D_m, D, D]: z_m generates the matrix W_m z_m that multiplies the state h.
-        init = nnx.initializers.variance_scaling(
-            1.0, "fan_in", "normal", in_axis=(0, 2), out_axis=1
-        )
-        self.bilinear = nnx.Dict(
-            {m: nnx.Param(init(rngs.params(), (dims[m], cfg.dim, cfg.dim))) for m in rest}
-        )
-        self.linear = nnx.Dict(
-            {m: nnx.Linear(dims[m], cfg.dim, use_bias=False, rngs=rngs) for m in rest}
+        width = cfg.project if rest else cfg.dim
+        self.proj = nnx.Linear(dims[first], width, rngs=rngs) if width else None
+        widths = [width or dims[first]] + [cfg.dim] * (len(rest) - 1)  # h's width at each step
+        self.steps = nnx.Dict(
+            {m: _MI(w, dims[m], cfg.dim, rngs=rngs) for m, w in zip(rest, widths)}
         )
         self.dim = cfg.dim
 
@@ -135,19 +182,24 @@ class Multiplicative(nnx.Module):
         self, features: dict[str, Features], modality_mask: dict[str, jax.Array], *, train: bool
     ) -> jax.Array:
         first, *rest = self.modalities
-        _, z = _present_pooled(features, modality_mask, first)
-        h = self.base(z)  # missing first modality: the bias alone
+        present, h = _present_pooled(features, modality_mask, first)
+        if self.proj is not None:
+            h = jnp.where(present, self.proj(h), 0.0)  # missing: 0, as without the projection
         for m in rest:
-            _, z = _present_pooled(features, modality_mask, m)
-            # h <- (I + W_m z_m) h + V_m z_m; z_m = 0 (missing) makes this the identity.
-            interaction = einops.einsum(z, self.bilinear[m][...], h, "b i, i o k, b k -> b o")
-            h = h + interaction + self.linear[m](z)
+            h = self.steps[m](h, _present_pooled(features, modality_mask, m)[1])
         return h
 
 
 @FUSIONS.register("bilinear_mfb")
 class BilinearMFB(nnx.Module):
-    """Multimodal factorised bilinear pooling, folded over modalities (Yu et al. 2017, MFB)."""
+    """Multimodal factorised bilinear pooling, folded over modalities (Yu et al. 2017, MFB).
+
+    e = Π_m (U_m z_m + b_m) [B, k·o] -> dropout -> sum pooling over groups of k [B, o] -> signed
+    square root -> L2 normalisation.
+
+    Deviations from the paper: the paper fuses two inputs (image and question); with more, the
+    product takes every modality's projection.
+    """
 
     @dataclasses.dataclass(frozen=True)
     class Config:
