@@ -487,6 +487,7 @@ class DataConfig:
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 NONFINITE_POLICIES = ("stop", "skip")
+BALANCE_METHODS = ("none", "ogm_ge")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -533,6 +534,12 @@ class TrainConfig:
     # A step whose loss or gradient is NaN/inf never changes the state. "stop" ends the run
     # naming the step and the last good checkpoint; "skip" drops that batch and goes on.
     on_nonfinite: str = "stop"
+    # Modality balancing: "ogm_ge" modulates each encoder's gradient by how much its modality
+    # dominates (`mmjax.train.balance`), with strength `balance_alpha`, for the first
+    # `balance_until` share of the steps.
+    balance: str = "none"
+    balance_alpha: float = 0.5
+    balance_until: float = 0.5
 
     def __post_init__(self):
         positive = ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints")
@@ -561,6 +568,12 @@ class TrainConfig:
                     self.on_nonfinite in NONFINITE_POLICIES,
                     f"one of {', '.join(NONFINITE_POLICIES)}",
                 ),
+                "balance": (
+                    self.balance in BALANCE_METHODS,
+                    f"one of {', '.join(BALANCE_METHODS)}",
+                ),
+                "balance_alpha": (self.balance_alpha > 0, "> 0"),
+                "balance_until": (0 <= self.balance_until <= 1, "a share of the steps in [0, 1]"),
             },
         )
         _require(

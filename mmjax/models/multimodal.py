@@ -68,6 +68,18 @@ class MultimodalModel(nnx.Module):
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """(logits [B, num_classes], {name: weighted auxiliary loss scalar})."""
         features, masks = self.encode(batch, train=train)
+        return self.fuse(batch, features, masks, train=train)
+
+    def fuse(
+        self,
+        batch: Mapping[str, jax.Array],
+        features: dict[str, Features],
+        masks: dict[str, jax.Array],
+        *,
+        train: bool,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """`forward` after `encode`: (logits, auxiliary losses) from the batch's encoded
+        `features` and presence `masks`."""
         aux = {}
         for m, encoder in self.encoders.items():
             if m in batch and m not in self.frozen and hasattr(encoder, "aux_loss"):
@@ -77,6 +89,18 @@ class MultimodalModel(nnx.Module):
         if self.aligner is not None:
             aux["adversarial"] = self.aligner(features, masks)
         return self.head(self.fusion(features, masks, train=train)), aux
+
+    def unimodal_logits(
+        self, features: dict[str, Features], masks: dict[str, jax.Array]
+    ) -> dict[str, jax.Array]:
+        """{m: logits [B, num_classes] of the fusion head and classifier, in inference mode,
+        with every modality but m masked out}: what the model predicts from m alone."""
+        return {
+            m: self.head(
+                self.fusion(features, {u: masks[u] & (u == m) for u in masks}, train=False)
+            )
+            for m in self.modalities
+        }
 
     def encode(
         self, batch: Mapping[str, jax.Array], *, train: bool

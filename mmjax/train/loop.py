@@ -16,6 +16,7 @@ from mmjax.data import pipeline, sources
 from mmjax.errors import CheckpointError, ConfigError, TrainingError
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
+from mmjax.train.balance import OGMGE
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics import MetricsLog
 from mmjax.train.preemption import PreemptionWatch
@@ -135,6 +136,19 @@ def _resume(
     return restored.step, restored.state, restored.metrics.get("train_seconds", 0.0)
 
 
+def _ogm(exp: ExperimentConfig) -> OGMGE | None:
+    """OGM-GE's settings when `train.balance` asks for it (a model of >= 2 modalities)."""
+    if exp.train.balance != "ogm_ge":
+        return None
+    if len(exp.model.modalities) < 2:
+        raise ConfigError(
+            f"train.balance=ogm_ge balances modalities; this model has only "
+            f"{', '.join(exp.model.modalities)}"
+        )
+    until = round(exp.train.balance_until * exp.train.steps)
+    return OGMGE(exp.train.balance_alpha, until, exp.train.seed)
+
+
 def train(
     config: ConfigDict | dict[str, Any],
     workdir: str | Path,
@@ -192,6 +206,7 @@ def train(
                 mesh,
                 grad_accum_steps=exp.train.grad_accum_steps,
                 compute_dtype=exp.train.compute_dtype,
+                ogm=_ogm(exp),
             )
             last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
             shapes = source.sample_shapes(modalities)

@@ -17,6 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from mmjax.config import COMPUTE_DTYPES
 from mmjax.errors import ConfigError
 from mmjax.parallel import batch_sharded, replicated
+from mmjax.train.balance import OGMGE, modulate, ogm_coefficients
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -29,15 +30,24 @@ def _inputs(batch: Batch) -> Batch:
 
 
 def training_loss(
-    model: nnx.Module, batch: Batch
+    model: nnx.Module, batch: Batch, *, ogm: OGMGE | None = None
 ) -> tuple[jax.Array, tuple[jax.Array, dict[str, jax.Array]]]:
     """(total loss, (logits [B, C], {term: scalar})): weighted cross-entropy on float32 logits
-    plus every auxiliary loss the model reports (reconstruction, contrastive, adversarial)."""
-    logits, aux = model.forward(_inputs(batch), train=True)
+    plus every auxiliary loss the model reports (reconstruction, contrastive, adversarial).
+    With `ogm`, the terms also hold OGM-GE's coefficient per modality, `balance_coeff_<m>`
+    (from the model's predictions from each modality alone, outside the gradient)."""
+    inputs = _inputs(batch)
+    features, masks = model.encode(inputs, train=True)
+    logits, aux = model.fuse(inputs, features, masks, train=True)
     logits = logits.astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     total = model.classification_weight * ce + sum(aux.values())
-    return total, (logits, {"cross_entropy": ce, **aux})
+    terms = {"cross_entropy": ce, **aux}
+    if ogm is not None:
+        alone = jax.lax.stop_gradient(model.unimodal_logits(features, masks))
+        coefficients = ogm_coefficients(alone, batch["label"], masks, ogm.alpha)
+        terms |= {f"balance_coeff_{m}": k for m, k in coefficients.items()}
+    return total, (logits, terms)
 
 
 def _cast_floats(tree: nnx.State | Batch, dtype: jnp.dtype) -> nnx.State | Batch:
@@ -73,7 +83,7 @@ def _written(new: nnx.State, cast: nnx.State, original: nnx.State) -> nnx.State:
     return jax.tree.map(pick, new, cast, original)
 
 
-def _micro_step(model_def: nnx.GraphDef, dtype: jnp.dtype) -> MicroStep:
+def _micro_step(model_def: nnx.GraphDef, dtype: jnp.dtype, ogm: OGMGE | None) -> MicroStep:
     """The gradient of `training_loss` on one (micro-)batch [b, ...], computed in `dtype`.
 
     Inside the differentiated function the float params, model state (BatchNorm statistics
@@ -95,7 +105,7 @@ def _micro_step(model_def: nnx.GraphDef, dtype: jnp.dtype) -> MicroStep:
         model = nnx.merge(model_def, cast_params, cast_rest, copy=True)
         if dtype != jnp.float32:
             _compute_in(model, dtype)
-        loss, (logits, terms) = training_loss(model, cast_batch)
+        loss, (logits, terms) = training_loss(model, cast_batch, ogm=ogm)
         _, _, new_rest = nnx.split(model, model.trainable(), ...)
         metrics = {
             "loss": loss,
@@ -189,13 +199,16 @@ def make_train_step(
     *,
     grad_accum_steps: int = 1,
     compute_dtype: str = "float32",
+    ogm: OGMGE | None = None,
 ) -> Callable[[nnx.State, Batch], tuple[nnx.State, Metrics]]:
     """(state, batch [B, ...]) -> (new state, metrics); the state is donated, the batch sharded.
 
     One optimizer update per step, with the mean gradient of `grad_accum_steps` equal
     micro-batches [B/k, ...] (the whole batch's when 1) computed in `compute_dtype`. A step
     whose loss or gradient norm is NaN/inf skips the update (a `lax.cond`), returning the
-    state unchanged, and reports metric `nonfinite` 1 (else 0).
+    state unchanged, and reports metric `nonfinite` 1 (else 0). With `ogm`, each encoder's
+    gradient is modulated by OGM-GE (`mmjax.train.balance`) before the update, for the
+    optimizer steps before `ogm.until`, from the micro-batches' mean coefficients.
     """
     if grad_accum_steps < 1:
         raise ConfigError(f"train.grad_accum_steps must be >= 1, got {grad_accum_steps}")
@@ -203,12 +216,18 @@ def make_train_step(
     update = _update(graphdef)
 
     def train_step(state: nnx.State, batch: Batch) -> tuple[nnx.State, Metrics]:
-        model, _ = nnx.merge(graphdef, state)  # shares `state`'s variables: read only
+        model, optimizer = nnx.merge(graphdef, state)  # shares `state`'s variables: read only
         model_def, params, rest = nnx.split(model, model.trainable(), ...)
-        grad_fn = _micro_step(model_def, dtype)
+        grad_fn = _micro_step(model_def, dtype, ogm)
         if grad_accum_steps > 1:
             grad_fn = _accumulate(grad_fn, grad_accum_steps, mesh)
         grads, rest, metrics = grad_fn(params, rest, batch)
+        if ogm is not None:
+            step = optimizer.step[...]
+            prefix = "balance_coeff_"
+            coefficients = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
+            modulated = modulate(grads, coefficients, ogm.noise_key(step))
+            grads = jax.tree.map(lambda m, g: jnp.where(step < ogm.until, m, g), modulated, grads)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
         new_state = jax.lax.cond(finite, update, lambda state, *_: state, state, grads, rest)

@@ -1,0 +1,137 @@
+"""OGM-GE modality balancing: the coefficients follow the paper's formula, only the encoders'
+gradients are modulated, inside the one jitted step, and a balanced run resumes exactly."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import mmjax
+from mmjax.config import experiment_from, set_value
+from mmjax.parallel import data_mesh
+from mmjax.train.balance import OGMGE, modulate, ogm_coefficients
+from mmjax.train.state import build_model_and_optimizer, state_shardings
+from mmjax.train.step import make_train_step
+from tests.batches import avdigits_batches
+from tests.test_train_loop import _params, tiny_config
+
+
+def reference_coefficients(logits: dict, labels, present: dict, alpha: float) -> dict:
+    """Peng et al. 2022, Eqs. 9-10, in NumPy: s_u = mean over present samples of softmax(o_u)
+    at the true class; rho_u = s_u / s_v (two modalities) or over the others' mean;
+    k_u = 1 - tanh(alpha rho_u) if rho_u > 1 else 1."""
+    scores = {}
+    for m, o in logits.items():
+        o = np.asarray(o, np.float64)
+        p = np.exp(o - o.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        scores[m] = np.mean([p[i, labels[i]] for i in range(len(labels)) if present[m][i]])
+    out = {}
+    for m, s in scores.items():
+        rho = s / np.mean([v for u, v in scores.items() if u != m])
+        out[m] = 1 - np.tanh(alpha * rho) if rho > 1 else 1.0
+    return out
+
+
+@pytest.mark.parametrize("modalities", [("audio", "image"), ("audio", "image", "text")])
+def test_coefficients_follow_the_paper(modalities):
+    rng = np.random.default_rng(len(modalities))
+    labels = rng.integers(0, 5, 8)
+    # The image is confident and right, the others are not: the image dominates.
+    logits = {m: rng.standard_normal((8, 5)) for m in modalities}
+    logits["image"][np.arange(8), labels] += 4.0
+    present = {m: np.ones(8, bool) for m in modalities}
+    present["audio"][[1, 5]] = False
+    got = ogm_coefficients(
+        {m: jnp.asarray(v, jnp.float32) for m, v in logits.items()},
+        jnp.asarray(labels),
+        {m: jnp.asarray(v) for m, v in present.items()},
+        alpha=0.7,
+    )
+    expected = reference_coefficients(logits, labels, present, 0.7)
+    for m in modalities:
+        np.testing.assert_allclose(float(got[m]), expected[m], rtol=1e-5)
+    assert float(got["image"]) < 1 and all(float(got[m]) == 1 for m in modalities if m != "image")
+
+
+def test_modulate_scales_and_adds_noise_to_encoders_only():
+    grads = nnx.State(
+        {
+            "encoders": {"audio": {"w": jnp.ones((64, 64))}, "image": {"w": jnp.ones((64, 64))}},
+            "head": {"w": jnp.ones((64, 64))},
+        }
+    )
+    grads = jax.tree.map(lambda g: g * jnp.linspace(0, 2, g.size).reshape(g.shape), grads)
+    key = jax.random.key(0)
+    out = modulate(grads, {"audio": jnp.float32(0.25), "image": jnp.float32(1.0)}, key)
+    np.testing.assert_array_equal(out["head"]["w"], grads["head"]["w"])
+    for m, k in (("audio", 0.25), ("image", 1.0)):
+        g, noise = (
+            grads["encoders"][m]["w"],
+            out["encoders"][m]["w"] - k * grads["encoders"][m]["w"],
+        )
+        # The noise: zero-mean, with the std of the unmodulated gradient.
+        assert abs(float(noise.mean())) < 0.05 and float(noise.std()) == pytest.approx(
+            float(g.std()), rel=0.05
+        )
+    again = modulate(grads, {"audio": jnp.float32(0.25), "image": jnp.float32(1.0)}, key)
+    assert jax.tree.all(jax.tree.map(jnp.array_equal, out, again))
+
+
+def cheap_config(avdigits_root, steps: int = 6):
+    """The tiny late-fusion config with log-mel frames for audio (it compiles in a fraction
+    of the CNN-LSTM's time), one eval split."""
+    cfg = tiny_config(avdigits_root, steps=steps)
+    set_value(cfg, "model.encoders.audio", "audio_frames")
+    set_value(cfg, "model.encoders.audio.dim", 16)
+    set_value(cfg, "train.eval_splits", ("test",))
+    return cfg
+
+
+def test_the_step_modulates_only_inside_its_window(avdigits_root):
+    exp = experiment_from(cheap_config(avdigits_root))
+    mesh = data_mesh(jax.devices()[:1])
+    graphdef, state = nnx.split(build_model_and_optimizer(exp))
+    shardings = state_shardings(state, mesh)
+    plain = make_train_step(graphdef, shardings, mesh)
+    balanced = make_train_step(graphdef, shardings, mesh, ogm=OGMGE(0.5, until=1, seed=0))
+    batch = next(avdigits_batches(1, exp.train.batch_size, audio=8000))
+
+    def params_after(step, state):
+        state, metrics = step(jax.tree.map(jnp.copy, state), batch)
+        return nnx.state(nnx.merge(graphdef, state)[0], nnx.Param), metrics
+
+    (a, _), (b, metrics) = params_after(plain, state), params_after(balanced, state)
+    assert {"balance_coeff_audio", "balance_coeff_image"} <= set(metrics)
+    changed = jax.tree.map(lambda x, y: not jnp.array_equal(x, y), a, b)
+    assert changed["encoders"]["audio"] and changed["encoders"]["image"]
+    assert not any(jax.tree.leaves(changed["head"]))  # only the encoders' gradients change
+    # At optimizer step 1 (>= until) the balanced step is the plain one.
+    model, optimizer = nnx.merge(graphdef, state)
+    optimizer.step[...] = jnp.ones_like(optimizer.step[...])
+    later = nnx.state((model, optimizer))
+    (a, _), (b, _) = params_after(plain, later), params_after(balanced, later)
+    assert jax.tree.all(jax.tree.map(jnp.array_equal, a, b))
+
+
+def test_balanced_run_resumes_exactly_and_refuses_a_lone_modality(avdigits_root, tmp_path):
+    cfg = cheap_config(avdigits_root)
+    set_value(cfg, "train.balance", "ogm_ge")
+    set_value(cfg, "train.checkpoint_every", 3)
+    straight = mmjax.train(cfg, tmp_path / "straight", progress=False)
+    mmjax.train(cfg, tmp_path / "resumed", stop_after=3, progress=False)
+    resumed = mmjax.train(cfg, tmp_path / "resumed", progress=False)
+    assert resumed["accuracy"] == straight["accuracy"]
+    a, b = _params(tmp_path / "straight")[1], _params(tmp_path / "resumed")[1]
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    image_only = tiny_config(avdigits_root, model="image", steps=1)
+    set_value(image_only, "train.balance", "ogm_ge")
+    with pytest.raises(mmjax.ConfigError, match="only image"):
+        mmjax.train(image_only, tmp_path / "image", progress=False)
+    set_value(image_only, "train.balance", "ogm")
+    with pytest.raises(mmjax.ConfigError, match=r"train\.balance' must be one of none, ogm_ge"):
+        mmjax.train(image_only, tmp_path / "image2", progress=False)
