@@ -540,6 +540,10 @@ class TrainConfig:
     balance: str = "none"
     balance_alpha: float = 0.5
     balance_until: float = 0.5
+    # Every N steps (0: never), log how much the model uses each modality: the accuracy on
+    # one val batch (`val_batch_accuracy`) and its drop with modality m masked out
+    # (`utilisation_<m>`).
+    utilisation_every: int = 0
 
     def __post_init__(self):
         positive = ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints")
@@ -573,6 +577,7 @@ class TrainConfig:
                     f"one of {', '.join(BALANCE_METHODS)}",
                 ),
                 "balance_alpha": (self.balance_alpha > 0, "> 0"),
+                "utilisation_every": (self.utilisation_every >= 0, ">= 0 (0: never)"),
                 "balance_until": (0 <= self.balance_until <= 1, "a share of the steps in [0, 1]"),
             },
         )

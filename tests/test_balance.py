@@ -1,6 +1,8 @@
 """OGM-GE modality balancing: the coefficients follow the paper's formula, only the encoders'
 gradients are modulated, inside the one jitted step, and a balanced run resumes exactly."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -135,3 +137,30 @@ def test_balanced_run_resumes_exactly_and_refuses_a_lone_modality(avdigits_root,
     set_value(image_only, "train.balance", "ogm")
     with pytest.raises(mmjax.ConfigError, match=r"train\.balance' must be one of none, ogm_ge"):
         mmjax.train(image_only, tmp_path / "image2", progress=False)
+
+
+def test_utilisation_is_logged_from_a_val_batch(avdigits_root, tmp_path):
+    from mmjax.data import pipeline
+
+    cfg = cheap_config(avdigits_root, steps=4)
+    set_value(cfg, "train.log_every", 2)
+    set_value(cfg, "train.utilisation_every", 2)
+    mmjax.train(cfg, tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    # Recompute the last row's numbers with the trained model on the first val batch.
+    predictor = mmjax.load_predictor(tmp_path)
+    exp = predictor.experiment
+    batch, rows_in_batch = next(
+        pipeline.eval_batches(exp.data, predictor.modalities, "val", exp.train.eval_batch_size)
+    )
+    labels = batch.pop("label")[:rows_in_batch]
+
+    def accuracy(b):
+        return float(np.mean(predictor.batch_proba(b)[:rows_in_batch].argmax(1) == labels))
+
+    full = accuracy(batch)
+    assert rows[-1]["val_batch_accuracy"] == pytest.approx(full, abs=1e-6)
+    for m in ("audio", "image"):
+        without = accuracy({**batch, f"{m}_mask": np.zeros_like(batch[f"{m}_mask"])})
+        assert rows[-1][f"utilisation_{m}"] == pytest.approx(full - without, abs=1e-6)

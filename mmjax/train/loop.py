@@ -3,6 +3,7 @@
 import json
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from tqdm import tqdm
 
 from mmjax.config import ConfigDict, ExperimentConfig, as_json_dict, experiment_from
 from mmjax.data import pipeline, sources
-from mmjax.errors import CheckpointError, ConfigError, TrainingError
+from mmjax.errors import CheckpointError, ConfigError, DataError, TrainingError
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
 from mmjax.train.balance import OGMGE
@@ -149,6 +150,40 @@ def _ogm(exp: ExperimentConfig) -> OGMGE | None:
     return OGMGE(exp.train.balance_alpha, until, exp.train.seed)
 
 
+def _utilisation_probe(
+    graphdef: nnx.GraphDef, shardings: nnx.State, exp: ExperimentConfig, mesh: jax.sharding.Mesh
+) -> Callable[[nnx.State], dict[str, jax.Array]] | None:
+    """state -> {"val_batch_accuracy", "utilisation_<m>" per modality} on the first val batch
+    (the accuracy drop with m masked out), as device arrays; None when not asked for."""
+    if not exp.train.utilisation_every:
+        return None
+    modalities = exp.model.modalities
+    try:
+        batch, rows = next(
+            pipeline.eval_batches(exp.data, modalities, "val", exp.train.eval_batch_size)
+        )
+    except (DataError, StopIteration):
+        raise ConfigError(
+            f"train.utilisation_every needs a 'val' split with records; {exp.data.name!r} has none"
+        ) from None
+    valid = put_batch({"v": np.arange(len(batch["label"])) < rows}, mesh)["v"]
+    variants = {"": batch} | {
+        m: {**batch, f"{m}_mask": np.zeros_like(batch[f"{m}_mask"])} for m in modalities
+    }
+    placed = {m: put_batch(b, mesh) for m, b in variants.items()}
+    eval_step = make_eval_step(graphdef, shardings, mesh)
+
+    def probe(state: nnx.State) -> dict[str, jax.Array]:
+        accuracy = {}
+        for m, b in placed.items():
+            out = eval_step(state, b, valid)
+            accuracy[m] = out["correct"] / out["examples"]
+        drops = {f"utilisation_{m}": accuracy[""] - accuracy[m] for m in modalities}
+        return {"val_batch_accuracy": accuracy[""], **drops}
+
+    return probe
+
+
 def train(
     config: ConfigDict | dict[str, Any],
     workdir: str | Path,
@@ -208,6 +243,7 @@ def train(
                 compute_dtype=exp.train.compute_dtype,
                 ogm=_ogm(exp),
             )
+            probe = _utilisation_probe(graphdef, shardings, exp, mesh)
             last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
             shapes = source.sample_shapes(modalities)
             bar = tqdm(
@@ -227,6 +263,8 @@ def train(
                     )
                 state, metrics = train_step(state, put_batch(batch, mesh))
                 step += 1
+                if probe is not None and step % exp.train.utilisation_every == 0:
+                    metrics = {**metrics, **probe(state)}
                 log.push(step, metrics)
                 _on_nonfinite(log.take_nonfinite(), exp.train.on_nonfinite, checkpointer)
                 preempted = preemption.reached(step)

@@ -10,7 +10,8 @@ import numpy as np
 
 
 class MetricsLog:
-    """Averages per-step metrics over each interval and appends them to metrics.jsonl.
+    """Averages per-step metrics over each interval and appends them to metrics.jsonl (each
+    metric over the steps that reported it: a probe run only on logging steps is its value).
 
     `push(step, metrics)` takes step k's device metrics after step k+1 is dispatched, so the
     fetch of k overlaps k+1; it also bounds the steps in flight to two, which XLA:CPU's
@@ -21,6 +22,7 @@ class MetricsLog:
         self.path, self.every = path, every
         self._pending: tuple[int, dict[str, jax.Array]] | None = None
         self._sums: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
         self._count = 0
         self._skipped = 0  # steps in this interval whose loss or gradient was NaN/inf
         self._nonfinite: list[int] = []
@@ -54,13 +56,14 @@ class MetricsLog:
         else:
             for key, value in values.items():
                 self._sums[key] = self._sums.get(key, 0.0) + value
+                self._counts[key] = self._counts.get(key, 0) + 1
             self._count += 1
         self._last_step = step
         if step % self.every == 0:
             self._write(step)
 
     def _write(self, step: int) -> None:
-        row = {k: v / self._count for k, v in self._sums.items()}
+        row = {k: v / self._counts[k] for k, v in self._sums.items()}
         row.update(
             step=step,
             skipped_steps=self._skipped,
@@ -70,4 +73,4 @@ class MetricsLog:
         if jax.process_index() == 0:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-        self._sums, self._count, self._skipped = {}, 0, 0
+        self._sums, self._counts, self._count, self._skipped = {}, {}, 0, 0
