@@ -94,6 +94,7 @@ def config_for_data(
         "fusion": component(FUSIONS, fusion),
         "num_classes": info["num_classes"],
         "adversarial_weight": 0.0,
+        "unimodal_weight": 0.0,
         "classification_weight": 1.0,
         "frozen": frozen,
         "pretrained": {m: pretrained.get(m, "") for m in encoders},

@@ -285,6 +285,9 @@ class ModelConfig:
     fusion: Component
     num_classes: int
     adversarial_weight: float = 0.0  # > 0 adds adversarial modality alignment to the loss
+    # > 0: a classifier on each encoder's pooled features, its cross-entropy added with this
+    # weight (train.balance=grad_blend then sets every head's weight as training goes)
+    unimodal_weight: float = 0.0
     classification_weight: float = 1.0  # 0: no cross-entropy (e.g. reconstruction pretraining)
     frozen: tuple[str, ...] = ()  # modalities whose encoders keep their weights (and BN stats)
     # (modality, catalog name) pairs: encoders that start from published weights
@@ -306,6 +309,7 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
         "fusion",
         "num_classes",
         "adversarial_weight",
+        "unimodal_weight",
         "classification_weight",
         "frozen",
         "pretrained",
@@ -342,13 +346,18 @@ def model_config_from(section: Mapping[str, Any] | ConfigDict) -> ModelConfig:
     num_classes = _check_type(section.get("num_classes"), int, "model.num_classes")
     weights = {
         name: _check_type(section.get(name, default), float, f"model.{name}")
-        for name, default in (("adversarial_weight", 0.0), ("classification_weight", 1.0))
+        for name, default in (
+            ("adversarial_weight", 0.0),
+            ("unimodal_weight", 0.0),
+            ("classification_weight", 1.0),
+        )
     }
     _require(
         "model",
         {
             "num_classes": (num_classes >= 1, ">= 1"),
             "adversarial_weight": (weights["adversarial_weight"] >= 0, ">= 0 (0: none)"),
+            "unimodal_weight": (weights["unimodal_weight"] >= 0, ">= 0 (0: no unimodal heads)"),
             "classification_weight": (weights["classification_weight"] >= 0, ">= 0"),
         },
     )
@@ -487,7 +496,7 @@ class DataConfig:
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 NONFINITE_POLICIES = ("stop", "skip")
-BALANCE_METHODS = ("none", "ogm_ge")
+BALANCE_METHODS = ("none", "ogm_ge", "grad_blend")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -534,12 +543,14 @@ class TrainConfig:
     # A step whose loss or gradient is NaN/inf never changes the state. "stop" ends the run
     # naming the step and the last good checkpoint; "skip" drops that batch and goes on.
     on_nonfinite: str = "stop"
-    # Modality balancing: "ogm_ge" modulates each encoder's gradient by how much its modality
-    # dominates (`mmjax.train.balance`), with strength `balance_alpha`, for the first
-    # `balance_until` share of the steps.
+    # Modality balancing (`mmjax.train.balance`): "ogm_ge" modulates each encoder's gradient
+    # by how much its modality dominates, with strength `balance_alpha`, for the first
+    # `balance_until` share of the steps; "grad_blend" sets the weights of the fused and the
+    # unimodal heads' losses (model.unimodal_weight > 0) every `balance_every` steps.
     balance: str = "none"
     balance_alpha: float = 0.5
     balance_until: float = 0.5
+    balance_every: int = 100  # grad_blend: steps between two updates of the loss weights
     # Every N steps (0: never), log how much the model uses each modality: the accuracy on
     # one val batch (`val_batch_accuracy`) and its drop with modality m masked out
     # (`utilisation_<m>`).
@@ -578,6 +589,7 @@ class TrainConfig:
                 ),
                 "balance_alpha": (self.balance_alpha > 0, "> 0"),
                 "utilisation_every": (self.utilisation_every >= 0, ">= 0 (0: never)"),
+                "balance_every": (self.balance_every >= 1, ">= 1"),
                 "balance_until": (0 <= self.balance_until <= 1, "a share of the steps in [0, 1]"),
             },
         )

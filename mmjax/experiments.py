@@ -92,6 +92,7 @@ def product_clips_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "fusion": component(FUSIONS, "late_concat", hidden=128),
         "num_classes": len(product_clips.CLASSES),
         "adversarial_weight": 0.0,
+        "unimodal_weight": 0.0,
         "classification_weight": 1.0,
         "frozen": (),
         "pretrained": {"text": "", "video": "", "audio": ""},

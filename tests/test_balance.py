@@ -6,6 +6,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -117,10 +118,15 @@ def test_the_step_modulates_only_inside_its_window(avdigits_root):
     assert jax.tree.all(jax.tree.map(jnp.array_equal, a, b))
 
 
-def test_balanced_run_resumes_exactly_and_refuses_a_lone_modality(avdigits_root, tmp_path):
+@pytest.mark.parametrize("method", ["ogm_ge", "grad_blend"])
+def test_balanced_run_resumes_exactly(avdigits_root, tmp_path, method):
     cfg = cheap_config(avdigits_root)
-    set_value(cfg, "train.balance", "ogm_ge")
+    set_value(cfg, "train.balance", method)
     set_value(cfg, "train.checkpoint_every", 3)
+    if method == "grad_blend":  # weights updated at steps 2, 4, 6: across the resume at 3
+        set_value(cfg, "model.unimodal_weight", 1.0)
+        set_value(cfg, "train.balance_every", 2)
+        set_value(cfg, "train.log_every", 2)
     straight = mmjax.train(cfg, tmp_path / "straight", progress=False)
     mmjax.train(cfg, tmp_path / "resumed", stop_after=3, progress=False)
     resumed = mmjax.train(cfg, tmp_path / "resumed", progress=False)
@@ -130,6 +136,16 @@ def test_balanced_run_resumes_exactly_and_refuses_a_lone_modality(avdigits_root,
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    if method == "grad_blend":
+        rows = [json.loads(r) for r in (tmp_path / "straight" / "metrics.jsonl").open()]
+        rows = [r for r in rows if "loss_weight_fused" in r]  # not the checkpoint's flush at 3
+        assert [r["step"] for r in rows] == [2, 4, 6]
+        weights = [[r[f"loss_weight_{k}"] for k in ("fused", "audio", "image")] for r in rows]
+        assert weights[0] == [1.0, 1.0, 1.0]  # the first update only measures
+        assert all(sum(w) == pytest.approx(1.0) for w in weights[1:])
+
+
+def test_balancing_refuses_what_it_cannot_balance(avdigits_root, tmp_path):
     image_only = tiny_config(avdigits_root, model="image", steps=1)
     set_value(image_only, "train.balance", "ogm_ge")
     with pytest.raises(mmjax.ConfigError, match="only image"):
@@ -137,6 +153,64 @@ def test_balanced_run_resumes_exactly_and_refuses_a_lone_modality(avdigits_root,
     set_value(image_only, "train.balance", "ogm")
     with pytest.raises(mmjax.ConfigError, match=r"train\.balance' must be one of none, ogm_ge"):
         mmjax.train(image_only, tmp_path / "image2", progress=False)
+    late = cheap_config(avdigits_root, steps=1)
+    set_value(late, "train.balance", "grad_blend")
+    with pytest.raises(mmjax.ConfigError, match=r"model\.unimodal_weight > 0"):
+        mmjax.train(late, tmp_path / "late", progress=False)
+
+
+def reference_blend_weights(before, after, current):
+    """Wang et al. 2020, Eqs. 6-9: G = L^V(N) - L^V(N+n), O = gap(N+n) - gap(N) with
+    gap = L^V - L^T; w = (G / O^2) / Z. Restated per head, with the documented guards."""
+    raw = []
+    for k in range(before.shape[1]):
+        g = before[1, k] - after[1, k]
+        o = (after[1, k] - after[0, k]) - (before[1, k] - before[0, k])
+        raw.append(max(g, 0.0) / max(o, 1e-4) ** 2)
+    total = sum(raw)
+    return list(current) if total <= 0 else [r / total for r in raw]
+
+
+def test_gradient_blend_weights_follow_the_paper():
+    from mmjax.train.balance import gradient_blend_weights
+
+    # Rows: train loss, val loss; columns: fused, audio, image.
+    before = np.array([[2.0, 2.2, 1.9], [2.1, 2.3, 2.0]])
+    after = np.array([[1.2, 2.0, 0.9], [1.5, 2.2, 1.6]])  # image overfits most; audio learns little
+    current = np.array([1.0, 1.0, 1.0])
+    got = gradient_blend_weights(before, after, current)
+    np.testing.assert_allclose(got, reference_blend_weights(before, after, current), rtol=1e-12)
+    assert got.sum() == pytest.approx(1.0) and np.argmax(got) != 2
+    worse = after.copy()
+    worse[1] = before[1] + 0.1  # no head's val loss fell: the weights stay
+    np.testing.assert_array_equal(gradient_blend_weights(before, worse, current), current)
+
+
+def test_unimodal_heads_add_their_weighted_losses(avdigits_root):
+    from mmjax.train.step import training_loss
+
+    cfg = cheap_config(avdigits_root)
+    set_value(cfg, "model.unimodal_weight", 0.5)
+    exp = experiment_from(cfg)
+    model, _ = build_model_and_optimizer(exp)
+    model.loss_weights[...] = jnp.asarray([0.2, 0.5, 0.3])
+    batch = next(avdigits_batches(1, 8, audio=8000))
+    total, (_, terms) = training_loss(model, batch)
+    expected = (
+        0.2 * terms["cross_entropy"]
+        + 0.5 * terms["unimodal_ce_audio"]
+        + 0.3 * terms["unimodal_ce_image"]
+    )
+    assert float(total) == pytest.approx(float(expected), rel=1e-6)
+    # The image is missing in some rows: its head's loss is the mean over the others only.
+    features, _ = model.encode({k: v for k, v in batch.items() if k != "label"}, train=True)
+    logits = model.unimodal_heads["image"](features["image"].pooled)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    present = batch["image_mask"]
+    assert not present.all()
+    np.testing.assert_allclose(
+        float(terms["unimodal_ce_image"]), float(ce[present].mean()), rtol=1e-5
+    )
 
 
 def test_utilisation_is_logged_from_a_val_batch(avdigits_root, tmp_path):

@@ -29,6 +29,8 @@ def experiment(fusion: str, method: str, seed: int, steps: int, data_dir: str) -
     config = avdigits_config("avdigits_late").to_dict()
     config["model"]["fusion"] = {"name": fusion}
     config["train"].update(seed=seed, steps=steps, eval_splits=SPLITS, balance=method)
+    if method == "grad_blend":  # its unimodal heads, starting at weight 1 like the fused one
+        config["model"]["unimodal_weight"] = 1.0
     config["data"]["root"] = data_dir
     return json.loads(json.dumps(config))
 
@@ -63,7 +65,8 @@ def markdown(rows: dict, steps: int, seeds: list[int]) -> str:
         f"{' '.join(map(str, seeds))}` on {jax.devices()[0].device_kind}. Every run uses "
         "avdigits_late's encoders (small CNN on the 8x8 digit, CNN-LSTM on the spoken digit), "
         "the head's default Config, AdamW, batch 64 and the dataset's default noise; only "
-        "`train.balance` differs (`ogm_ge`: alpha 0.5 for the first half of the steps). "
+        "`train.balance` differs (`ogm_ge`: alpha 0.5 for the first half of the steps; "
+        "`grad_blend`: a classifier per modality, all loss weights reset every 100 steps). "
         "Accuracy is mean ± std over the seeds; the 'without' columns evaluate held-out "
         "voices with that modality masked out for every sample.",
         "",
@@ -86,7 +89,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--fusions", nargs="+", default=["late_concat", "gmu", "attention_sum"])
-    parser.add_argument("--methods", nargs="+", default=["none", "ogm_ge"])
+    parser.add_argument("--methods", nargs="+", default=["none", "ogm_ge", "grad_blend"])
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--workdir", default="runs/balance")
     parser.add_argument("--out", default="docs/results/balance.md")

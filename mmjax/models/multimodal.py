@@ -6,6 +6,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from mmjax.batch_keys import attention_key, cached_keys
@@ -19,6 +20,16 @@ from mmjax.registry import ENCODERS, FUSIONS
 # Accepted ranks (batch axis included) and dtype kind of each modality (DESIGN.md: Batch).
 MODALITY_RANKS = {"image": (4,), "audio": (2, 3), "text": (2,), "video": (5,)}
 MODALITY_KINDS = {"image": "f", "audio": "f", "text": "iu", "video": "f"}
+
+
+class LossWeights(nnx.Variable):
+    """Weights of the fused and the unimodal heads' cross-entropies [1 + M]: state that training
+    sets (Gradient-Blending), not a parameter the gradient updates."""
+
+
+class BlendHistory(nnx.Variable):
+    """The heads' train and val losses [2, 1 + M] at the last Gradient-Blending update (NaN
+    before the first)."""
 
 
 class MultimodalModel(nnx.Module):
@@ -39,6 +50,8 @@ class MultimodalModel(nnx.Module):
         aligner: nnx.Module | None = None,
         classification_weight: float = 1.0,
         frozen: tuple[str, ...] = (),
+        unimodal_heads: dict[str, nnx.Module] | None = None,
+        unimodal_weight: float = 0.0,
     ):
         self.encoders = nnx.Dict(encoders)
         self.fusion = fusion
@@ -46,6 +59,15 @@ class MultimodalModel(nnx.Module):
         self.aligner = nnx.data(aligner)
         self.classification_weight = classification_weight  # of the cross-entropy in training
         self.frozen = tuple(frozen)  # encoders run in inference mode, outside the gradient
+        # A classifier per modality on its pooled features, trained by its own cross-entropy
+        # with weight loss_weights[1 + i] (loss_weights[0]: the fused head's).
+        self.unimodal_heads = nnx.data(nnx.Dict(unimodal_heads) if unimodal_heads else None)
+        if unimodal_heads:
+            weights = [1.0] + [unimodal_weight] * len(unimodal_heads)
+            self.loss_weights = LossWeights(jnp.asarray(weights, jnp.float32))
+            self.blend_history = BlendHistory(jnp.full((2, len(weights)), jnp.nan, jnp.float32))
+        else:
+            self.loss_weights = self.blend_history = nnx.data(None)
 
     def trainable(self) -> nnx.filterlib.Filter:
         """The parameters training updates: every nnx.Param outside the frozen encoders."""
@@ -101,6 +123,29 @@ class MultimodalModel(nnx.Module):
             )
             for m in self.modalities
         }
+
+    def head_losses(
+        self,
+        features: dict[str, Features],
+        masks: dict[str, jax.Array],
+        logits: jax.Array,
+        labels: jax.Array,
+        valid: jax.Array | None = None,
+    ) -> jax.Array:
+        """Mean cross-entropies [1 + M]: the fused logits' [B, C], then each unimodal head's
+        over the samples in which its modality is present (needs `unimodal_heads`); `valid`
+        [B] bool leaves padding rows out."""
+        rows = jnp.ones(labels.shape, jnp.float32) if valid is None else valid.astype(jnp.float32)
+
+        def mean(ce: jax.Array, weight: jax.Array) -> jax.Array:
+            return jnp.sum(ce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+        losses = [mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels), rows)]
+        for m in self.modalities:
+            logits_m = self.unimodal_heads[m](features[m].pooled).astype(jnp.float32)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits_m, labels)
+            losses.append(mean(ce, rows * masks[m].astype(jnp.float32)))
+        return jnp.stack(losses)
 
     def encode(
         self, batch: Mapping[str, jax.Array], *, train: bool
@@ -166,8 +211,18 @@ def build_model(cfg: ModelConfig, *, rngs: nnx.Rngs) -> MultimodalModel:
     aligner = None
     if cfg.adversarial_weight > 0:
         aligner = ModalityDiscriminator(dims, weight=cfg.adversarial_weight, rngs=rngs)
+    unimodal = None
+    if cfg.unimodal_weight > 0:
+        unimodal = {m: Classifier(d, cfg.num_classes, rngs=rngs) for m, d in sorted(dims.items())}
     return MultimodalModel(
-        encoders, fusion, head, aligner, cfg.classification_weight, frozen=cfg.frozen
+        encoders,
+        fusion,
+        head,
+        aligner,
+        cfg.classification_weight,
+        frozen=cfg.frozen,
+        unimodal_heads=unimodal,
+        unimodal_weight=cfg.unimodal_weight,
     )
 
 

@@ -33,6 +33,7 @@ def _model(
         "fusion": dict(fusion),
         "num_classes": num_classes,
         "adversarial_weight": 0.0,
+        "unimodal_weight": 0.0,
         "classification_weight": classification_weight,
         "frozen": frozen,
         "pretrained": {m: "" for m in encoders} | (pretrained or {}),

@@ -1,6 +1,9 @@
-"""Modality balancing inside the jitted train step: OGM-GE, on-the-fly gradient modulation with
-generalisation enhancement (Peng et al., "Balanced Multimodal Learning via On-the-fly Gradient
-Modulation", CVPR 2022, Eqs. 9-10 and Sec. 3.3; the authors' code: GeWu-Lab/OGM-GE_CVPR2022).
+"""Modality balancing: OGM-GE inside the jitted train step, and the loss weights of
+Gradient-Blending (below; the loop's updater is `mmjax.train.blend`).
+
+OGM-GE, on-the-fly gradient modulation with generalisation enhancement (Peng et al.,
+"Balanced Multimodal Learning via On-the-fly Gradient Modulation", CVPR 2022, Eqs. 9-10 and
+Sec. 3.3; the authors' code: GeWu-Lab/OGM-GE_CVPR2022).
 
 Each step, the discrepancy ratio of modality u is rho_u = s_u / (mean of s_v over the other
 modalities), with s_u the mean softmax probability of the true class that the model gives
@@ -25,6 +28,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -74,3 +78,33 @@ def modulate(grads: nnx.State, coefficients: dict[str, jax.Array], key: jax.Arra
         noise = jax.random.normal(jax.random.fold_in(key, i), g.shape, g.dtype)
         out.append(coefficients[names[1]] * g + noise * (jnp.std(g) + 1e-8))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# Gradient-Blending (Wang, Tran & Feiszli, "What Makes Training Multi-modal Classification
+# Networks Hard?", CVPR 2020, Sec. 4 and Eqs. 6-9; MultiBench's training_structures/
+# gradient_blend.py). Each head k (the fused one, then one per modality on its encoder's
+# pooled features) has a loss L_k; the train loss is sum_k w_k L_k with
+# w_k = (G_k / O_k^2) / Z: G_k = L^V_k(N) - L^V_k(N+n), the val loss the head gained over the
+# last n steps, and O_k = (L^V_k - L^T_k)(N+n) - (L^V_k - L^T_k)(N), how much more it overfits.
+#
+# Deviations from the paper: the losses are measured on the jointly trained model's own heads
+# at two points of its training (online, at no extra cost), where the paper trains a copy of
+# each unimodal model and of the multimodal one for n epochs to measure them; the val set is
+# the dataset's val split, not a held-out share of train. A head whose val loss did not fall
+# (G_k <= 0) gets weight 0; O_k is floored at 1e-4, as MultiBench floors a negative O; when no
+# head's val loss fell, the weights stay as they were.
+
+MIN_OVERFITTING = 1e-4
+
+
+def gradient_blend_weights(
+    before: np.ndarray, after: np.ndarray, current: np.ndarray
+) -> np.ndarray:
+    """New loss weights [K] from the heads' (train, val) losses [2, K] measured `before` and
+    `after` an interval; `current` [K] where no head's val loss fell."""
+    gained = before[1] - after[1]
+    overfitting = (after[1] - after[0]) - (before[1] - before[0])
+    raw = np.maximum(gained, 0.0) / np.maximum(overfitting, MIN_OVERFITTING) ** 2
+    if not np.isfinite(raw).all() or raw.sum() <= 0:
+        return np.asarray(current, np.float64)
+    return raw / raw.sum()

@@ -18,6 +18,7 @@ from mmjax.errors import CheckpointError, ConfigError, DataError, TrainingError
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
 from mmjax.train.balance import OGMGE
+from mmjax.train.blend import GradientBlend
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics import MetricsLog
 from mmjax.train.preemption import PreemptionWatch
@@ -150,6 +151,25 @@ def _ogm(exp: ExperimentConfig) -> OGMGE | None:
     return OGMGE(exp.train.balance_alpha, until, exp.train.seed)
 
 
+def _gradient_blend(
+    graphdef: nnx.GraphDef, shardings: nnx.State, exp: ExperimentConfig, mesh: jax.sharding.Mesh
+) -> GradientBlend | None:
+    """The Gradient-Blending updater when `train.balance` asks for it."""
+    if exp.train.balance != "grad_blend":
+        return None
+    if len(exp.model.modalities) < 2:
+        raise ConfigError(
+            f"train.balance=grad_blend balances modalities; this model has only "
+            f"{', '.join(exp.model.modalities)}"
+        )
+    if exp.model.unimodal_weight <= 0:
+        raise ConfigError(
+            "train.balance=grad_blend weighs each modality's own classifier: set "
+            "model.unimodal_weight > 0 (their starting weight, e.g. 1.0)"
+        )
+    return GradientBlend(graphdef, shardings, exp, mesh)
+
+
 def _utilisation_probe(
     graphdef: nnx.GraphDef, shardings: nnx.State, exp: ExperimentConfig, mesh: jax.sharding.Mesh
 ) -> Callable[[nnx.State], dict[str, jax.Array]] | None:
@@ -244,6 +264,7 @@ def train(
                 ogm=_ogm(exp),
             )
             probe = _utilisation_probe(graphdef, shardings, exp, mesh)
+            blend = _gradient_blend(graphdef, shardings, exp, mesh)
             last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
             shapes = source.sample_shapes(modalities)
             bar = tqdm(
@@ -265,6 +286,9 @@ def train(
                 step += 1
                 if probe is not None and step % exp.train.utilisation_every == 0:
                     metrics = {**metrics, **probe(state)}
+                if blend is not None and step % exp.train.balance_every == 0:
+                    state, weights = blend.update(state)
+                    metrics = {**metrics, **weights}
                 log.push(step, metrics)
                 _on_nonfinite(log.take_nonfinite(), exp.train.on_nonfinite, checkpointer)
                 preempted = preemption.reached(step)

@@ -43,6 +43,12 @@ def training_loss(
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     total = model.classification_weight * ce + sum(aux.values())
     terms = {"cross_entropy": ce, **aux}
+    if model.unimodal_heads is not None:  # the heads' losses, weighted by loss_weights
+        losses = model.head_losses(features, masks, logits, batch["label"])
+        weights = model.loss_weights[...]
+        total = total + (weights[0] - 1) * model.classification_weight * ce
+        total = total + jnp.sum(weights[1:] * losses[1:])
+        terms |= {f"unimodal_ce_{m}": loss for m, loss in zip(model.modalities, losses[1:])}
     if ogm is not None:
         alone = jax.lax.stop_gradient(model.unimodal_logits(features, masks))
         coefficients = ogm_coefficients(alone, batch["label"], masks, ogm.alpha)

@@ -1,0 +1,90 @@
+"""Gradient-Blending in the train loop: every `train.balance_every` steps, measure each head's
+train and val loss and set the loss weights the jitted step reads (`mmjax.train.balance`)."""
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mmjax.config import ExperimentConfig
+from mmjax.data import pipeline
+from mmjax.errors import ConfigError, DataError
+from mmjax.parallel import batch_sharded, put_batch, replicated
+from mmjax.train.balance import gradient_blend_weights
+
+PROBE_BATCHES = 4  # eval batches of train and of val measured at each update
+
+
+def _head_losses(
+    graphdef: nnx.GraphDef, shardings: nnx.State, mesh: jax.sharding.Mesh
+) -> Callable[[nnx.State, dict, jax.Array], jax.Array]:
+    """(state, batch, valid [B]) -> the heads' mean losses [1 + M], in inference mode."""
+
+    def losses(state: nnx.State, batch: dict, valid: jax.Array) -> jax.Array:
+        model, _ = nnx.merge(graphdef, state)
+        inputs = {k: v for k, v in batch.items() if k != "label"}
+        features, masks = model.encode(inputs, train=False)
+        logits, _ = model.fuse(inputs, features, masks, train=False)
+        return model.head_losses(features, masks, logits.astype(jnp.float32), batch["label"], valid)
+
+    return jax.jit(
+        losses,
+        in_shardings=(shardings, batch_sharded(mesh), batch_sharded(mesh)),
+        out_shardings=replicated(mesh),
+    )
+
+
+class GradientBlend:
+    """`update(state)` -> (state with new loss weights and history, metrics)."""
+
+    def __init__(
+        self,
+        graphdef: nnx.GraphDef,
+        shardings: nnx.State,
+        exp: ExperimentConfig,
+        mesh: jax.sharding.Mesh,
+    ):
+        self.graphdef, self.modalities = graphdef, exp.model.modalities
+        self._losses = _head_losses(graphdef, shardings, mesh)
+        self._probes = {split: self._batches(exp, mesh, split) for split in ("train", "val")}
+
+    def _batches(self, exp: ExperimentConfig, mesh: jax.sharding.Mesh, split: str) -> list:
+        batches = []
+        try:
+            for batch, rows in pipeline.eval_batches(
+                exp.data, self.modalities, split, exp.train.eval_batch_size
+            ):
+                valid = {"v": np.arange(len(batch["label"])) < rows}
+                batches.append((put_batch(batch, mesh), put_batch(valid, mesh)["v"], rows))
+                if len(batches) == PROBE_BATCHES:
+                    break
+        except DataError:
+            pass
+        if not batches:
+            raise ConfigError(
+                f"train.balance=grad_blend measures each head on the {split!r} split; "
+                f"{exp.data.name!r} has no {split!r} records"
+            )
+        return batches
+
+    def measure(self, state: nnx.State) -> np.ndarray:
+        """The heads' (train, val) losses [2, 1 + M] on the probe batches."""
+        rows = []
+        for split in ("train", "val"):
+            total = sum(self._losses(state, b, v) * n for b, v, n in self._probes[split])
+            rows.append(np.asarray(total) / sum(n for *_, n in self._probes[split]))
+        return np.stack(rows)
+
+    def update(self, state: nnx.State) -> tuple[nnx.State, dict[str, float]]:
+        now = self.measure(state)
+        model, optimizer = nnx.merge(self.graphdef, state)
+        weights, history = model.loss_weights[...], model.blend_history[...]
+        before, current = np.asarray(history, np.float64), np.asarray(weights, np.float64)
+        new = current if np.isnan(before).any() else gradient_blend_weights(before, now, current)
+        model.loss_weights[...] = jax.device_put(new.astype(np.float32), weights.sharding)
+        model.blend_history[...] = jax.device_put(now.astype(np.float32), history.sharding)
+        names = ["fused", *self.modalities]
+        metrics = {f"loss_weight_{k}": jnp.float32(w) for k, w in zip(names, new)}
+        return nnx.state((model, optimizer)), metrics
