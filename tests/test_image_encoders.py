@@ -63,6 +63,18 @@ def test_imagenet_input_shapes(name, tokens, dim):
     assert out.pooled.shape == (1, dim)
 
 
+def test_efficientnet_resizes_small_images_to_its_input_size():
+    """input_size: a 32x32 emoji is resized before the stem (to 64x64 here: a 2x2 map); the
+    same image resized outside the model gives the same features."""
+    cls = ENCODERS.get("efficientnet_lite0")
+    model = cls(cls.Config(input_size=64), rngs=nnx.Rngs(0))
+    small = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+    out = model(small, train=False)
+    assert out.tokens.shape == (2, 4, 1280)
+    big = jax.image.resize(small, (2, 64, 64, 3), "bilinear")
+    np.testing.assert_allclose(out.pooled, model(big, train=False).pooled, rtol=1e-5, atol=1e-5)
+
+
 def test_resnet18_config_is_unchanged():
     fields = dataclasses.fields(ENCODERS.get("resnet18").Config)
     assert [(f.name, f.default) for f in fields] == [

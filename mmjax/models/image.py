@@ -350,6 +350,9 @@ class EfficientNetLite0(nnx.Module):
     `conv` + `norm` pair. The pretrained weights expect `(255 x - 127) / 128` of [0, 1] pixels;
     `imagenet_input=True` (the default, pinned by the `efficientnet-lite0` catalog entry)
     applies it, so the default Config (which a video encoder's frames get) fits the weights.
+    `input_size` > 0 resizes every image [B, H, W, C] to that square side (bilinear, antialiased
+    when shrinking) before the stem, so small images meet the ImageNet weights at the 224x224
+    they were trained at.
     """
 
     modality = "image"
@@ -358,8 +361,12 @@ class EfficientNetLite0(nnx.Module):
     class Config:
         in_channels: int = 3
         imagenet_input: bool = True  # map [0, 1] inputs to the (255 x - 127) / 128 of ImageNet
+        input_size: int = 0  # > 0: resize inputs to input_size x input_size first
 
     def __init__(self, cfg: Config, *, rngs: nnx.Rngs):
+        if cfg.input_size < 0:
+            raise ConfigError(f"efficientnet_lite0.input_size must be >= 0, got {cfg.input_size}")
+        self.input_size = cfg.input_size
         self.imagenet_input = cfg.imagenet_input
         self.stem = TFConvBN(cfg.in_channels, 32, 3, 2, rngs=rngs)
         blocks = []
@@ -374,6 +381,10 @@ class EfficientNetLite0(nnx.Module):
         self.dim = 1280
 
     def __call__(self, x: jax.Array, *, train: bool) -> Features:
+        """x [B, H, W, C] in [0, 1] -> Features (tokens [B, h * w, 1280])."""
+        if self.input_size and x.shape[1:3] != (self.input_size, self.input_size):
+            shape = (x.shape[0], self.input_size, self.input_size, x.shape[3])
+            x = jax.image.resize(x, shape, "bilinear")
         if self.imagenet_input:
             x = (255.0 * x - 127.0) / 128.0
         x = self.stem(x, train=train)

@@ -123,6 +123,23 @@ def efficientnet_minilm_late() -> dict[str, Any]:
     )
 
 
+@MODELS.register("emoji_lit")
+def emoji_lit() -> dict[str, Any]:
+    """Emoji image <-> caption, LiT-style (Zhai et al. 2022): frozen ImageNet EfficientNet-Lite0
+    (emoji resized to 224x224) and frozen MiniLM-L6; only the CLIP head's projections train."""
+    return _model(
+        {
+            "image": {"name": "efficientnet_lite0", "input_size": 224},
+            "text": _MINILM | {"dropout": 0.0},
+        },
+        {"name": "clip", "dim": 128, "weight": 1.0},
+        num_classes=9,
+        classification_weight=0.0,
+        frozen=("image", "text"),
+        pretrained={"image": "efficientnet-lite0", "text": "minilm-l6"},
+    )
+
+
 @MODELS.register("emoji_clip")
 def emoji_clip() -> dict[str, Any]:
     """Emoji image <-> caption two-tower (CLIP loss): a small CNN image tower trained against

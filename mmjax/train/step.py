@@ -30,12 +30,13 @@ def _inputs(batch: Batch) -> Batch:
 
 
 def training_loss(
-    model: nnx.Module, batch: Batch, *, ogm: OGMGE | None = None
+    model: nnx.Module, batch: Batch, ogm: OGMGE | None = None
 ) -> tuple[jax.Array, tuple[jax.Array, dict[str, jax.Array]]]:
     """(total loss, (logits [B, C], {term: scalar})): weighted cross-entropy on float32 logits
     plus every auxiliary loss the model reports (reconstruction, contrastive, adversarial).
     With `ogm`, the terms also hold OGM-GE's coefficient per modality, `balance_coeff_<m>`
-    (from the model's predictions from each modality alone, outside the gradient)."""
+    (from the model's predictions from each modality alone, outside the gradient). `ogm` is
+    positional-or-keyword: nnx's transforms pass every bound argument by position."""
     inputs = _inputs(batch)
     features, masks = model.encode(inputs, train=True)
     logits, aux = model.fuse(inputs, features, masks, train=True)
