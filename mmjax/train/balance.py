@@ -31,6 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mmjax.config import ExperimentConfig
+from mmjax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class OGMGE:
@@ -43,6 +46,23 @@ class OGMGE:
     def noise_key(self, step: jax.Array) -> jax.Array:
         """The noise key of optimizer step `step`: the same on a resumed run."""
         return jax.random.fold_in(jax.random.key(self.seed), step)
+
+
+def require_two_modalities(exp: ExperimentConfig) -> None:
+    if len(exp.model.modalities) < 2:
+        raise ConfigError(
+            f"train.balance={exp.train.balance} balances modalities; this model has only "
+            f"{', '.join(exp.model.modalities)}"
+        )
+
+
+def ogm_settings(exp: ExperimentConfig) -> OGMGE | None:
+    """OGM-GE's settings when `train.balance` asks for it."""
+    if exp.train.balance != "ogm_ge":
+        return None
+    require_two_modalities(exp)
+    until = round(exp.train.balance_until * exp.train.steps)
+    return OGMGE(exp.train.balance_alpha, until, exp.train.seed)
 
 
 def ogm_coefficients(

@@ -12,7 +12,7 @@ from mmjax.config import ExperimentConfig
 from mmjax.data import pipeline
 from mmjax.errors import ConfigError, DataError
 from mmjax.parallel import batch_sharded, put_batch, replicated
-from mmjax.train.balance import gradient_blend_weights
+from mmjax.train.balance import gradient_blend_weights, require_two_modalities
 
 PROBE_BATCHES = 4  # eval batches of train and of val measured at each update
 
@@ -88,3 +88,18 @@ class GradientBlend:
         names = ["fused", *self.modalities]
         metrics = {f"loss_weight_{k}": jnp.float32(w) for k, w in zip(names, new)}
         return nnx.state((model, optimizer)), metrics
+
+
+def gradient_blend(
+    graphdef: nnx.GraphDef, shardings: nnx.State, exp: ExperimentConfig, mesh: jax.sharding.Mesh
+) -> GradientBlend | None:
+    """The Gradient-Blending updater when `train.balance` asks for it."""
+    if exp.train.balance != "grad_blend":
+        return None
+    require_two_modalities(exp)
+    if exp.model.unimodal_weight <= 0:
+        raise ConfigError(
+            "train.balance=grad_blend weighs each modality's own classifier: set "
+            "model.unimodal_weight > 0 (their starting weight, e.g. 1.0)"
+        )
+    return GradientBlend(graphdef, shardings, exp, mesh)

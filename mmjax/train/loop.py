@@ -3,7 +3,6 @@
 import json
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +13,17 @@ from tqdm import tqdm
 
 from mmjax.config import ConfigDict, ExperimentConfig, as_json_dict, experiment_from
 from mmjax.data import pipeline, sources
-from mmjax.errors import CheckpointError, ConfigError, DataError, TrainingError
+from mmjax.errors import CheckpointError, ConfigError, TrainingError
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
-from mmjax.train.balance import OGMGE
-from mmjax.train.blend import GradientBlend
+from mmjax.train.balance import ogm_settings
+from mmjax.train.blend import gradient_blend
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics import MetricsLog
 from mmjax.train.preemption import PreemptionWatch
 from mmjax.train.state import init_state, state_shardings
 from mmjax.train.step import make_eval_step, make_train_step
+from mmjax.train.utilisation import utilisation_probe
 from mmjax.train.warm_start import warm_start
 from mmjax.train.workdir import (
     read_experiment,
@@ -138,72 +138,6 @@ def _resume(
     return restored.step, restored.state, restored.metrics.get("train_seconds", 0.0)
 
 
-def _ogm(exp: ExperimentConfig) -> OGMGE | None:
-    """OGM-GE's settings when `train.balance` asks for it (a model of >= 2 modalities)."""
-    if exp.train.balance != "ogm_ge":
-        return None
-    if len(exp.model.modalities) < 2:
-        raise ConfigError(
-            f"train.balance=ogm_ge balances modalities; this model has only "
-            f"{', '.join(exp.model.modalities)}"
-        )
-    until = round(exp.train.balance_until * exp.train.steps)
-    return OGMGE(exp.train.balance_alpha, until, exp.train.seed)
-
-
-def _gradient_blend(
-    graphdef: nnx.GraphDef, shardings: nnx.State, exp: ExperimentConfig, mesh: jax.sharding.Mesh
-) -> GradientBlend | None:
-    """The Gradient-Blending updater when `train.balance` asks for it."""
-    if exp.train.balance != "grad_blend":
-        return None
-    if len(exp.model.modalities) < 2:
-        raise ConfigError(
-            f"train.balance=grad_blend balances modalities; this model has only "
-            f"{', '.join(exp.model.modalities)}"
-        )
-    if exp.model.unimodal_weight <= 0:
-        raise ConfigError(
-            "train.balance=grad_blend weighs each modality's own classifier: set "
-            "model.unimodal_weight > 0 (their starting weight, e.g. 1.0)"
-        )
-    return GradientBlend(graphdef, shardings, exp, mesh)
-
-
-def _utilisation_probe(
-    graphdef: nnx.GraphDef, shardings: nnx.State, exp: ExperimentConfig, mesh: jax.sharding.Mesh
-) -> Callable[[nnx.State], dict[str, jax.Array]] | None:
-    """state -> {"val_batch_accuracy", "utilisation_<m>" per modality} on the first val batch
-    (the accuracy drop with m masked out), as device arrays; None when not asked for."""
-    if not exp.train.utilisation_every:
-        return None
-    modalities = exp.model.modalities
-    try:
-        batch, rows = next(
-            pipeline.eval_batches(exp.data, modalities, "val", exp.train.eval_batch_size)
-        )
-    except (DataError, StopIteration):
-        raise ConfigError(
-            f"train.utilisation_every needs a 'val' split with records; {exp.data.name!r} has none"
-        ) from None
-    valid = put_batch({"v": np.arange(len(batch["label"])) < rows}, mesh)["v"]
-    variants = {"": batch} | {
-        m: {**batch, f"{m}_mask": np.zeros_like(batch[f"{m}_mask"])} for m in modalities
-    }
-    placed = {m: put_batch(b, mesh) for m, b in variants.items()}
-    eval_step = make_eval_step(graphdef, shardings, mesh)
-
-    def probe(state: nnx.State) -> dict[str, jax.Array]:
-        accuracy = {}
-        for m, b in placed.items():
-            out = eval_step(state, b, valid)
-            accuracy[m] = out["correct"] / out["examples"]
-        drops = {f"utilisation_{m}": accuracy[""] - accuracy[m] for m in modalities}
-        return {"val_batch_accuracy": accuracy[""], **drops}
-
-    return probe
-
-
 def train(
     config: ConfigDict | dict[str, Any],
     workdir: str | Path,
@@ -261,10 +195,10 @@ def train(
                 mesh,
                 grad_accum_steps=exp.train.grad_accum_steps,
                 compute_dtype=exp.train.compute_dtype,
-                ogm=_ogm(exp),
+                ogm=ogm_settings(exp),
             )
-            probe = _utilisation_probe(graphdef, shardings, exp, mesh)
-            blend = _gradient_blend(graphdef, shardings, exp, mesh)
+            probe = utilisation_probe(graphdef, shardings, exp, mesh)
+            blend = gradient_blend(graphdef, shardings, exp, mesh)
             last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
             shapes = source.sample_shapes(modalities)
             bar = tqdm(
