@@ -133,6 +133,11 @@ def _robustness(args: argparse.Namespace) -> None:
             f"  {curve['modality'] + ':' + curve['corruption']:<24} "
             + " ".join(f"{a:.3f}" for a in curve["accuracy"])
             + (f"   relative robustness {rr:.3f}" if rr is not None else "")
+            + (
+                f"   below removal at levels {curve['levels_below_removal']}"
+                if curve["levels_below_removal"]
+                else ""
+            )
         )
     print(f"written: {json_path}, {png_path}")
 

@@ -142,6 +142,11 @@ def measure(
                 "values": [_finite_or_none(corruption.values[lv]) for lv in levels],
                 "accuracy": curve,
                 "relative_robustness": relative_robustness(curve) if len(curve) == LEVELS else None,
+                # Where the corrupted input hurts more than no input: fusion that is worse than
+                # masking the modality out (and so than the other modalities alone).
+                "levels_below_removal": [
+                    lv for lv, a in zip(levels, curve) if a < result["removed"][m]
+                ],
             }
         )
     return against(result, reference)
@@ -198,6 +203,7 @@ def _summary(result: dict[str, Any]) -> dict[str, float | None]:
         "relative_robustness": mean("relative_robustness"),
         "effective_robustness": mean("effective_robustness"),
         "worst_removed": min(result["removed"].values()),
+        "curves_below_removal": sum(bool(c["levels_below_removal"]) for c in result["curves"]),
     }
 
 

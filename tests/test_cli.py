@@ -155,6 +155,8 @@ def test_robustness_level_zero_and_removal_are_plain_evaluation(
         assert result["removed"][m] == without["test"]["accuracy"]
     (curve,) = result["curves"]
     assert len(curve["accuracy"]) == 10 and curve["accuracy"][0] == result["clean"]
+    below = [lv for lv, a in enumerate(curve["accuracy"]) if a < result["removed"]["image"]]
+    assert curve["levels_below_removal"] == below
     assert curve["relative_robustness"] == pytest.approx(
         np.trapezoid(curve["accuracy"], np.linspace(0, 1, 10))
     )
