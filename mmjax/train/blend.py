@@ -77,7 +77,7 @@ class GradientBlend:
             rows.append(np.asarray(total) / sum(n for *_, n in self._probes[split]))
         return np.stack(rows)
 
-    def update(self, state: nnx.State) -> tuple[nnx.State, dict[str, float]]:
+    def update(self, state: nnx.State) -> tuple[nnx.State, dict[str, jax.Array]]:
         now = self.measure(state)
         model, optimizer = nnx.merge(self.graphdef, state)
         weights, history = model.loss_weights[...], model.blend_history[...]
