@@ -210,7 +210,7 @@ def _summary(result: dict[str, Any]) -> dict[str, float | None]:
 def _label(curve: dict[str, Any]) -> str:
     """ "white_noise (SNR in dB: 30 -> -10)": the corruption and its parameter's range."""
     values = [v for v in curve["values"][1:] if v is not None]
-    span = f"{values[0]:.3g} -> {values[-1]:.3g}" if values else ""
+    span = " -> ".join(f"{v:.3g}" for v in dict.fromkeys([values[0], values[-1]])) if values else ""
     return f"{curve['corruption']} ({curve['parameter'].split(' (')[0]}: {span})"
 
 
