@@ -26,8 +26,8 @@ from mmjax.registry import ENCODERS
 
 
 def relative_robustness(accuracy: Sequence[float]) -> float:
-    """MultiBench's relative robustness (Liang et al., NeurIPS 2021 Datasets and Benchmarks,
-    §3.3, and `eval_scripts/robustness.py`): the area under the accuracy-vs-imperfection curve,
+    """MultiBench's relative robustness (Liang et al., NeurIPS 2021 Datasets and Benchmarks;
+    its `eval_scripts/robustness.py`): the area under the accuracy-vs-imperfection curve,
     its levels spread evenly over [0, 1], by the trapezoid rule. MultiBench has 11 levels
     (0, 0.1, .., 1), this module 10 (0, 1/9, .., 1)."""
     a = np.asarray(accuracy, np.float64)
@@ -82,10 +82,6 @@ def check_levels(levels: Sequence[int]) -> tuple[int, ...]:
     if bad:
         raise ConfigError(f"--levels: {bad} are not levels; levels run from 0 to {LEVELS - 1}")
     return tuple(sorted({0, *levels}))
-
-
-def _seed(*parts: int) -> np.random.Generator:
-    return np.random.default_rng([int(p) for p in parts])
 
 
 def measure(

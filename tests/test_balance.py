@@ -21,9 +21,9 @@ from tests.test_train_loop import _params, tiny_config
 
 
 def reference_coefficients(logits: dict, labels, present: dict, alpha: float) -> dict:
-    """Peng et al. 2022, Eqs. 9-10, in NumPy: s_u = mean over present samples of softmax(o_u)
-    at the true class; rho_u = s_u / s_v (two modalities) or over the others' mean;
-    k_u = 1 - tanh(alpha rho_u) if rho_u > 1 else 1."""
+    """Peng et al. 2022 (the discrepancy ratio and Eq. 10's coefficient), in NumPy: s_u = mean
+    over present samples of softmax(o_u) at the true class; rho_u = s_u / s_v (two
+    modalities) or over the others' mean; k_u = 1 - tanh(alpha rho_u) if rho_u > 1 else 1."""
     scores = {}
     for m, o in logits.items():
         o = np.asarray(o, np.float64)
@@ -160,8 +160,9 @@ def test_balancing_refuses_what_it_cannot_balance(avdigits_root, tmp_path):
 
 
 def reference_blend_weights(before, after, current):
-    """Wang et al. 2020, Eqs. 6-9: G = L^V(N) - L^V(N+n), O = gap(N+n) - gap(N) with
-    gap = L^V - L^T; w = (G / O^2) / Z. Restated per head, with the documented guards."""
+    """Wang et al. 2020 (Gradient-Blending's weights): G = L^V(N) - L^V(N+n),
+    O = gap(N+n) - gap(N) with gap = L^V - L^T; w = (G / O^2) / Z. Restated per head, with
+    the documented guards."""
     raw = []
     for k in range(before.shape[1]):
         g = before[1, k] - after[1, k]

@@ -2,8 +2,8 @@
 Gradient-Blending (below; the loop's updater is `mmjax.train.blend`).
 
 OGM-GE, on-the-fly gradient modulation with generalisation enhancement (Peng et al.,
-"Balanced Multimodal Learning via On-the-fly Gradient Modulation", CVPR 2022, Eqs. 9-10 and
-Sec. 3.3; the authors' code: GeWu-Lab/OGM-GE_CVPR2022).
+"Balanced Multimodal Learning via On-the-fly Gradient Modulation", CVPR 2022, whose Eq. 10 is
+the coefficient below; the authors' code: GeWu-Lab/OGM-GE_CVPR2022).
 
 Each step, the discrepancy ratio of modality u is rho_u = s_u / (mean of s_v over the other
 modalities), with s_u the mean softmax probability of the true class that the model gives
@@ -101,11 +101,11 @@ def modulate(grads: nnx.State, coefficients: dict[str, jax.Array], key: jax.Arra
 
 
 # Gradient-Blending (Wang, Tran & Feiszli, "What Makes Training Multi-modal Classification
-# Networks Hard?", CVPR 2020, Sec. 4 and Eqs. 6-9; MultiBench's training_structures/
-# gradient_blend.py). Each head k (the fused one, then one per modality on its encoder's
-# pooled features) has a loss L_k; the train loss is sum_k w_k L_k with
-# w_k = (G_k / O_k^2) / Z: G_k = L^V_k(N) - L^V_k(N+n), the val loss the head gained over the
-# last n steps, and O_k = (L^V_k - L^T_k)(N+n) - (L^V_k - L^T_k)(N), how much more it overfits.
+# Networks Hard?", CVPR 2020; MultiBench's training_structures/gradient_blend.py). Each head k
+# (the fused one, then one per modality on its encoder's pooled features) has a loss L_k; the
+# train loss is sum_k w_k L_k with w_k = (G_k / O_k^2) / Z: G_k = L^V_k(N) - L^V_k(N+n), the
+# val loss the head gained over the last n steps, and O_k = (L^V_k - L^T_k)(N+n) -
+# (L^V_k - L^T_k)(N), how much more it overfits.
 #
 # Deviations from the paper: the losses are measured on the jointly trained model's own heads
 # at two points of its training (online, at no extra cost), where the paper trains a copy of
