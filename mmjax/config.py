@@ -555,6 +555,10 @@ class TrainConfig:
     # one val batch (`val_batch_accuracy`) and its drop with modality m masked out
     # (`utilisation_<m>`).
     utilisation_every: int = 0
+    # Every N steps (0: never), log few-shot linear-probe accuracy of the fused vector on val
+    # (`fewshot_<k>shot`), k examples per class from the train split (`mmjax.fewshot`).
+    fewshot_every: int = 0
+    fewshot_shots: tuple[int, ...] = (1, 5)
 
     def __post_init__(self):
         positive = ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints")
@@ -590,6 +594,11 @@ class TrainConfig:
                 "balance_alpha": (self.balance_alpha > 0, "> 0"),
                 "utilisation_every": (self.utilisation_every >= 0, ">= 0 (0: never)"),
                 "balance_every": (self.balance_every >= 1, ">= 1"),
+                "fewshot_every": (self.fewshot_every >= 0, ">= 0 (0: never)"),
+                "fewshot_shots": (
+                    bool(self.fewshot_shots) and min(self.fewshot_shots) >= 1,
+                    "a non-empty list of whole numbers >= 1",
+                ),
                 "balance_until": (0 <= self.balance_until <= 1, "a share of the steps in [0, 1]"),
             },
         )

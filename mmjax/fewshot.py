@@ -7,20 +7,23 @@ larger support set contains the smaller ones); features standardised by the supp
 mean and std, a constant 100 appended for the bias (large, so it is nearly unregularised);
 targets one-hot in {-1, 1}; the L2-regularised least-squares solution in closed form; the
 test split classified by the arg-max of the probe's outputs. A per-encoder probe uses only the
-examples in which that modality is present.
+examples in which that modality is present. `training_probe` runs the same probes on the fused
+vector while a model trains (`train.fewshot_every`).
 """
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
+from mmjax.config import ExperimentConfig
 from mmjax.data import pipeline
-from mmjax.errors import ConfigError
+from mmjax.errors import ConfigError, DataError
+from mmjax.parallel import batch_sharded, put_batch, replicated
 from mmjax.predict import Predictor
 
 L2_REG = 2.0**10  # big_vision's default l2_reg
@@ -151,3 +154,72 @@ def evaluate(
             },
         }
     return result
+
+
+PROBE_BATCHES = 4  # eval batches of train (the support pool) and of val, for `training_probe`
+
+
+def _pool(exp: ExperimentConfig, mesh: jax.sharding.Mesh, split: str) -> list:
+    """Up to PROBE_BATCHES placed eval batches of `split`: (batch, labels [rows], rows)."""
+    out = []
+    try:
+        for batch, rows in pipeline.eval_batches(
+            exp.data, exp.model.modalities, split, exp.train.eval_batch_size
+        ):
+            labels = batch.pop("label")[:rows]
+            out.append((put_batch(batch, mesh), labels, rows))
+            if len(out) == PROBE_BATCHES:
+                break
+    except DataError:
+        pass
+    if not out:
+        raise ConfigError(
+            f"train.fewshot_every needs {split!r} records; {exp.data.name!r} has none"
+        )
+    return out
+
+
+def training_probe(
+    graphdef: nnx.GraphDef, shardings: nnx.State, exp: ExperimentConfig, mesh: jax.sharding.Mesh
+) -> Callable[[nnx.State], dict[str, float]] | None:
+    """state -> {"fewshot_<k>shot": accuracy} of probes on the fused vector, every k of
+    `train.fewshot_shots`: supports of k per class (draw 0) from the first PROBE_BATCHES eval
+    batches of train, queries the first PROBE_BATCHES of val. None when not asked for."""
+    if not exp.train.fewshot_every:
+        return None
+    shots = sorted(set(exp.train.fewshot_shots))
+    pool, queries = _pool(exp, mesh, "train"), _pool(exp, mesh, "val")
+    labels = np.concatenate([y for _, y, _ in pool])
+    counts = np.bincount(labels, minlength=exp.model.num_classes)
+    if shots[-1] > counts.min():
+        raise ConfigError(
+            f"train.fewshot_shots {shots[-1]}: the support pool (the first "
+            f"{PROBE_BATCHES * exp.train.eval_batch_size} train records) has only "
+            f"{counts.min()} of class {int(counts.argmin())}"
+        )
+    rng = np.random.default_rng(0)
+    order = [rng.permutation(np.flatnonzero(labels == c)) for c in range(len(counts))]
+    query_labels = np.concatenate([y for _, y, _ in queries])
+
+    def fused(state: nnx.State, batch: dict) -> jax.Array:
+        model, _ = nnx.merge(graphdef, state)
+        features, masks = model.encode(batch, train=False)
+        return model.fusion(features, masks, train=False)
+
+    represent = jax.jit(
+        fused, in_shardings=(shardings, batch_sharded(mesh)), out_shardings=replicated(mesh)
+    )
+
+    def vectors(state: nnx.State, batches: list) -> np.ndarray:
+        return np.concatenate([np.asarray(represent(state, b))[:n] for b, _, n in batches])
+
+    def probe(state: nnx.State) -> dict[str, float]:
+        x, x_query = vectors(state, pool), vectors(state, queries)
+        out = {}
+        for k in shots:
+            support = np.concatenate([o[:k] for o in order])
+            fitted = fit_probe(x[support], labels[support], len(counts), L2_REG)
+            out[f"fewshot_{k}shot"] = float(np.mean(probe_predict(fitted, x_query) == query_labels))
+        return out
+
+    return probe

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from mmjax.config import ConfigDict, ExperimentConfig, as_json_dict, experiment_from
 from mmjax.data import pipeline, sources
 from mmjax.errors import CheckpointError, ConfigError, TrainingError
+from mmjax.fewshot import training_probe as fewshot_probe
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
 from mmjax.train.balance import ogm_settings
@@ -199,6 +200,7 @@ def train(
             )
             probe = utilisation_probe(graphdef, shardings, exp, mesh)
             blend = gradient_blend(graphdef, shardings, exp, mesh)
+            fewshot = fewshot_probe(graphdef, shardings, exp, mesh)
             last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
             shapes = source.sample_shapes(modalities)
             bar = tqdm(
@@ -220,6 +222,8 @@ def train(
                 step += 1
                 if probe is not None and step % exp.train.utilisation_every == 0:
                     metrics = {**metrics, **probe(state)}
+                if fewshot is not None and step % exp.train.fewshot_every == 0:
+                    metrics = {**metrics, **fewshot(state)}
                 if blend is not None and step % exp.train.balance_every == 0:
                     state, weights = blend.update(state)
                     metrics = {**metrics, **weights}
