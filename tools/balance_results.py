@@ -66,7 +66,8 @@ def markdown(rows: dict, steps: int, seeds: list[int]) -> str:
         "avdigits_late's encoders (small CNN on the 8x8 digit, CNN-LSTM on the spoken digit), "
         "the head's default Config, AdamW, batch 64 and the dataset's default noise; only "
         "`train.balance` differs (`ogm_ge`: alpha 0.5 for the first half of the steps; "
-        "`grad_blend`: a classifier per modality at starting weight 1, the loss weights re-estimated every 100 steps). "
+        "`grad_blend`: a classifier per modality at starting weight 1, the loss weights "
+        "re-estimated every 100 steps). "
         "Accuracy is mean ± std over the seeds; the 'without' columns evaluate held-out "
         "voices with that modality masked out for every sample.",
         "",
