@@ -117,7 +117,10 @@ def _robustness(args: argparse.Namespace) -> None:
         data_root=args.data_dir or "",
         reference=reference,
     )
-    json_path, png_path = robustness.write(result, out, title)
+    try:
+        json_path, png_path = robustness.write(result, out, title)
+    except OSError as err:
+        raise MmjaxError(f"--out {str(out)!r}: cannot write there ({err.strerror})") from None
     if args.json:
         print(json_path.read_text(), end="")
         return
@@ -160,6 +163,8 @@ def _fewshot(args: argparse.Namespace) -> None:
     fewshot.check_shots(args.shots, args.draws)
     if not args.l2 > 0:
         raise MmjaxError(f"--l2 {args.l2}: the L2 strength must be > 0")
+    if args.out and not Path(args.out).absolute().parent.is_dir():
+        raise MmjaxError(f"--out {args.out!r}: its folder does not exist")
     predictor, title = _trained_or_published(args, "fewshot")
     result = fewshot.evaluate(
         predictor,
