@@ -116,6 +116,7 @@ def _robustness(args: argparse.Namespace) -> None:
         levels=args.levels,
         data_root=args.data_dir or "",
         reference=reference,
+        progress=not args.json,
     )
     try:
         json_path, png_path = robustness.write(result, out, title)

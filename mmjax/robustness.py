@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from mmjax.corruptions import CORRUPTIONS, LEVELS
-from mmjax.data import pipeline
+from mmjax.data import pipeline, sources
 from mmjax.errors import ConfigError
 from mmjax.predict import Predictor
 from mmjax.registry import ENCODERS
@@ -93,11 +94,13 @@ def measure(
     levels: Sequence[int] = tuple(range(LEVELS)),
     data_root: str = "",
     reference: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Accuracy on `split` at each level of each corruption (`corruption_plan`) and with each
     modality removed, with MultiBench's relative robustness per curve, and its effective
     robustness against `reference` (another model's result of this function: late fusion's,
-    as in MultiBench), where every level was measured."""
+    as in MultiBench), where every level was measured. `progress`: a bar over the batches on
+    stderr."""
     exp = predictor.experiment
     data = dataclasses.replace(exp.data, root=data_root or exp.data.root)
     levels = check_levels(levels)
@@ -111,7 +114,15 @@ def measure(
     curves = [(m, name, lv) for m, name in plan for lv in levels if lv > 0]
     correct = {"clean": 0} | {f"without {m}": 0 for m in modalities} | dict.fromkeys(curves, 0)
     examples = 0
-    for index, (batch, rows) in enumerate(itertools.chain([first], batches)):
+    records = sources.open_source(data).info["splits"][split]["num_records"]
+    bar = tqdm(
+        itertools.chain([first], batches),
+        total=math.ceil(records / exp.train.eval_batch_size),
+        disable=not progress,
+        desc=f"robustness ({1 + len(modalities) + len(curves)} conditions per batch)",
+        unit="batch",
+    )
+    for index, (batch, rows) in enumerate(bar):
         labels = batch.pop("label")[:rows]
         examples += rows
         for key, seen in _views(batch, index, curves, modalities, kinds, seed, predictor.dataset):
