@@ -22,9 +22,10 @@ from flax import nnx
 
 from mmjax.config import ExperimentConfig
 from mmjax.data import pipeline
-from mmjax.errors import ConfigError, DataError
-from mmjax.parallel import batch_sharded, put_batch, replicated
+from mmjax.errors import ConfigError
+from mmjax.parallel import batch_sharded, replicated
 from mmjax.predict import Predictor
+from mmjax.train.probe_batches import PROBE_BATCHES, ProbeBatch, probe_batches
 
 L2_REG = 2.0**10  # big_vision's default l2_reg
 BIAS_FEATURE = 100.0
@@ -156,29 +157,6 @@ def evaluate(
     return result
 
 
-PROBE_BATCHES = 4  # eval batches of train (the support pool) and of val, for `training_probe`
-
-
-def _pool(exp: ExperimentConfig, mesh: jax.sharding.Mesh, split: str) -> list:
-    """Up to PROBE_BATCHES placed eval batches of `split`: (batch, labels [rows], rows)."""
-    out = []
-    try:
-        for batch, rows in pipeline.eval_batches(
-            exp.data, exp.model.modalities, split, exp.train.eval_batch_size
-        ):
-            labels = batch.pop("label")[:rows]
-            out.append((put_batch(batch, mesh), labels, rows))
-            if len(out) == PROBE_BATCHES:
-                break
-    except DataError:
-        pass
-    if not out:
-        raise ConfigError(
-            f"train.fewshot_every needs {split!r} records; {exp.data.name!r} has none"
-        )
-    return out
-
-
 def training_probe(
     graphdef: nnx.GraphDef, shardings: nnx.State, exp: ExperimentConfig, mesh: jax.sharding.Mesh
 ) -> Callable[[nnx.State], dict[str, float]] | None:
@@ -188,8 +166,11 @@ def training_probe(
     if not exp.train.fewshot_every:
         return None
     shots = sorted(set(exp.train.fewshot_shots))
-    pool, queries = _pool(exp, mesh, "train"), _pool(exp, mesh, "val")
-    labels = np.concatenate([y for _, y, _ in pool])
+    pool, queries = (
+        probe_batches(exp, mesh, split, PROBE_BATCHES, "train.fewshot_every")
+        for split in ("train", "val")
+    )
+    labels = np.concatenate([p.labels for p in pool])
     counts = np.bincount(labels, minlength=exp.model.num_classes)
     if shots[-1] > counts.min():
         raise ConfigError(
@@ -199,19 +180,20 @@ def training_probe(
         )
     rng = np.random.default_rng(0)
     order = [rng.permutation(np.flatnonzero(labels == c)) for c in range(len(counts))]
-    query_labels = np.concatenate([y for _, y, _ in queries])
+    query_labels = np.concatenate([p.labels for p in queries])
 
     def fused(state: nnx.State, batch: dict) -> jax.Array:
         model, _ = nnx.merge(graphdef, state)
-        features, masks = model.encode(batch, train=False)
+        inputs = {k: v for k, v in batch.items() if k != "label"}
+        features, masks = model.encode(inputs, train=False)
         return model.fusion(features, masks, train=False)
 
     represent = jax.jit(
         fused, in_shardings=(shardings, batch_sharded(mesh)), out_shardings=replicated(mesh)
     )
 
-    def vectors(state: nnx.State, batches: list) -> np.ndarray:
-        return np.concatenate([np.asarray(represent(state, b))[:n] for b, _, n in batches])
+    def vectors(state: nnx.State, batches: list[ProbeBatch]) -> np.ndarray:
+        return np.concatenate([np.asarray(represent(state, p.batch))[: p.rows] for p in batches])
 
     def probe(state: nnx.State) -> dict[str, float]:
         x, x_query = vectors(state, pool), vectors(state, queries)

@@ -9,12 +9,10 @@ import numpy as np
 from flax import nnx
 
 from mmjax.config import ExperimentConfig
-from mmjax.data import pipeline
-from mmjax.errors import ConfigError, DataError
-from mmjax.parallel import batch_sharded, put_batch, replicated
+from mmjax.errors import ConfigError
+from mmjax.parallel import batch_sharded, replicated
 from mmjax.train.balance import gradient_blend_weights, require_two_modalities
-
-PROBE_BATCHES = 4  # eval batches of train and of val measured at each update
+from mmjax.train.probe_batches import PROBE_BATCHES, probe_batches
 
 
 def _head_losses(
@@ -48,33 +46,18 @@ class GradientBlend:
     ):
         self.graphdef, self.modalities = graphdef, exp.model.modalities
         self._losses = _head_losses(graphdef, shardings, mesh)
-        self._probes = {split: self._batches(exp, mesh, split) for split in ("train", "val")}
-
-    def _batches(self, exp: ExperimentConfig, mesh: jax.sharding.Mesh, split: str) -> list:
-        batches = []
-        try:
-            for batch, rows in pipeline.eval_batches(
-                exp.data, self.modalities, split, exp.train.eval_batch_size
-            ):
-                valid = {"v": np.arange(len(batch["label"])) < rows}
-                batches.append((put_batch(batch, mesh), put_batch(valid, mesh)["v"], rows))
-                if len(batches) == PROBE_BATCHES:
-                    break
-        except DataError:
-            pass
-        if not batches:
-            raise ConfigError(
-                f"train.balance=grad_blend measures each head on the {split!r} split; "
-                f"{exp.data.name!r} has no {split!r} records"
-            )
-        return batches
+        self._probes = {
+            split: probe_batches(exp, mesh, split, PROBE_BATCHES, "train.balance=grad_blend")
+            for split in ("train", "val")
+        }
 
     def measure(self, state: nnx.State) -> np.ndarray:
         """The heads' (train, val) losses [2, 1 + M] on the probe batches."""
         rows = []
         for split in ("train", "val"):
-            total = sum(self._losses(state, b, v) * n for b, v, n in self._probes[split])
-            rows.append(np.asarray(total) / sum(n for *_, n in self._probes[split]))
+            probes = self._probes[split]
+            total = sum(self._losses(state, p.batch, p.valid) * p.rows for p in probes)
+            rows.append(np.asarray(total) / sum(p.rows for p in probes))
         return np.stack(rows)
 
     def update(self, state: nnx.State) -> tuple[nnx.State, dict[str, jax.Array]]:
