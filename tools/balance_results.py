@@ -13,10 +13,10 @@ A finished run leaves `row.json` in its directory and is not repeated.
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import jax
+from result_tables import mean_std
 
 import mmjax
 from mmjax.experiments import avdigits_config
@@ -51,12 +51,6 @@ def run(fusion: str, method: str, seed: int, steps: int, data_dir: str, workdir:
     return row
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def markdown(rows: dict, steps: int, seeds: list[int]) -> str:
     lines = [
         "# Modality balancing on AV-Digits",
@@ -78,9 +72,9 @@ def markdown(rows: dict, steps: int, seeds: list[int]) -> str:
     for (fusion, method), runs in rows.items():
         column = {key: [r[key] for r in runs] for key in runs[0]}
         lines.append(
-            f"| `{fusion}` | {method} | {_mean_std(column['test'])} "
-            f"| {_mean_std(column['test_human'])} | {_mean_std(column['test_without_image'])} "
-            f"| {_mean_std(column['test_without_audio'])} |"
+            f"| `{fusion}` | {method} | {mean_std(column['test'])} "
+            f"| {mean_std(column['test_human'])} | {mean_std(column['test_without_image'])} "
+            f"| {mean_std(column['test_without_audio'])} |"
         )
     return "\n".join(lines) + "\n"
 

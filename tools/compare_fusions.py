@@ -22,6 +22,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from result_tables import mean_std
 
 import mmjax
 from mmjax import robustness
@@ -104,12 +105,6 @@ def effective_robustness(workdir: Path, fusion: str, seeds: list[int]) -> list[f
     return values
 
 
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def markdown(rows: dict[str, dict], steps: int, seeds: list[int], workdir: Path) -> str:
     head = [
         "# Fusion heads on AV-Digits",
@@ -139,10 +134,10 @@ def markdown(rows: dict[str, dict], steps: int, seeds: list[int], workdir: Path)
         r, acc = rows[fusion], rows[fusion]["accuracy"]
         effective = effective_robustness(workdir, fusion, seeds)
         head.append(
-            f"| `{fusion}` | {_mean_std(acc['test'])} | {_mean_std(acc['test_human'])} "
-            f"| {_mean_std(acc['test_without_audio'])} | {_mean_std(acc['test_without_image'])} "
-            f"| {_mean_std(acc['relative_robustness'])} "
-            f"| {_mean_std(effective) if effective else 'n/a'} "
+            f"| `{fusion}` | {mean_std(acc['test'])} | {mean_std(acc['test_human'])} "
+            f"| {mean_std(acc['test_without_audio'])} | {mean_std(acc['test_without_image'])} "
+            f"| {mean_std(acc['relative_robustness'])} "
+            f"| {mean_std(effective) if effective else 'n/a'} "
             f"| {r['params'] / 1e3:.0f}k ({r['fusion_params'] / 1e3:.0f}k) "
             f"| {r['forward_flops'] / 1e6:.1f} | {r['step_ms']:.1f} |"
         )

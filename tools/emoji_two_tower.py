@@ -8,8 +8,9 @@ emoji (mean ± std over the seeds) to a Markdown table.
 
 import argparse
 import json
-import statistics
 from pathlib import Path
+
+from result_tables import mean_std
 
 import mmjax
 from mmjax.config import apply_overrides
@@ -28,12 +29,6 @@ def _value(row: dict, path: tuple[str, ...]) -> float:
     for key in path:
         row = row[key]
     return row
-
-
-def _mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def _table(
@@ -55,7 +50,7 @@ def _table(
         "|---|---|" + "---|" * len(METRICS) + "---|",
     ]
     for split in runs[0]:
-        cells = [_mean_std([_value(r[split], path) for r in runs]) for _, path in METRICS]
+        cells = [mean_std([_value(r[split], path) for r in runs]) for _, path in METRICS]
         first = runs[0][split]
         lines.append(
             f"| {split} | {first['examples']} | "

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from result_tables import mean_std
 
 import mmjax
 from mmjax.config import experiment_from
@@ -178,14 +179,6 @@ def _extract_seconds(args: argparse.Namespace) -> float:
     return json.loads(path.read_text()) if path.is_file() else 0.0
 
 
-def _mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
-
-
 def pretrained_branch(rows: dict[str, dict], args: argparse.Namespace, clips: int) -> list[str]:
     """Cached frozen frames against training the frame encoder, for late concatenation."""
     trained, cached = rows.get("late_concat"), rows.get("late_concat_pretrained_frames")
@@ -279,9 +272,9 @@ def markdown(rows: dict[str, dict], args: argparse.Namespace, seconds: float) ->
     ]
     for name, r in rows.items():
         acc = r["accuracy"]
-        cells = [_mean_std(acc.get(f"without_{m}", [])) for m in ("text", "video", "audio")]
+        cells = [mean_std(acc.get(f"without_{m}", [])) for m in ("text", "video", "audio")]
         lines.append(
-            f"| `{name}` | {len(acc['test'])} | {_mean_std(acc['test'])} | {' | '.join(cells)} "
+            f"| `{name}` | {len(acc['test'])} | {mean_std(acc['test'])} | {' | '.join(cells)} "
             f"| {r['params'] / 1e3:.0f}k ({r['fusion_params'] / 1e3:.0f}k) "
             f"| {r['forward_flops'] / 1e6:.1f} | {1000 * r['step_s']:.0f} |"
         )
