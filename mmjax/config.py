@@ -523,6 +523,9 @@ class TrainConfig:
     """Loop lengths and cadences; batch sizes are global (over all devices and hosts)."""
 
     seed: int = 0
+    # The seed of the training batch order (and of the training noise and modality dropout
+    # drawn with it); -1: `seed`. A sweep's copies with one batch order share it.
+    data_seed: int = -1
     batch_size: int = 64
     steps: int = 1000
     log_every: int = 25
@@ -560,12 +563,18 @@ class TrainConfig:
     fewshot_every: int = 0
     fewshot_shots: tuple[int, ...] = (1, 5)
 
+    @property
+    def order_seed(self) -> int:
+        """The seed of the training batch order: `data_seed`, or `seed` when it is -1."""
+        return self.seed if self.data_seed < 0 else self.data_seed
+
     def __post_init__(self):
         positive = ("batch_size", "steps", "log_every", "checkpoint_every", "keep_checkpoints")
         _require(
             "train",
             {
                 "seed": (self.seed >= 0, ">= 0"),  # numpy's and grain's seeds are non-negative
+                "data_seed": (self.data_seed >= -1, ">= 0, or -1 for train.seed"),
                 **{
                     name: (getattr(self, name) >= 1, ">= 1")
                     for name in (*positive, "eval_batch_size", "grad_accum_steps")

@@ -79,6 +79,24 @@ def check_batch_size(global_batch: int, mesh: jax.sharding.Mesh, field: str) -> 
         )
 
 
+def copies_batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """A sweep's batches [S, B, ...]: the copies axis whole, the batch axis as `batch_sharded`."""
+    return NamedSharding(mesh, PartitionSpec(None, BATCH_AXES))
+
+
+def put_copies_batch(
+    batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh
+) -> dict[str, jax.Array]:
+    """Stitch host-local batches of every copy [S, B_local, ...] into global arrays [S, B, ...]."""
+    sharding = copies_batch_sharded(mesh)
+    return {
+        k: jax.make_array_from_process_local_data(
+            sharding, v, (v.shape[0], v.shape[1] * jax.process_count(), *v.shape[2:])
+        )
+        for k, v in batch.items()
+    }
+
+
 def put_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
     """Stitch host-local batches [B_local, ...] into global arrays [B, ...] split over
     `data x fsdp`."""

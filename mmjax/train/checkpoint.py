@@ -15,7 +15,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,16 @@ from mmjax.errors import CheckpointError
 
 CORRUPT_SUFFIX = ".corrupt"
 ITERATOR_ITEM = "data_iter"
+# One data iterator, or a sweep's, one per copy (items data_iter_0, data_iter_1, ...).
+Iterators = grain.DatasetIterator | Sequence[grain.DatasetIterator] | None
+
+
+def _iterator_items(data_iter: Iterators) -> dict[str, grain.DatasetIterator]:
+    if data_iter is None:
+        return {}
+    if isinstance(data_iter, Sequence):
+        return {f"{ITERATOR_ITEM}_{i}": it for i, it in enumerate(data_iter)}
+    return {ITERATOR_ITEM: data_iter}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +111,7 @@ class Checkpointer:
         self,
         step: int,
         state: nnx.State,
-        data_iter: grain.DatasetIterator | None,
+        data_iter: Iterators,
         config: dict[str, Any],
         metrics: dict[str, Any],
     ) -> None:
@@ -113,8 +123,8 @@ class Checkpointer:
             "config": ocp.args.JsonSave(config),
             "metrics": ocp.args.JsonSave(metrics),
         }
-        if data_iter is not None:
-            items[ITERATOR_ITEM] = grain.checkpoint.CheckpointSave(data_iter)
+        for name, iterator in _iterator_items(data_iter).items():
+            items[name] = grain.checkpoint.CheckpointSave(iterator)
         try:
             self.manager.save(step, args=ocp.args.Composite(**items))
         except Exception as err:  # orbax raises many types; the cause is kept below
@@ -147,7 +157,7 @@ class Checkpointer:
         step: int,
         target: nnx.State,
         shardings: nnx.State,
-        data_iter: grain.DatasetIterator | None = None,
+        data_iter: Iterators = None,
     ) -> nnx.State:
         """Restore `step` into the structure of `target` with `shardings`; data_iter in place."""
         try:
@@ -162,7 +172,7 @@ class Checkpointer:
         self,
         target: nnx.State,
         shardings: nnx.State,
-        data_iter: grain.DatasetIterator | None = None,
+        data_iter: Iterators = None,
         *,
         check_config: Callable[[int, dict[str, Any]], None] | None = None,
     ) -> Restored | None:
@@ -211,7 +221,7 @@ class Checkpointer:
         step: int,
         target: nnx.State,
         shardings: nnx.State,
-        data_iter: grain.DatasetIterator | None,
+        data_iter: Iterators,
     ) -> nnx.State:
         abstract = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -220,18 +230,18 @@ class Checkpointer:
         )
         items = {"state": ocp.args.StandardRestore(abstract)}
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        if data_iter is not None:
-            self._restore_iterator(step, data_iter)
+        for name, iterator in _iterator_items(data_iter).items():
+            self._restore_iterator(step, name, iterator)
         state = jax.tree.map(lambda x: x, target)  # a copy whose leaves are replaced below
         nnx.replace_by_pure_dict(state, restored["state"])
         return state
 
-    def _restore_iterator(self, step: int, data_iter: grain.DatasetIterator) -> None:
+    def _restore_iterator(self, step: int, item: str, data_iter: grain.DatasetIterator) -> None:
         """Put `data_iter` where it was at `step`, from the file grain's handler saved for this
         process. From a run with another process count, process 0's file: every process of a
         run is at the same place in the one global data order (`pipeline.train_dataset`), so
         a run resumes on more or fewer hosts with the batches it would have had."""
-        folder = self.directory / str(step) / ITERATOR_ITEM
+        folder = self.directory / str(step) / item
         own = folder / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         first = sorted(folder.glob("process_0-of-*.json"))
         path = own if own.is_file() or not first else first[0]

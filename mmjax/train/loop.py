@@ -23,10 +23,11 @@ from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics import MetricsLog
 from mmjax.train.preemption import PreemptionWatch
 from mmjax.train.state import init_state, state_shardings
-from mmjax.train.step import make_eval_step, make_train_step
+from mmjax.train.step import EvalStep, make_eval_step, make_train_step
 from mmjax.train.utilisation import utilisation_probe
 from mmjax.train.warm_start import warm_start
 from mmjax.train.workdir import (
+    SWEEP_FILE,
     read_experiment,
     restore_trained,
     resume_conflicts,
@@ -42,10 +43,13 @@ def evaluate(
     mesh: jax.sharding.Mesh,
     *,
     missing: tuple[str, ...] = (),
+    eval_step: EvalStep | None = None,
 ) -> dict[str, float]:
     """Accuracy and mean loss of the model in `state` over every record of `split`, with the
-    `missing` modalities masked out for every sample."""
-    eval_step = make_eval_step(graphdef, jax.tree.map(lambda x: x.sharding, state), mesh)
+    `missing` modalities masked out for every sample. `eval_step` (`make_eval_step`) spares
+    a compile when several splits or models of one shape are evaluated."""
+    if eval_step is None:
+        eval_step = make_eval_step(graphdef, jax.tree.map(lambda x: x.sharding, state), mesh)
     modalities = exp.model.modalities
     totals = {"loss_sum": 0.0, "correct": 0.0, "examples": 0.0}  # over the global batches
     for batch, rows in pipeline.eval_batches(
@@ -69,7 +73,7 @@ def evaluate(
     }
 
 
-def _available_splits(info: dict[str, Any], wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
+def available_splits(info: dict[str, Any], wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """(splits to evaluate, splits the build lacks); an unknown split name is a ConfigError."""
     unknown = [s for s in wanted if s not in info["splits"]]
     if unknown:
@@ -81,15 +85,18 @@ def _available_splits(info: dict[str, Any], wanted: tuple[str, ...]) -> tuple[li
     return have, [s for s in wanted if s not in have]
 
 
-def _on_nonfinite(steps: list[int], policy: str, checkpointer: Checkpointer) -> None:
+def check_nonfinite(
+    steps: list[int], policy: str, checkpointer: Checkpointer, *, copy: str = ""
+) -> None:
     """Stop, or with policy "skip" warn, for `steps` whose loss or gradient was NaN/inf (the
-    train step left the state as it was on those steps)."""
+    train step left the state as it was on those steps); `copy` names a sweep's copy."""
     if not steps:
         return
+    who = f"copy {copy}, " if copy else ""
     if policy == "skip":
         if jax.process_index() == 0:
             warnings.warn(
-                f"step {', '.join(map(str, steps))}: the loss or gradient was NaN/inf; the "
+                f"{who}step {', '.join(map(str, steps))}: the loss or gradient was NaN/inf; the "
                 "batch was skipped (train.on_nonfinite=skip)",
                 RuntimeWarning,
                 stacklevel=2,
@@ -102,7 +109,7 @@ def _on_nonfinite(steps: list[int], policy: str, checkpointer: Checkpointer) -> 
         else "none (no checkpoint was saved yet)"
     )
     raise TrainingError(
-        f"step {steps[0]}: the loss or gradient is NaN/inf, so training stopped; that step did "
+        f"{who}step {steps[0]}: the loss or gradient is NaN/inf, so training stopped; that step did "
         f"not change the parameters and nothing after it was saved. Last good checkpoint: "
         f"{where}. Lower optim.learning_rate, or set train.on_nonfinite=skip to skip such batches"
     )
@@ -157,6 +164,11 @@ def train(
     config = as_json_dict(config)
     exp = experiment_from(config)
     workdir = Path(workdir)
+    if (workdir / SWEEP_FILE).is_file():
+        raise ConfigError(
+            f"--workdir {workdir} is a sweep's folder: resume it with `mmjax sweep`, or train "
+            "this run in a new --workdir"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = data_mesh(fsdp=exp.parallel.fsdp)
     check_batch_size(
@@ -170,11 +182,11 @@ def train(
     source.check_experiment(exp)
     info = source.info
     modalities = exp.model.modalities
-    eval_splits, missing_splits = _available_splits(info, exp.train.eval_splits)
+    eval_splits, missing_splits = available_splits(info, exp.train.eval_splits)
     graphdef, state = init_state(exp, mesh)
     shardings = state_shardings(state, mesh, exp.parallel)
     data_iter = iter(
-        pipeline.train_dataset(exp.data, modalities, exp.train.batch_size, exp.train.seed)
+        pipeline.train_dataset(exp.data, modalities, exp.train.batch_size, exp.train.order_seed)
     )
     checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
     log = MetricsLog(workdir / "metrics.jsonl", exp.train.log_every)
@@ -228,11 +240,11 @@ def train(
                     state, weights = blend.update(state)
                     metrics = {**metrics, **weights}
                 log.push(step, metrics)
-                _on_nonfinite(log.take_nonfinite(), exp.train.on_nonfinite, checkpointer)
+                check_nonfinite(log.take_nonfinite(), exp.train.on_nonfinite, checkpointer)
                 preempted = preemption.reached(step)
                 if preempted or step % exp.train.checkpoint_every == 0 or step == last:
                     log.flush()
-                    _on_nonfinite(log.take_nonfinite(), exp.train.on_nonfinite, checkpointer)
+                    check_nonfinite(log.take_nonfinite(), exp.train.on_nonfinite, checkpointer)
                     seconds = earlier_seconds + time.perf_counter() - train_started
                     checkpointer.save(
                         step, state, data_iter, config, log.last | {"train_seconds": seconds}

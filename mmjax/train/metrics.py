@@ -33,6 +33,11 @@ class MetricsLog:
         self._absorb()
         self._pending = (step, metrics)
 
+    def record(self, step: int, values: dict[str, Any]) -> None:
+        """Step `step`'s metrics, already on the host: taken in now, after any pending step."""
+        self.push(step, values)
+        self._absorb()
+
     def flush(self) -> None:
         self._absorb()
         if self._count or self._skipped:
@@ -74,3 +79,34 @@ class MetricsLog:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
         self._sums, self._counts, self._count, self._skipped = {}, {}, 0, 0
+
+
+class CopiesMetricsLog:
+    """A MetricsLog per copy of a sweep, fed from the vmapped step's metrics {key: [S]},
+    fetched one step late (one transfer for all copies) as MetricsLog does."""
+
+    def __init__(self, paths: list[Path], every: int):
+        self.logs = [MetricsLog(path, every) for path in paths]
+        self._pending: tuple[int, dict[str, jax.Array]] | None = None
+
+    def push(self, step: int, metrics: dict[str, jax.Array]) -> None:
+        self._absorb()
+        self._pending = (step, metrics)
+
+    def flush(self) -> None:
+        self._absorb()
+        for log in self.logs:
+            log.flush()
+
+    def take_nonfinite(self) -> list[list[int]]:
+        """Per copy, the steps fetched since the last call whose loss or gradient was NaN/inf."""
+        return [log.take_nonfinite() for log in self.logs]
+
+    def _absorb(self) -> None:
+        if self._pending is None:
+            return
+        step, metrics = self._pending
+        self._pending = None
+        values = jax.device_get(metrics)
+        for i, log in enumerate(self.logs):
+            log.record(step, {key: value[i] for key, value in values.items()})

@@ -1,21 +1,33 @@
 """The Optax optimizer built from an OptimConfig."""
 
+from collections.abc import Mapping
+
+import jax
 import optax
 
 from mmjax.config import OptimConfig
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW on a warm-up + cosine-decay learning-rate schedule."""
+def make_optimizer(
+    cfg: OptimConfig, total_steps: int, traced: Mapping[str, jax.Array] | None = None
+) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW on a warm-up + cosine-decay learning-rate schedule.
+
+    `traced` replaces some of `cfg`'s float settings (learning_rate, weight_decay, b1, b2,
+    grad_clip) by traced values, as a sweep's copies have them; the transformation and its
+    state keep their structure (clipping is chained when `cfg.grad_clip` > 0)."""
+    value = {**vars(cfg), **(traced or {})}
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
-        peak_value=cfg.learning_rate,
+        peak_value=value["learning_rate"],
         warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1),
-        end_value=cfg.learning_rate * 0.01,
+        end_value=value["learning_rate"] * 0.01,
     )
-    adam = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+    adam = optax.adamw(
+        schedule, b1=value["b1"], b2=value["b2"], weight_decay=value["weight_decay"]
+    )
     if cfg.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(cfg.grad_clip), adam)
+        return optax.chain(optax.clip_by_global_norm(value["grad_clip"]), adam)
     return adam

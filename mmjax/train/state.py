@@ -1,6 +1,9 @@
 """The train state: model and optimizer split into a static graphdef and an array State."""
 
+from collections.abc import Callable
+
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.config import ExperimentConfig, ParallelConfig
@@ -11,9 +14,13 @@ from mmjax.train.optim import make_optimizer
 DEFAULT_PARALLEL = ParallelConfig()
 
 
-def build_model_and_optimizer(exp: ExperimentConfig) -> tuple[nnx.Module, nnx.Optimizer]:
-    """The model and its optimizer, built eagerly on the default device (unsharded)."""
-    model = build_model(exp.model, rngs=nnx.Rngs(exp.train.seed))
+def build_model_and_optimizer(
+    exp: ExperimentConfig, seed: int | jax.Array | None = None
+) -> tuple[nnx.Module, nnx.Optimizer]:
+    """The model and its optimizer, built eagerly on the default device (unsharded), from
+    `seed` (default `exp.train.seed`; a traced seed builds the same values)."""
+    seed = exp.train.seed if seed is None else seed
+    model = build_model(exp.model, rngs=nnx.Rngs(jax.random.key(seed)))
     tx = make_optimizer(exp.optim, exp.train.steps)
     return model, nnx.Optimizer(model, tx, wrt=model.trainable())
 
@@ -34,12 +41,21 @@ def state_shardings(
     return fsdp_shardings(state, mesh, parallel.fsdp_min_size)
 
 
-def init_state(exp: ExperimentConfig, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, nnx.State]:
-    """Build the model and optimizer directly with their shardings under `exp.parallel`
-    (no host-side copy, no replicated intermediate)."""
+def state_initializer(
+    exp: ExperimentConfig, mesh: jax.sharding.Mesh
+) -> tuple[nnx.GraphDef, Callable[[int], nnx.State]]:
+    """(graphdef, seed -> state): one compiled program that builds the model and optimizer
+    from a seed directly with their shardings under `exp.parallel` (no host-side copy, no
+    replicated intermediate)."""
     graphdef, abstract = abstract_state(exp)
     init = jax.jit(
-        lambda: nnx.split(build_model_and_optimizer(exp))[1],
+        lambda seed: nnx.split(build_model_and_optimizer(exp, seed))[1],
         out_shardings=state_shardings(abstract, mesh, exp.parallel),
     )
-    return graphdef, init()
+    return graphdef, lambda seed: init(jnp.asarray(seed, jnp.int32))
+
+
+def init_state(exp: ExperimentConfig, mesh: jax.sharding.Mesh) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, state) of a fresh run from `exp.train.seed` (`state_initializer`)."""
+    graphdef, init = state_initializer(exp, mesh)
+    return graphdef, init(exp.train.seed)

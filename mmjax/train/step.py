@@ -177,14 +177,17 @@ def _accumulate(micro_step: MicroStep, k: int, mesh: jax.sharding.Mesh) -> Micro
 
 
 def _update(
-    graphdef: nnx.GraphDef,
+    graphdef: nnx.GraphDef, tx: optax.GradientTransformation | None
 ) -> Callable[[nnx.State, nnx.State, nnx.State], nnx.State]:
     """(state, gradients, model state written by the forward pass) -> the state after one
-    optimizer update with those gradients."""
+    optimizer update with those gradients, by the optimizer's own transformation or `tx` (the
+    same transformation with traced hyperparameters: a sweep's learning rate per copy)."""
 
     def update(state: nnx.State, grads: nnx.State, rest: nnx.State) -> nnx.State:
         model, optimizer = nnx.merge(graphdef, state)
         nnx.update(model, rest)
+        if tx is not None:
+            optimizer.tx = tx
         optimizer.update(model, grads)
         return nnx.state((model, optimizer))
 
@@ -199,30 +202,40 @@ def _compute_dtype(name: str) -> jnp.dtype:
     return jnp.dtype(name)
 
 
-def make_train_step(
+TrainStep = Callable[
+    [nnx.State, Batch, optax.GradientTransformation | None, OGMGE | None],
+    tuple[nnx.State, Metrics],
+]
+
+
+def train_step_function(
     graphdef: nnx.GraphDef,
-    shardings: nnx.State,
     mesh: jax.sharding.Mesh,
     *,
     grad_accum_steps: int = 1,
     compute_dtype: str = "float32",
-    ogm: OGMGE | None = None,
-) -> Callable[[nnx.State, Batch], tuple[nnx.State, Metrics]]:
-    """(state, batch [B, ...]) -> (new state, metrics); the state is donated, the batch sharded.
+) -> TrainStep:
+    """The pure, unjitted train step (state, batch [B, ...], tx, ogm) -> (new state, metrics).
 
     One optimizer update per step, with the mean gradient of `grad_accum_steps` equal
-    micro-batches [B/k, ...] (the whole batch's when 1) computed in `compute_dtype`. A step
-    whose loss or gradient norm is NaN/inf skips the update (a `lax.cond`), returning the
-    state unchanged, and reports metric `nonfinite` 1 (else 0). With `ogm`, each encoder's
-    gradient is modulated by OGM-GE (`mmjax.train.balance`) before the update, for the
-    optimizer steps before `ogm.until`, from the micro-batches' mean coefficients.
+    micro-batches [B/k, ...] (the whole batch's when 1) computed in `compute_dtype`, by the
+    optimizer's own transformation or `tx`. A step whose loss or gradient norm is NaN/inf
+    skips the update (a `lax.cond`), returning the state unchanged, and reports metric
+    `nonfinite` 1 (else 0). With `ogm`, each encoder's gradient is modulated by OGM-GE
+    (`mmjax.train.balance`) before the update, for the optimizer steps before `ogm.until`,
+    from the micro-batches' mean coefficients. `make_train_step` jits it for one run;
+    `mmjax.train.sweep` vmaps it over copies.
     """
     if grad_accum_steps < 1:
         raise ConfigError(f"train.grad_accum_steps must be >= 1, got {grad_accum_steps}")
     dtype = _compute_dtype(compute_dtype)
-    update = _update(graphdef)
 
-    def train_step(state: nnx.State, batch: Batch) -> tuple[nnx.State, Metrics]:
+    def train_step(
+        state: nnx.State,
+        batch: Batch,
+        tx: optax.GradientTransformation | None,
+        ogm: OGMGE | None,
+    ) -> tuple[nnx.State, Metrics]:
         model, optimizer = nnx.merge(graphdef, state)  # shares `state`'s variables: read only
         model_def, params, rest = nnx.split(model, model.trainable(), ...)
         grad_fn = _micro_step(model_def, dtype, ogm)
@@ -237,6 +250,7 @@ def make_train_step(
             grads = jax.tree.map(lambda m, g: jnp.where(step < ogm.until, m, g), modulated, grads)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        update = _update(graphdef, tx)
         new_state = jax.lax.cond(finite, update, lambda state, *_: state, state, grads, rest)
         metrics = {
             **metrics,
@@ -245,17 +259,37 @@ def make_train_step(
         }
         return new_state, metrics
 
+    return train_step
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    shardings: nnx.State,
+    mesh: jax.sharding.Mesh,
+    *,
+    grad_accum_steps: int = 1,
+    compute_dtype: str = "float32",
+    ogm: OGMGE | None = None,
+) -> Callable[[nnx.State, Batch], tuple[nnx.State, Metrics]]:
+    """(state, batch [B, ...]) -> (new state, metrics): `train_step_function` with the
+    optimizer's own transformation, jitted; the state is donated, the batch sharded."""
+    step = train_step_function(
+        graphdef, mesh, grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype
+    )
     return jax.jit(
-        train_step,
+        lambda state, batch: step(state, batch, None, ogm),
         in_shardings=(shardings, batch_sharded(mesh)),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
     )
 
 
+EvalStep = Callable[[nnx.State, Batch, jax.Array], dict[str, jax.Array]]
+
+
 def make_eval_step(
     graphdef: nnx.GraphDef, shardings: nnx.State, mesh: jax.sharding.Mesh
-) -> Callable[[nnx.State, Batch, jax.Array], dict[str, jax.Array]]:
+) -> EvalStep:
     """(state, batch, valid [B] bool) -> summed loss, correct count and number of the valid
     rows (over the global batch, so every process gets the totals of all)."""
 

@@ -14,6 +14,7 @@ from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.state import abstract_state, state_shardings
 
 EXPERIMENT_FILE = "experiment.json"
+SWEEP_FILE = "sweep.json"  # a sweep's folder: its copies are workdirs in sub-folders
 # Settings a resumed run may change: they do not alter the parameters it computes.
 RESUMABLE_CHANGES = (
     "data.root",
@@ -38,6 +39,12 @@ def read_experiment(workdir: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"--workdir {str(workdir)[:200]!r} is unusable ({err.strerror})"
         ) from None
+    if not found and (Path(workdir) / SWEEP_FILE).is_file():
+        copies = sorted(p.parent.name for p in Path(workdir).glob(f"*/{EXPERIMENT_FILE}"))
+        raise CheckpointError(
+            f"{workdir} is a sweep's folder, not one run: give one of its copies, "
+            f"{', '.join(str(Path(workdir) / c) for c in copies) or '(none written yet)'}"
+        )
     if not found:
         raise CheckpointError(f"{workdir} is not an mmjax workdir (no {EXPERIMENT_FILE})")
     try:
