@@ -57,6 +57,33 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from mmjax.train.sweep import sweep
+    from mmjax.train.sweep_plan import parse_set_each
+
+    config = apply_overrides(load_config_file(args.config), args.set)
+    if args.data_dir:
+        set_value(config, "data.root", args.data_dir)
+    results = sweep(
+        config,
+        args.workdir,
+        seeds=args.seeds,
+        set_each=parse_set_each(args.set_each),
+        shared_order=args.shared_order,
+        stop_after=args.stop_after,
+        progress=not args.quiet,
+    )
+    if results.get("preempted"):
+        print(
+            f"mmjax: preempted (SIGTERM) at step {results['steps']}: checkpoint saved in "
+            f"{Path(args.workdir) / 'checkpoints'}; run the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_PREEMPTED
+    print(json.dumps(results, indent=2))
+    return 0
+
+
 def _chosen_config(args: argparse.Namespace) -> ConfigDict:
     """The model `--data` chooses for the dataset with the `--set` overrides, printed and
     written to the workdir."""
@@ -459,6 +486,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="end this process when a peer is silent this long (default 100)",
     )
     train.set_defaults(run=_train)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="train copies of one model (seeds, learning rates, ...) as one vmapped program",
+        description="Train one copy of the config per seed and per combination of --set-each "
+        "values as one vmapped program; each copy ends as a workdir of its own, WORKDIR/<copy>, "
+        "equal to `mmjax train` of its config.",
+    )
+    sweep.add_argument("--config", required=True, help="configs/NAME.py[:arg]")
+    sweep.add_argument("--workdir", required=True)
+    sweep.add_argument(
+        "--seeds", type=int, nargs="+", metavar="SEED", help="train.seed of the copies"
+    )
+    sweep.add_argument(
+        "--set-each",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2,...",
+        help="one copy per value (per seed); repeatable: every combination",
+    )
+    sweep.add_argument(
+        "--shared-order",
+        action="store_true",
+        help="every copy reads the first copy's batches (one input pipeline)",
+    )
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sweep.add_argument("--data-dir", help="dataset root (default $MMJAX_DATA or ~/.cache/mmjax)")
+    sweep.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    sweep.set_defaults(run=_sweep)
 
     evaluate = commands.add_parser("eval", help="evaluate a workdir's latest checkpoint")
     evaluate.add_argument("--workdir", required=True)

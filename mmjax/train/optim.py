@@ -18,13 +18,19 @@ def make_optimizer(
     state keep their structure (clipping is chained when `cfg.grad_clip` > 0)."""
     value = {**vars(cfg), **(traced or {})}
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(
+    # The peak scales a unit schedule, so a traced learning rate is the same arithmetic.
+    shape = optax.warmup_cosine_decay_schedule(
         init_value=0.0,
-        peak_value=value["learning_rate"],
+        peak_value=1.0,
         warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1),
-        end_value=value["learning_rate"] * 0.01,
+        end_value=0.01,
     )
+    peak = value["learning_rate"]
+
+    def schedule(count: jax.Array) -> jax.Array:
+        return peak * shape(count)
+
     adam = optax.adamw(
         schedule, b1=value["b1"], b2=value["b2"], weight_decay=value["weight_decay"]
     )

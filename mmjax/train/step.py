@@ -276,8 +276,12 @@ def make_train_step(
     step = train_step_function(
         graphdef, mesh, grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype
     )
+
+    def train_step(state: nnx.State, batch: Batch) -> tuple[nnx.State, Metrics]:
+        return step(state, batch, None, ogm)
+
     return jax.jit(
-        lambda state, batch: step(state, batch, None, ogm),
+        train_step,
         in_shardings=(shardings, batch_sharded(mesh)),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,

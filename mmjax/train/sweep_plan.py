@@ -150,12 +150,18 @@ def plan_sweep(
         cfg = ConfigDict(base)
         set_value(cfg, "train.seed", int(seed))
         for key, value in zip(keys, values, strict=True):
-            set_value(cfg, key, value)
+            try:
+                set_value(cfg, key, value)
+            except ConfigError as err:
+                raise ConfigError(f"--set-each {key}={value}: {err}") from None
         if shared_order:
             order_seed = experiment_from(cfg).train.order_seed if order_seed is None else order_seed
             set_value(cfg, "train.data_seed", order_seed)
         copy_config = as_json_dict(cfg)
-        exp = experiment_from(copy_config)
+        try:
+            exp = experiment_from(copy_config)
+        except ConfigError as err:
+            raise ConfigError(f"copy {_copy_name(seed, dict(zip(keys, values)))}: {err}") from None
         settings = {k: _setting(exp, k) for k in keys}
         copies.append(Copy(_copy_name(exp.train.seed, settings), exp.train.seed, settings,
                            copy_config, exp))

@@ -1,0 +1,169 @@
+"""`mmjax sweep`: each copy of a vmapped sweep equals its single run (seeds, a traced learning
+rate, a shared batch order, across a resume); its copies are workdirs; bad sweeps are refused."""
+
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import mmjax
+from mmjax.config import set_value
+from mmjax.errors import CheckpointError, ConfigError
+from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.loop import evaluate_workdir
+from mmjax.train.sweep import sweep
+
+STEPS = 8
+LEARNING_RATES = ["0.002", "0.004"]  # the tiny config's own, and twice it
+
+
+def tiny(root, **settings):
+    cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")
+    set_value(cfg, "data.root", str(root))
+    set_value(cfg, "train.steps", STEPS)
+    set_value(cfg, "train.log_every", 4)
+    set_value(cfg, "train.checkpoint_every", 4)
+    for key, value in settings.items():
+        set_value(cfg, key.replace("__", "."), value)
+    return cfg
+
+
+def _state(workdir):
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=5)
+    try:
+        step = checkpointer.latest_step()
+        restored = checkpointer.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )
+    finally:
+        checkpointer.close()
+    return step, restored["state"]
+
+
+def _max_difference(a, b) -> float:
+    def diff(x, y):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return float(np.any(jax.random.key_data(x) != jax.random.key_data(y)))
+        return float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+
+    return max(jax.tree.leaves(jax.tree.map(diff, a, b)))
+
+
+def _rows(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(copy_dir, single_dir):
+    """Same final step and parameters (to float rounding), the same logged losses, the same
+    evaluation."""
+    (step, state), (single_step, single_state) = _state(copy_dir), _state(single_dir)
+    assert step == single_step == STEPS
+    assert _max_difference(state, single_state) < 1e-5
+    rows, single_rows = _rows(copy_dir), _rows(single_dir)
+    assert [r["step"] for r in rows] == [r["step"] for r in single_rows] == [4, 8]
+    for row, single_row in zip(rows, single_rows, strict=True):
+        assert row["loss"] == pytest.approx(single_row["loss"], rel=1e-5, abs=1e-6)
+    results = json.loads((copy_dir / "results.json").read_text())
+    single = json.loads((single_dir / "results.json").read_text())
+    assert results["accuracy"] == single["accuracy"]
+    for split, loss in single["loss"].items():
+        assert results["loss"][split] == pytest.approx(loss, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def swept(avdigits_root, tmp_path_factory):
+    """Seeds 0 and 1 x two learning rates, each copy with its own batches; interrupted at
+    step 4 and resumed."""
+    workdir = tmp_path_factory.mktemp("sweep") / "sweep"
+    grid = {"seeds": [0, 1], "set_each": {"optim.learning_rate": LEARNING_RATES}}
+    first = sweep(tiny(avdigits_root), workdir, stop_after=4, progress=False, **grid)
+    assert first["steps"] == 4 and not first["completed"] and first["copies"] == {}
+    return workdir, sweep(tiny(avdigits_root), workdir, progress=False, **grid)
+
+
+def test_copies_equal_their_single_runs(avdigits_root, swept, tmp_path):
+    workdir, results = swept
+    names = ["seed0-learning_rate=0.002", "seed0-learning_rate=0.004"]
+    names += ["seed1-learning_rate=0.002", "seed1-learning_rate=0.004"]
+    assert list(results["copies"]) == names and results["completed"]
+    mmjax.train(tiny(avdigits_root), tmp_path / "seed0", progress=False)
+    mmjax.train(
+        tiny(avdigits_root, train__seed=1, optim__learning_rate=0.004),
+        tmp_path / "seed1-lr",
+        progress=False,
+    )
+    assert_same_run(workdir / names[0], tmp_path / "seed0")
+    assert_same_run(workdir / names[3], tmp_path / "seed1-lr")
+    # The copies did differ: another seed, another learning rate.
+    assert _max_difference(_state(workdir / names[0])[1], _state(workdir / names[1])[1]) > 1e-4
+    assert _max_difference(_state(workdir / names[0])[1], _state(workdir / names[2])[1]) > 1e-4
+
+
+def test_copies_are_workdirs(swept):
+    workdir, results = swept
+    copy = workdir / "seed1-learning_rate=0.002"
+    record = json.loads((copy / "experiment.json").read_text())
+    assert record["config"]["train"]["seed"] == 1
+    assert record["config"]["optim"]["learning_rate"] == 0.002
+    evaluated = evaluate_workdir(copy, ("test",))["test"]
+    assert evaluated["accuracy"] == results["copies"][copy.name]["accuracy"]["test"]
+    assert json.loads((workdir / "results.json").read_text()) == results
+    plan = json.loads((workdir / "sweep.json").read_text())
+    assert [c["name"] for c in plan["copies"]] == list(results["copies"])
+    with pytest.raises(CheckpointError, match="is a sweep's folder.*seed0-learning_rate=0.002"):
+        evaluate_workdir(workdir)
+    with pytest.raises(ConfigError, match="is a sweep's folder: resume it with `mmjax sweep`"):
+        mmjax.train(json.loads((copy / "experiment.json").read_text())["config"], workdir)
+
+
+def test_resume_with_other_settings_is_refused(avdigits_root, swept):
+    workdir, _ = swept
+    other = {"optim.learning_rate": ["0.002", "0.008"]}
+    with pytest.raises(CheckpointError, match="other settings.*copies"):
+        sweep(tiny(avdigits_root), workdir, seeds=[0, 1], set_each=other, progress=False)
+
+
+def test_shared_order_copy_equals_the_run_with_that_data_seed(avdigits_root, tmp_path):
+    """With one batch order, copy seed1 reads seed 0's batches: it is the single run with
+    train.seed=1 and train.data_seed=0, as its experiment.json says."""
+    results = sweep(
+        tiny(avdigits_root), tmp_path / "sweep", seeds=[0, 1], shared_order=True, progress=False
+    )
+    copy = tmp_path / "sweep" / "seed1"
+    config = json.loads((copy / "experiment.json").read_text())["config"]
+    assert config["train"]["data_seed"] == 0 and results["completed"]
+    mmjax.train(tiny(avdigits_root, train__seed=1, train__data_seed=0), tmp_path / "single",
+                progress=False)
+    assert_same_run(copy, tmp_path / "single")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"seeds": list(range(10**7))}, "a sweep of 10000000 copies needs at least .* GiB"),
+        ({"set_each": {"model.fusion.hidden": ["8", "16"]}}, "may differ only in"),
+        ({"set_each": {"train.seed": ["1"]}}, "give the seeds with --seeds"),
+        ({"set_each": {"data.image_noise": ["0", "0.2"]}, "shared_order": True},
+         "changes each copy's batches: drop --shared-order"),
+        ({"set_each": {"optim.grad_clip": ["0", "1"]}}, "must all be > 0 or all 0"),
+        ({"set_each": {"optim.learning_rate": ["0.1", "fast"]}}, "--set-each optim.learning_rate=fast"),
+        ({"set_each": {"optim.learning_rate": ["-1"]}}, "copy seed0-learning_rate=-1: .* must be > 0"),
+        ({"seeds": [3, 3]}, "a seed is given twice"),
+    ],
+)
+def test_bad_sweeps_are_refused_before_training(avdigits_root, tmp_path, kwargs, error):
+    with pytest.raises(ConfigError, match=error):
+        sweep(tiny(avdigits_root), tmp_path / "sweep", progress=False, **kwargs)
+    assert not (tmp_path / "sweep" / "checkpoints").exists()
+
+
+def test_single_run_only_settings_and_folders_are_refused(avdigits_root, tmp_path):
+    cfg = tiny(avdigits_root, train__utilisation_every=2)
+    with pytest.raises(ConfigError, match="train.utilisation_every=2 is not available in a sweep"):
+        sweep(cfg, tmp_path / "sweep", progress=False)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "experiment.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds a single run"):
+        sweep(tiny(avdigits_root), tmp_path / "run", progress=False)
