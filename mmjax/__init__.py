@@ -18,6 +18,7 @@ from mmjax.pretrained import CATALOG, load_encoder, place_pretrained
 from mmjax.publish import PublishedModel, published_names
 from mmjax.registry import DATASETS, ENCODERS, FUSIONS, MODELS
 from mmjax.train.loop import evaluate_workdir, train
+from mmjax.train.sweep import sweep
 
 __version__ = "0.1.0"
 
@@ -94,5 +95,6 @@ __all__ = [
     "load_config_file",
     "load_predictor",
     "load_pretrained",
+    "sweep",
     "train",
 ]

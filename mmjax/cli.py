@@ -70,6 +70,7 @@ def _sweep(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         set_each=parse_set_each(args.set_each),
         shared_order=args.shared_order,
+        program=args.program,
         stop_after=args.stop_after,
         progress=not args.quiet,
     )
@@ -489,9 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser(
         "sweep",
-        help="train copies of one model (seeds, learning rates, ...) as one vmapped program",
+        help="train copies of one model (seeds, learning rates, ...) as one compiled program",
         description="Train one copy of the config per seed and per combination of --set-each "
-        "values as one vmapped program; each copy ends as a workdir of its own, WORKDIR/<copy>, "
+        "values as one compiled program; each copy ends as a workdir of its own, WORKDIR/<copy>, "
         "equal to `mmjax train` of its config.",
     )
     sweep.add_argument("--config", required=True, help="configs/NAME.py[:arg]")
@@ -510,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--shared-order",
         action="store_true",
         help="every copy reads the first copy's batches (one input pipeline)",
+    )
+    sweep.add_argument(
+        "--program",
+        choices=("auto", "vmap", "unrolled"),
+        default="auto",
+        help="the copies' steps vmapped (GPU, TPU) or side by side (auto: unrolled on CPU)",
     )
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sweep.add_argument("--data-dir", help="dataset root (default $MMJAX_DATA or ~/.cache/mmjax)")

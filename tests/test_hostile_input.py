@@ -41,7 +41,7 @@ from mmjax.data.records import decode_record, encode_record
 from mmjax.data.transforms import Decode
 from mmjax.errors import ConfigError, DataError, InputError, MmjaxError
 from mmjax.models import validate_batch
-from mmjax.train import loop
+from mmjax.train import loop, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {"batch": 300, "config": 200, "override": 150, "record": 300, "cli": 250}
@@ -746,6 +746,7 @@ def _values(root: Path):
 
 COMMANDS = {
     "train": ("--config", "--workdir", "--set", "--data-dir", "--stop-after", "--quiet"),
+    "sweep": ("--config", "--workdir", "--seeds", "--set-each", "--shared-order", "--set"),
     "eval": ("--workdir", "--split", "--data-dir", "--without", "--json"),
     "predict": ("--workdir", "--image", "--audio", "--json"),
     "robustness": ("--workdir", "--model", "--split", "--out", "--levels", "--corruptions"),
@@ -760,7 +761,7 @@ COMMANDS = {
     "nope": (),
     "": (),
 }
-SWITCHES = ("--quiet", "--json", "--small", "--smoke", "--markdown", "--")
+SWITCHES = ("--quiet", "--json", "--small", "--smoke", "--markdown", "--shared-order", "--")
 STRAY_FLAGS = ("--nope", "-x", "--", "-", "--config", "--set", "-h")
 
 
@@ -778,7 +779,7 @@ def flag_values(draw, flag: str, root: Path) -> list[str]:
         }[which]
     elif flag == "--workdir" and draw(st.integers(0, 3)):
         value = st.sampled_from(_workdirs(root))
-    elif flag == "--set":
+    elif flag in ("--set", "--set-each"):
         value = set_strings
     elif flag == "--stop-after":
         value = st.one_of(st.integers(-(2**70), 2**70).map(str), _values(root))
@@ -794,6 +795,7 @@ def well_formed(draw, command: str, root: Path) -> list[str]:
     """A command line argparse accepts (required flags present), with hostile values."""
     required = {
         "train": ["--config", "--workdir"],
+        "sweep": ["--config", "--workdir"],
         "eval": ["--workdir"],
         "predict": ["--workdir"],
         "robustness": ["--workdir"],
@@ -835,14 +837,15 @@ def malformed(draw, command: str, root: Path) -> list[str]:
 
 @st.composite
 def argvs(draw, root: Path):
-    real = ("train", "eval", "predict", "robustness", "fewshot", "data prepare")
+    real = ("train", "sweep", "eval", "predict", "robustness", "fewshot", "data prepare")
     real += ("features extract", "bench")
     command = draw(st.sampled_from(sorted(COMMANDS) + 2 * list(real) + ["train"] * 3))
     if command in real and draw(st.integers(0, 3)):
         argv = draw(well_formed(command, root))
     else:
         argv = draw(malformed(command, root))
-    if command.split()[:1] in (["train"], ["features"]) and any(REAL_CONFIG in a for a in argv):
+    trains = (["train"], ["sweep"], ["features"])
+    if command.split()[:1] in trains and any(REAL_CONFIG in a for a in argv):
         argv += ["--set", NOT_A_KEY]  # a real config never trains or extracts
     return argv
 
@@ -873,7 +876,7 @@ def _no_real_work():
         for name in mmjax.DATASETS.names()
     }
     with contextlib.ExitStack() as stack:
-        for module in (loop, features, predict):
+        for module in (loop, sweep, features, predict):
             stack.enter_context(
                 mock.patch.object(module, "experiment_from", _must_fail(module.experiment_from))
             )

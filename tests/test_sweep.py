@@ -74,10 +74,11 @@ def assert_same_run(copy_dir, single_dir):
 
 @pytest.fixture(scope="module")
 def swept(avdigits_root, tmp_path_factory):
-    """Seeds 0 and 1 x two learning rates, each copy with its own batches; interrupted at
-    step 4 and resumed."""
+    """Seeds 0 and 1 x two learning rates, each copy with its own batches, vmapped (the GPU and
+    TPU program); interrupted at step 4 and resumed."""
     workdir = tmp_path_factory.mktemp("sweep") / "sweep"
     grid = {"seeds": [0, 1], "set_each": {"optim.learning_rate": LEARNING_RATES}}
+    grid["program"] = "vmap"
     first = sweep(tiny(avdigits_root), workdir, stop_after=4, progress=False, **grid)
     assert first["steps"] == 4 and not first["completed"] and first["copies"] == {}
     return workdir, sweep(tiny(avdigits_root), workdir, progress=False, **grid)
@@ -112,7 +113,7 @@ def test_copies_are_workdirs(swept):
     assert json.loads((workdir / "results.json").read_text()) == results
     plan = json.loads((workdir / "sweep.json").read_text())
     assert [c["name"] for c in plan["copies"]] == list(results["copies"])
-    with pytest.raises(CheckpointError, match="is a sweep's folder.*seed0-learning_rate=0.002"):
+    with pytest.raises(CheckpointError, match=r"is a sweep's folder.*seed0-learning_rate=0\.002"):
         evaluate_workdir(workdir)
     with pytest.raises(ConfigError, match="is a sweep's folder: resume it with `mmjax sweep`"):
         mmjax.train(json.loads((copy / "experiment.json").read_text())["config"], workdir)
@@ -121,21 +122,28 @@ def test_copies_are_workdirs(swept):
 def test_resume_with_other_settings_is_refused(avdigits_root, swept):
     workdir, _ = swept
     other = {"optim.learning_rate": ["0.002", "0.008"]}
-    with pytest.raises(CheckpointError, match="other settings.*copies"):
+    with pytest.raises(CheckpointError, match=r"other settings.*copies"):
         sweep(tiny(avdigits_root), workdir, seeds=[0, 1], set_each=other, progress=False)
 
 
 def test_shared_order_copy_equals_the_run_with_that_data_seed(avdigits_root, tmp_path):
     """With one batch order, copy seed1 reads seed 0's batches: it is the single run with
-    train.seed=1 and train.data_seed=0, as its experiment.json says."""
+    train.seed=1 and train.data_seed=0, as its experiment.json says. The copies' steps side by
+    side (CPU's program)."""
     results = sweep(
-        tiny(avdigits_root), tmp_path / "sweep", seeds=[0, 1], shared_order=True, progress=False
+        tiny(avdigits_root),
+        tmp_path / "sweep",
+        seeds=[0, 1],
+        shared_order=True,
+        program="unrolled",
+        progress=False,
     )
     copy = tmp_path / "sweep" / "seed1"
     config = json.loads((copy / "experiment.json").read_text())["config"]
     assert config["train"]["data_seed"] == 0 and results["completed"]
-    mmjax.train(tiny(avdigits_root, train__seed=1, train__data_seed=0), tmp_path / "single",
-                progress=False)
+    mmjax.train(
+        tiny(avdigits_root, train__seed=1, train__data_seed=0), tmp_path / "single", progress=False
+    )
     assert_same_run(copy, tmp_path / "single")
 
 
@@ -145,12 +153,15 @@ def test_shared_order_copy_equals_the_run_with_that_data_seed(avdigits_root, tmp
         ({"seeds": list(range(10**7))}, "a sweep of 10000000 copies needs at least .* GiB"),
         ({"set_each": {"model.fusion.hidden": ["8", "16"]}}, "may differ only in"),
         ({"set_each": {"train.seed": ["1"]}}, "give the seeds with --seeds"),
-        ({"set_each": {"data.image_noise": ["0", "0.2"]}, "shared_order": True},
-         "changes each copy's batches: drop --shared-order"),
+        (
+            {"set_each": {"data.image_noise": ["0", "0.2"]}, "shared_order": True},
+            "changes each copy's batches: drop --shared-order",
+        ),
         ({"set_each": {"optim.grad_clip": ["0", "1"]}}, "must all be > 0 or all 0"),
-        ({"set_each": {"optim.learning_rate": ["0.1", "fast"]}}, "--set-each optim.learning_rate=fast"),
-        ({"set_each": {"optim.learning_rate": ["-1"]}}, "copy seed0-learning_rate=-1: .* must be > 0"),
+        ({"set_each": {"optim.learning_rate": ["0.1", "fast"]}}, r"--set-each optim\.learn"),
+        ({"set_each": {"optim.learning_rate": ["-1"]}}, r"copy seed0-learning_rate=-1: .* > 0"),
         ({"seeds": [3, 3]}, "a seed is given twice"),
+        ({"program": "pmap"}, "--program 'pmap': one of auto, vmap, unrolled"),
     ],
 )
 def test_bad_sweeps_are_refused_before_training(avdigits_root, tmp_path, kwargs, error):
@@ -161,7 +172,7 @@ def test_bad_sweeps_are_refused_before_training(avdigits_root, tmp_path, kwargs,
 
 def test_single_run_only_settings_and_folders_are_refused(avdigits_root, tmp_path):
     cfg = tiny(avdigits_root, train__utilisation_every=2)
-    with pytest.raises(ConfigError, match="train.utilisation_every=2 is not available in a sweep"):
+    with pytest.raises(ConfigError, match=r"utilisation_every=2 is not available in a sweep"):
         sweep(cfg, tmp_path / "sweep", progress=False)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "experiment.json").write_text("{}")

@@ -10,9 +10,11 @@ median train-step time on this machine.
 
     python tools/compare_fusions.py [--steps 1000] [--seeds 0 1 2] [--fusions a b ...]
 
-A finished (head, seed) run leaves `compare_row.json` in its run directory and is not
-repeated, so an interrupted comparison continues where it stopped when run again with the
-same --workdir and --steps.
+A head's seeds train together as one `mmjax sweep` (WORKDIR/<fusion>/seed<N> are its
+copies, each equal to the single run of that seed). A finished (head, seed) row leaves
+`compare_row.json` in the copy's directory and is not repeated, and an interrupted sweep
+resumes from its checkpoint, so an interrupted comparison continues where it stopped when
+run again with the same --workdir and --steps.
 """
 
 import argparse
@@ -61,28 +63,35 @@ def cost(config: dict) -> dict[str, float]:
 
 
 def run_head(fusion: str, seeds: list[int], steps: int, data_dir: str, workdir: Path) -> dict:
-    runs = []
-    for seed in seeds:
-        run_dir = workdir / fusion / f"seed{seed}"
-        done = run_dir / "compare_row.json"
-        if done.exists():  # finished by an earlier, interrupted invocation
-            saved = read_experiment(run_dir)["config"]
+    """The head's seeds train as one `mmjax sweep` in WORKDIR/<fusion> (copies seed0, seed1,
+    ...); each copy is then evaluated without each modality and under the robustness curves."""
+    head_dir = workdir / fusion
+    done = {seed: head_dir / f"seed{seed}" / "compare_row.json" for seed in seeds}
+    for path in done.values():
+        if path.exists():  # finished by an earlier, interrupted invocation
+            saved = read_experiment(path.parent)["config"]
             if saved["train"]["steps"] != steps:
                 raise SystemExit(
-                    f"{run_dir} ran {saved['train']['steps']} steps, not {steps}; "
+                    f"{path.parent} ran {saved['train']['steps']} steps, not {steps}; "
                     "use another --workdir"
                 )
-            runs.append(json.loads(done.read_text()))
+    if not all(path.exists() for path in done.values()):
+        config = experiment(fusion, seeds[0], steps, data_dir)
+        mmjax.sweep(config, head_dir, seeds=seeds, progress=False)
+    runs = []
+    for seed in seeds:
+        if done[seed].exists():
+            runs.append(json.loads(done[seed].read_text()))
             continue
-        results = mmjax.train(experiment(fusion, seed, steps, data_dir), run_dir, progress=False)
-        row = dict(results["accuracy"])
+        run_dir = done[seed].parent
+        row = dict(json.loads((run_dir / "results.json").read_text())["accuracy"])
         for removed in ("audio", "image"):
             only = evaluate_workdir(run_dir, ("test",), data_root=data_dir, missing=(removed,))
             row[f"test_without_{removed}"] = only["test"]["accuracy"]
         curves = robustness.measure(mmjax.load_predictor(run_dir), "test", data_root=data_dir)
         robustness.write(curves, run_dir / "robustness", f"{fusion} seed {seed}")
         row["relative_robustness"] = curves["summary"]["relative_robustness"]
-        done.write_text(json.dumps(row))
+        done[seed].write_text(json.dumps(row))
         runs.append(row)
         print(f"{fusion} seed {seed}: {row}", flush=True)
     summary = {key: [r[key] for r in runs] for key in runs[0]}

@@ -109,8 +109,8 @@ def check_nonfinite(
         else "none (no checkpoint was saved yet)"
     )
     raise TrainingError(
-        f"{who}step {steps[0]}: the loss or gradient is NaN/inf, so training stopped; that step did "
-        f"not change the parameters and nothing after it was saved. Last good checkpoint: "
+        f"{who}step {steps[0]}: the loss or gradient is NaN/inf, so training stopped; that step "
+        f"did not change the parameters and nothing after it was saved. Last good checkpoint: "
         f"{where}. Lower optim.learning_rate, or set train.on_nonfinite=skip to skip such batches"
     )
 

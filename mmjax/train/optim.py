@@ -31,9 +31,7 @@ def make_optimizer(
     def schedule(count: jax.Array) -> jax.Array:
         return peak * shape(count)
 
-    adam = optax.adamw(
-        schedule, b1=value["b1"], b2=value["b2"], weight_decay=value["weight_decay"]
-    )
+    adam = optax.adamw(schedule, b1=value["b1"], b2=value["b2"], weight_decay=value["weight_decay"])
     if cfg.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(value["grad_clip"]), adam)
     return adam

@@ -1,10 +1,11 @@
 """`mmjax sweep`: copies of one model (seeds, learning rates, data noise) trained as one
-vmapped program, checkpointed and resumed like one run; each copy ends as a workdir of its own.
+compiled program, checkpointed and resumed like one run; each copy ends as a workdir of its own.
 
 The train state of every copy is stacked on a leading copies axis [S, ...] and the one train
-step (`train_step_function`) is vmapped over it: one compile, one dispatch per step, S times
-wider kernels. Each copy reads the batches its single run would read (its own iterator), or all
-read the first copy's (`shared_order`, one pipeline). The sweep's checkpoints hold the stacked
+step (`train_step_function`) runs for every copy in one program, vmapped (S times wider
+kernels) or unrolled (see `sweep_step`): one compile, one dispatch per step. Each copy reads
+the batches its single run would read (its own iterator), or all read the first copy's
+(`shared_order`, one pipeline). The sweep's checkpoints hold the stacked
 state and every iterator; at the end each copy's state, iterator position, metrics and results
 are written to WORKDIR/<copy>/ exactly as `mmjax train` writes a run, so `eval`, `predict`,
 `robustness` and a later resume work on a copy as on any run.
@@ -17,7 +18,7 @@ checkpoints/, results.json}.
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +49,18 @@ from mmjax.train.metrics import CopiesMetricsLog
 from mmjax.train.optim import make_optimizer
 from mmjax.train.preemption import PreemptionWatch
 from mmjax.train.state import state_initializer
-from mmjax.train.step import make_eval_step, train_step_function
+from mmjax.train.step import Batch, Metrics, make_eval_step, train_step_function
 from mmjax.train.sweep_plan import SweepPlan, check_memory, plan_sweep
 from mmjax.train.warm_start import warm_start
 from mmjax.train.workdir import EXPERIMENT_FILE, SWEEP_FILE, resume_conflicts, write_experiment
 
 
-def _stacked_shardings(shardings: nnx.State, mesh: jax.sharding.Mesh) -> nnx.State:
+def stacked_shardings(shardings: nnx.State, mesh: jax.sharding.Mesh) -> nnx.State:
     """Each leaf's sharding with a whole copies axis in front."""
     return jax.tree.map(lambda s: NamedSharding(mesh, PartitionSpec(None, *s.spec)), shardings)
 
 
-def _stack(states: list[nnx.State], shardings: nnx.State) -> nnx.State:
+def stack_states(states: list[nnx.State], shardings: nnx.State) -> nnx.State:
     stack = jax.jit(
         lambda *copies: jax.tree.map(lambda *leaves: jnp.stack(leaves), *copies),
         out_shardings=shardings,
@@ -67,10 +68,18 @@ def _stack(states: list[nnx.State], shardings: nnx.State) -> nnx.State:
     return stack(*states)
 
 
-def _sweep_step(graphdef: nnx.GraphDef, plan: SweepPlan, mesh: jax.sharding.Mesh, shardings):
+def sweep_step(
+    graphdef: nnx.GraphDef, plan: SweepPlan, mesh: jax.sharding.Mesh, shardings: nnx.State
+) -> Callable[[nnx.State, Batch, dict[str, jax.Array]], tuple[nnx.State, Metrics]]:
     """(stacked state, batch [S, B, ...] or shared [B, ...], traced settings [S]) -> (stacked
-    state, metrics {key: [S]}): the single run's step vmapped over the copies, with each copy's
-    optimizer and OGM-GE settings traced."""
+    state, metrics {key: [S]}): the single run's step for every copy, with each copy's
+    optimizer and OGM-GE settings traced, in one compiled program.
+
+    `plan.program` "vmap" vmaps the step over the copies: S times wider kernels, for GPUs and
+    TPUs. "unrolled" places the S copies' steps side by side in the program, each with the
+    single run's own kernels: on XLA:CPU a convolution vmapped over stacked kernels becomes a
+    grouped convolution, several times slower than S separate ones (docs/results/sweep.md).
+    """
     exp = plan.first
     step = train_step_function(
         graphdef,
@@ -81,7 +90,7 @@ def _sweep_step(graphdef: nnx.GraphDef, plan: SweepPlan, mesh: jax.sharding.Mesh
     ogm = ogm_settings(exp)
     optimizer_keys = [k for k in plan.varying if k.startswith("optim.")]
 
-    def one_copy(state: nnx.State, batch: dict[str, jax.Array], traced: dict[str, jax.Array]):
+    def one_copy(state: nnx.State, batch: Batch, traced: dict[str, jax.Array]):
         tx = None
         if optimizer_keys:
             values = {k.split(".")[1]: traced[k] for k in optimizer_keys}
@@ -92,10 +101,23 @@ def _sweep_step(graphdef: nnx.GraphDef, plan: SweepPlan, mesh: jax.sharding.Mesh
             copy_ogm = OGMGE(alpha, ogm.until, traced["seed"])
         return step(state, batch, tx, copy_ogm)
 
-    batch_axis = None if plan.shared_order else 0
+    def unrolled(state: nnx.State, batch: Batch, traced: dict[str, jax.Array]):
+        def pick(tree, i):
+            return jax.tree.map(lambda x: x[i], tree)
+
+        outputs = []
+        for i in range(len(plan.copies)):
+            copy_batch = batch if plan.shared_order else pick(batch, i)
+            outputs.append(one_copy(pick(state, i), copy_batch, pick(traced, i)))
+        return jax.tree.map(lambda *copies: jnp.stack(copies), *outputs)
+
+    if plan.program == "vmap":
+        program = jax.vmap(one_copy, in_axes=(0, None if plan.shared_order else 0, 0))
+    else:
+        program = unrolled
     batches = batch_sharded(mesh) if plan.shared_order else copies_batch_sharded(mesh)
     return jax.jit(
-        jax.vmap(one_copy, in_axes=(0, batch_axis, 0)),
+        program,
         in_shardings=(shardings, batches, replicated(mesh)),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
@@ -149,12 +171,14 @@ def sweep(
     seeds: Sequence[int] | None = None,
     set_each: Mapping[str, Sequence[Any]] | None = None,
     shared_order: bool = False,
+    program: str = "auto",
     stop_after: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train (or resume) one copy of `config` per seed and combination of `set_each` values
-    (default: the config's own seed) as one vmapped program in `workdir`; return the results
-    {"copies": {name: the copy's results, as `mmjax.train` returns them}, ...}.
+    (default: the config's own seed) as one compiled program in `workdir` (`program`: "vmap",
+    "unrolled", or "auto": unrolled on CPU, vmap elsewhere; see `sweep_step`); return the
+    results {"copies": {name: the copy's results, as `mmjax.train` returns them}, ...}.
 
     Each copy equals, to float rounding, `mmjax.train` of its own config
     (WORKDIR/<copy>/experiment.json). `stop_after` ends this call after that many total steps
@@ -171,7 +195,7 @@ def sweep(
     _check_workdir(workdir)
     mesh = data_mesh(fsdp=base.parallel.fsdp)
     check_memory(base, _copy_count(seeds, set_each), mesh)  # before building every config
-    plan = plan_sweep(config, seeds, set_each, shared_order=shared_order)
+    plan = plan_sweep(config, seeds, set_each, shared_order=shared_order, program=program)
     exp = plan.first
     check_batch_size(
         exp.train.batch_size // exp.train.grad_accum_steps,
@@ -211,8 +235,8 @@ def sweep(
                 states.append(state)
             source.check_model(nnx.merge(graphdef, states[0])[0])
             single = jax.tree.map(lambda x: x.sharding, states[0])
-            shardings = _stacked_shardings(single, mesh)
-            state = _stack(states, shardings)
+            shardings = stacked_shardings(single, mesh)
+            state = stack_states(states, shardings)
             del states
             restored = checkpointer.restore_latest(
                 state, shardings, iterators, check_config=_refuse_other_sweep(plan, workdir)
@@ -225,7 +249,7 @@ def sweep(
                 (workdir / SWEEP_FILE).write_text(json.dumps(plan.record(), indent=2))
             for copy, folder in zip(plan.copies, copy_dirs, strict=True):
                 write_experiment(folder, copy.config, source.description())
-            train_step = _sweep_step(graphdef, plan, mesh, shardings)
+            train_step = sweep_step(graphdef, plan, mesh, shardings)
             traced = jax.device_put(plan.traced(), replicated(mesh))
             last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
             shapes = source.sample_shapes(modalities)
@@ -291,8 +315,18 @@ def sweep(
     }
     if results["completed"]:
         results["copies"] = _finish_copies(
-            plan, graphdef, state, single, iterators, log, workdir, mesh, step, train_seconds,
-            eval_splits, missing_splits,
+            plan,
+            graphdef,
+            state,
+            single,
+            iterators,
+            log,
+            workdir,
+            mesh,
+            step,
+            train_seconds,
+            eval_splits,
+            missing_splits,
         )
     examples = step * exp.train.batch_size * len(plan.copies)
     results.update(
@@ -327,7 +361,9 @@ def _finish_copies(
 ) -> dict[str, dict[str, Any]]:
     """Write each copy's final checkpoint (its state and iterator position, as its single
     run would have them) and evaluate it; {copy: results}, each also in WORKDIR/<copy>/."""
-    unstack = jax.jit(lambda stacked, i: jax.tree.map(lambda x: x[i], stacked), out_shardings=single)
+    unstack = jax.jit(
+        lambda stacked, i: jax.tree.map(lambda x: x[i], stacked), out_shardings=single
+    )
     eval_step = make_eval_step(graphdef, single, mesh)
     out = {}
     for i, copy in enumerate(plan.copies):

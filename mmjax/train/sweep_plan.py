@@ -52,11 +52,15 @@ class Copy:
     exp: ExperimentConfig
 
 
+PROGRAMS = ("auto", "vmap", "unrolled")  # how the copies' steps form one program
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepPlan:
     copies: list[Copy]
     varying: tuple[str, ...]  # the SWEEPABLE settings that differ between copies
     shared_order: bool
+    program: str  # "vmap" or "unrolled" (`mmjax.train.sweep.sweep_step`)
 
     @property
     def first(self) -> ExperimentConfig:
@@ -105,9 +109,7 @@ def _check_settings(set_each: Mapping[str, Sequence[Any]], shared_order: bool) -
                 "the model's shapes or the program, so sweep them as separate runs"
             )
         if shared_order and key.startswith("data."):
-            raise ConfigError(
-                f"--set-each {key} changes each copy's batches: drop --shared-order"
-            )
+            raise ConfigError(f"--set-each {key} changes each copy's batches: drop --shared-order")
         if not values:
             raise ConfigError(f"--set-each {key}: give at least one value")
 
@@ -133,10 +135,16 @@ def plan_sweep(
     set_each: Mapping[str, Sequence[Any]],
     *,
     shared_order: bool = False,
+    program: str = "auto",
 ) -> SweepPlan:
     """The copies of a sweep: every seed with every combination of the `set_each` values
     (values may be literals' text, as `--set` takes them). With `shared_order` every copy
-    reads the batch order of the first copy (its config says so in `train.data_seed`)."""
+    reads the batch order of the first copy (its config says so in `train.data_seed`).
+    `program` "auto" is "unrolled" on CPU and "vmap" on GPU and TPU."""
+    if program not in PROGRAMS:
+        raise ConfigError(f"--program {program!r}: one of {', '.join(PROGRAMS)}")
+    if program == "auto":
+        program = "unrolled" if jax.default_backend() == "cpu" else "vmap"
     _check_settings(set_each, shared_order)
     if not seeds:
         raise ConfigError("--seeds: give at least one seed")
@@ -163,8 +171,9 @@ def plan_sweep(
         except ConfigError as err:
             raise ConfigError(f"copy {_copy_name(seed, dict(zip(keys, values)))}: {err}") from None
         settings = {k: _setting(exp, k) for k in keys}
-        copies.append(Copy(_copy_name(exp.train.seed, settings), exp.train.seed, settings,
-                           copy_config, exp))
+        copies.append(
+            Copy(_copy_name(exp.train.seed, settings), exp.train.seed, settings, copy_config, exp)
+        )
     names = [c.name for c in copies]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -177,7 +186,7 @@ def plan_sweep(
             "some copies and off for others is another program)"
         )
     _check_single_run_only(copies[0].exp)
-    return SweepPlan(copies, varying, shared_order)
+    return SweepPlan(copies, varying, shared_order, program)
 
 
 def _setting(exp: ExperimentConfig, key: str) -> Any:
