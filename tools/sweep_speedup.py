@@ -187,7 +187,8 @@ def markdown(args: argparse.Namespace, e2e: dict, parts: dict) -> str:
         f"| {name} | {g['accuracy']:.4f} | {g['loss']:.1e} |" for name, g in e2e["gaps"].items()
     )
     one, vmap, unrolled = (parts[f"step_{k}_ms"] for k in ("1", "vmap", "unrolled"))
-    compiles = (parts[f"compile_{k}_s"] for k in ("1", "vmap", "unrolled"))
+    compiles = [parts[f"compile_{k}_s"] for k in ("1", "vmap", "unrolled")]
+    u = next(name for name, (program, shared) in SWEEPS.items() if program == "unrolled")
     command = f"--fusion {args.fusion} --seeds {' '.join(map(str, args.seeds))}"
     command += f" --steps {args.steps}"
     batch = parts["batch_ms"]
@@ -220,11 +221,13 @@ arithmetic changes):
 |---|---|---|
 {gaps}
 
-Rounding differences grow as training runs: after a few steps a vmapped copy is within about
-1e-7 of its single run (tests/test_sweep.py), after {args.steps} steps it is as far from it as
-a rounding-only change takes the run. The unrolled program runs each copy with the single
-run's own kernels. The shared-order sweep's copies read seed {args.seeds[0]}'s batches, so they
-equal the single runs with `train.data_seed={args.seeds[0]}`, not these.
+The unrolled program runs each copy with the single run's own kernels
+({"the same results, bit for bit" if not any(e2e["gaps"][u].values()) else "see the row"}). A
+vmapped copy starts within about 1e-6 of its single run (tests/test_sweep.py, 8 steps); the
+rounding differences then grow through training, to the row above after {args.steps} steps,
+where the one run laid out on 2 devices moves by the last row. The shared-order sweep's
+copies read seed {args.seeds[0]}'s batches, so they equal the single runs with
+`train.data_seed={args.seeds[0]}`, not these.
 
 ## Where the time goes
 
@@ -240,21 +243,21 @@ equal the single runs with `train.data_seed={args.seeds[0]}`, not these.
   runs several times slower than separate ones (a 3x3 conv, [64, 100, 40, 1] -> 16 channels,
   forward and backward: {parts["conv_separate_ms"]:.0f} ms for {s} separate calls,
   {parts["conv_vmapped_ms"]:.0f} ms vmapped). So on CPU `mmjax sweep` places the
-  copies' steps side by side instead (`--program unrolled`, the default there); vmap is the
-  default on GPU and TPU, where wide and grouped convolutions run at speed (not measured
-  here: no accelerator was lent).
+  copies' steps side by side instead (`--program unrolled`, the default there). vmap stays
+  the default on GPU and TPU, where one wide program is what a sweep is for; it has not been
+  measured there (no accelerator was lent to this work).
 - **The unrolled step**: {unrolled:.0f} ms against {s * one:.0f} ms, {s * one / unrolled:.2f}x:
-  one dispatch instead of {s}, and XLA may overlap independent copies on the 2 cores.
-- **Compiling**: the sequential runs compile the step {s} times; a sweep compiles one
-  program (the unrolled one is {s} steps' worth of program, so it takes about as long as the
-  {s} compiles; vmap's is one step's). The evaluation step is compiled once for all copies.
+  one dispatch and one program instead of {s}.
+- **Compiling**: the sequential runs compile the step {s} times, {s * compiles[0]:.1f} s in
+  all; a sweep compiles one program, the unrolled one ({s} steps' worth) in
+  {compiles[2]:.1f} s, the vmapped one in {compiles[1]:.1f} s. Each run (and the sweep once)
+  also compiles its init and evaluation programs.
 - **Input**: with each copy's own batches the sweep reads {s} batches a step, as the
   sequential runs do; with a shared order it reads one ({batch:.0f} ms a batch).
 - From these parts, {args.steps} steps cost about {steps_s(s * one, s):.0f} s sequentially,
   {steps_s(unrolled, s):.0f} s unrolled, {steps_s(unrolled, 1):.0f} s unrolled with a shared
   order and {steps_s(vmap, s):.0f} s vmapped (compile, checkpoints and evaluation not
-  included); the rest of the end-to-end gap is start-up, compiles and evaluation, paid once
-  per process.
+  included); the rest of the end-to-end gap is start-up, compiles and evaluation.
 """
 
 
@@ -276,6 +279,8 @@ def main() -> None:
     parts = breakdown(config, args.seeds)
     report = markdown(args, e2e, parts)
     Path(args.out).write_text(report)
+    numbers = Path(args.workdir) / "numbers.json"  # the report's measurements, for re-rendering
+    numbers.write_text(json.dumps({"e2e": e2e, "parts": parts}, indent=2))
     print(report)
 
 
