@@ -477,6 +477,10 @@ class DataConfig:
     image_noise: float = 0.0  # std of Gaussian noise on images in [0, 1]
     audio_snr_db: float = 100.0  # SNR of white noise added to audio; 100 or more: no noise
     modality_dropout: float = 0.0  # training-time probability of masking each modality
+    # Training-time noise levels: each example's image and audio noise scaled by its own
+    # uniform draw in [0, 1], from none up to image_noise / audio_snr_db (evaluation keeps
+    # the set level).
+    noise_levels: bool = False
     workers: int = 0  # grain worker processes; 0 reads in the training process
     # A directory from `mmjax features extract`: frozen encoders' outputs stand in for
     # their inputs, so training skips those encoders.

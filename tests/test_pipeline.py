@@ -88,3 +88,28 @@ def test_worker_processes_give_the_same_batches(avdigits_root):
     for x, y in zip(local, remote):
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_noise_levels_span_none_to_the_set_level():
+    """data.noise_levels: each example's noise amplitude is the set level times its own
+    uniform draw; without it every example gets exactly the set level."""
+    from mmjax.data.transforms import AddNoise
+
+    rng = np.random.default_rng(0)
+    image = np.full((64, 64, 1), 0.5, np.float32)
+    audio = rng.standard_normal(8000).astype(np.float32)
+    element = {"image": image, "audio": audio}
+
+    def measured(levels: bool, seed: int) -> tuple[float, float]:
+        out = AddNoise(0.1, 0.0, levels).random_map(element, np.random.default_rng(seed))
+        image_std = float(np.std(out["image"] - image))
+        snr_db = 10 * np.log10(np.mean(audio**2) / np.mean((out["audio"] - audio) ** 2))
+        return image_std, float(snr_db)
+
+    fixed = np.array([measured(False, seed) for seed in range(20)])
+    np.testing.assert_allclose(fixed[:, 0], 0.1, rtol=0.05)
+    np.testing.assert_allclose(fixed[:, 1], 0.0, atol=0.2)
+    drawn = np.array([measured(True, seed) for seed in range(200)])
+    assert drawn[:, 0].min() < 0.01 and drawn[:, 0].max() > 0.09  # none ... the set level
+    assert 0.04 < drawn[:, 0].mean() < 0.06  # uniform amplitude: mean half the level
+    assert drawn[:, 1].min() > -0.2 and np.median(drawn[:, 1]) > 4.0  # never noisier than 0 dB

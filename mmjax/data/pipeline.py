@@ -46,7 +46,7 @@ def train_dataset(
     source = sources.open_source(cfg)
     ds = grain.MapDataset.source(source.open_split("train")).seed(seed).shuffle().repeat()
     ds = ds.map(source.decoder(modalities))
-    ds = ds.random_map(AddNoise(cfg.image_noise, cfg.audio_snr_db))
+    ds = ds.random_map(AddNoise(cfg.image_noise, cfg.audio_snr_db, cfg.noise_levels))
     if cfg.modality_dropout > 0:
         ds = ds.random_map(DropModalities(modalities, cfg.modality_dropout))
     local = _per_process_batch(global_batch, "train.batch_size")

@@ -124,20 +124,26 @@ def _cached(record: dict[str, np.ndarray], m: str) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass(frozen=True)
 class AddNoise(grain.transforms.RandomMap):
-    """Gaussian pixel noise on `image` (clipped to [0, 1]) and white noise on `audio` at an SNR."""
+    """Gaussian pixel noise on `image` (clipped to [0, 1]) and white noise on `audio` at an SNR.
+
+    With `levels`, each example's image noise and audio noise are scaled by their own uniform
+    draws in [0, 1] (amplitude), so training sees every level from none to the set one."""
 
     image_std: float
     audio_snr_db: float
+    levels: bool = False
 
     def random_map(self, element: dict, rng: np.random.Generator) -> dict:
         out = dict(element)
         if "image" in out and self.image_std > 0:
-            noisy = out["image"] + rng.normal(0.0, self.image_std, out["image"].shape)
+            std = self.image_std * (rng.uniform() if self.levels else 1.0)
+            noisy = out["image"] + rng.normal(0.0, std, out["image"].shape)
             out["image"] = np.clip(noisy, 0.0, 1.0).astype(np.float32)
         if "audio" in out and self.audio_snr_db < 100:
             wave = out["audio"]
-            power = np.mean(wave**2) / 10 ** (self.audio_snr_db / 10)
-            out["audio"] = (wave + rng.normal(0.0, np.sqrt(power), wave.shape)).astype(np.float32)
+            std = np.sqrt(np.mean(wave**2) / 10 ** (self.audio_snr_db / 10))
+            std *= rng.uniform() if self.levels else 1.0
+            out["audio"] = (wave + rng.normal(0.0, std, wave.shape)).astype(np.float32)
         return out
 
 

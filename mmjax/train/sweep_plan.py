@@ -31,6 +31,7 @@ SWEEPABLE = {
     "data.image_noise": "the copy's training and evaluation data",
     "data.audio_snr_db": "the copy's training and evaluation data",
     "data.modality_dropout": "the copy's training data",
+    "data.noise_levels": "the copy's training data",
 }
 OPTIMIZER_KEYS = tuple(k.split(".")[1] for k in SWEEPABLE if k.startswith("optim."))
 # Settings that run host-side loops between steps for one model: not in a vmapped sweep.

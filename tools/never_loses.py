@@ -1,0 +1,198 @@
+"""Does the fused model beat its best modality alone at every noise level, from clean inputs
+to AV-Digits' default noise?
+
+Trains one fusion head (`tools/compare_fusions.py`'s experiment) with every seed and
+training variant as one `mmjax sweep`: fixed noise or noise levels drawn per example
+(`data.noise_levels`), without and with modality dropout. Then evaluates each copy at noise
+scales t = 0, 0.25, 0.5, 0.75, 1 of the default (image noise std t x 0.4; audio noise
+amplitude t times the 0 dB one), on `test` (held-out TTS voices) and `test_human`, with both
+modalities, with the image only and with the audio only. Writes a Markdown report and a PNG
+of the curves:
+
+    python tools/never_loses.py [--fusion late_concat] [--steps 1000] [--seeds 0 1 2]
+        [--data-dir DIR] [--workdir runs/never_loses] [--out docs/results/never_loses.md]
+
+An interrupted run continues when started again with the same arguments: the sweep resumes
+from its checkpoint and each copy's evaluation is kept in its folder (never_loses.json).
+"""
+
+import argparse
+import json
+import math
+import statistics
+from pathlib import Path
+
+import jax
+import matplotlib
+from compare_fusions import experiment
+from result_tables import mean_std
+
+import mmjax
+from mmjax.config import experiment_from
+from mmjax.experiments import AVDIGITS_AUDIO_SNR_DB, AVDIGITS_IMAGE_NOISE
+from mmjax.parallel import data_mesh
+from mmjax.train.loop import evaluate
+from mmjax.train.step import make_eval_step
+from mmjax.train.workdir import read_experiment, restore_trained
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
+SPLITS = ("test", "test_human")
+INPUTS = {"both": (), "image only": ("audio",), "audio only": ("image",)}
+VARIANTS = {  # --set-each values of the sweep
+    "data.noise_levels": ["False", "True"],
+    "data.modality_dropout": ["0.0", "0.3"],
+}
+
+
+def noise_at(scale: float) -> dict[str, float]:
+    """The data settings whose noise is `scale` times the default's amplitude."""
+    snr = 100.0 if scale == 0 else AVDIGITS_AUDIO_SNR_DB - 20 * math.log10(scale)
+    return {"image_noise": scale * AVDIGITS_IMAGE_NOISE, "audio_snr_db": min(snr, 100.0)}
+
+
+def measure_copy(copy_dir: Path, data_dir: str) -> dict:
+    """{split: {input: [accuracy at each scale]}} of one trained copy (kept in its folder)."""
+    done = copy_dir / "never_loses.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    config = read_experiment(copy_dir)["config"]
+    config["data"]["root"] = data_dir
+    mesh = data_mesh()
+    _, graphdef, state = restore_trained(copy_dir, experiment_from(config), mesh)
+    eval_step = make_eval_step(graphdef, jax.tree.map(lambda x: x.sharding, state), mesh)
+    out: dict = {split: {name: [] for name in INPUTS} for split in SPLITS}
+    for scale in SCALES:
+        exp = experiment_from({**config, "data": {**config["data"], **noise_at(scale)}})
+        for split in SPLITS:
+            for name, missing in INPUTS.items():
+                result = evaluate(
+                    graphdef, state, exp, split, mesh, missing=missing, eval_step=eval_step
+                )
+                out[split][name].append(result["accuracy"])
+    done.write_text(json.dumps(out))
+    return out
+
+
+def variant_name(settings: dict) -> str:
+    levels = "noise levels" if settings["data.noise_levels"] else "fixed noise"
+    dropout = settings["data.modality_dropout"]
+    return f"{levels}, modality dropout {dropout:g}"
+
+
+def summarise(curves: list[dict]) -> dict:
+    """Per split and scale, over seeds: each input's accuracies and the margin of both over the
+    better single input of each seed."""
+    out = {}
+    for split in SPLITS:
+        rows = []
+        for i in range(len(SCALES)):
+            both = [c[split]["both"][i] for c in curves]
+            best = [max(c[split]["image only"][i], c[split]["audio only"][i]) for c in curves]
+            margins = [b - s for b, s in zip(both, best, strict=True)]
+            noise = statistics.stdev(both) if len(both) > 1 else 0.0
+            rows.append(
+                {
+                    "both": both,
+                    "image only": [c[split]["image only"][i] for c in curves],
+                    "audio only": [c[split]["audio only"][i] for c in curves],
+                    "margin": margins,
+                    # never loses: the mean margin is not below minus the seed noise
+                    "holds": statistics.mean(margins) >= -noise,
+                }
+            )
+        out[split] = rows
+    return out
+
+
+def plot(summaries: dict[str, dict], path: Path) -> None:
+    fig, axes = plt.subplots(
+        len(SPLITS), len(summaries), figsize=(4 * len(summaries), 6.5), squeeze=False
+    )
+    for col, (variant, summary) in enumerate(summaries.items()):
+        for row, split in enumerate(SPLITS):
+            ax = axes[row][col]
+            for name, style in (("both", "-o"), ("image only", "--s"), ("audio only", ":^")):
+                means = [statistics.mean(r[name]) for r in summary[split]]
+                ax.plot(SCALES, means, style, label=name)
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{variant}\n{split}", fontsize=9)
+            ax.set_xlabel("noise (share of the default amplitude)")
+            if col == 0:
+                ax.set_ylabel("accuracy")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(args: argparse.Namespace, summaries: dict[str, dict], png: str) -> str:
+    lines = [
+        "# Fusion that never loses to its best modality",
+        "",
+        f"Generated by `tools/never_loses.py --fusion {args.fusion} --steps {args.steps} --seeds "
+        f"{' '.join(map(str, args.seeds))}` on {jax.devices()[0].device_kind}: "
+        f"`{args.fusion}` on the small CNN and CNN-LSTM (`tools/compare_fusions.py`'s "
+        "experiment), every variant and seed trained as one `mmjax sweep`. Each copy is "
+        "evaluated at noise scales t from clean (0) to AV-Digits' default (1: image noise std "
+        f"{AVDIGITS_IMAGE_NOISE}, audio at {AVDIGITS_AUDIO_SNR_DB:g} dB SNR; t scales the noise "
+        "amplitude), with both inputs and with each one alone (the other masked out).",
+        "",
+        "Each cell is the accuracy with both inputs, then the margin over the better single "
+        "input (per seed, then mean ± std over seeds). ✓: the fused model holds, its mean "
+        "margin is at least minus the seed std of its accuracy; ✗: it loses.",
+        "",
+    ]
+    header = " | ".join(f"t={t:g}" for t in SCALES)
+    for split in SPLITS:
+        lines += [f"## {split}", "", f"| training | {header} |", "|---" * (len(SCALES) + 1) + "|"]
+        for variant, summary in summaries.items():
+            cells = [
+                f"{mean_std(r['both'])}, {mean_std(r['margin'])} {'✓' if r['holds'] else '✗'}"
+                for r in summary[split]
+            ]
+            lines.append(f"| {variant} | {' | '.join(cells)} |")
+        lines.append("")
+    held = [v for v, s in summaries.items() if all(r["holds"] for sp in SPLITS for r in s[sp])]
+    verdict = (
+        f"Holds at every level on both splits: {'; '.join(held)}."
+        if held
+        else "No variant holds at every level on both splits."
+    )
+    lines += [verdict, "", f"![curves]({png})", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fusion", default="late_concat")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--data-dir", default="")
+    parser.add_argument("--workdir", default="runs/never_loses")
+    parser.add_argument("--out", default="docs/results/never_loses.md")
+    args = parser.parse_args()
+    data_dir = str(mmjax.data.sources.data_root(args.data_dir))
+    config = experiment(args.fusion, args.seeds[0], args.steps, data_dir)
+    config["train"]["eval_splits"] = list(SPLITS)
+    workdir = Path(args.workdir) / args.fusion
+    swept = mmjax.sweep(config, workdir, seeds=args.seeds, set_each=VARIANTS, progress=False)
+    record = json.loads((workdir / "sweep.json").read_text())
+    by_variant: dict[str, list[dict]] = {}
+    for copy in record["copies"]:
+        curves = measure_copy(workdir / copy["name"], data_dir)
+        by_variant.setdefault(variant_name(copy["settings"]), []).append(curves)
+        print(copy["name"], json.dumps(curves), flush=True)
+    summaries = {variant: summarise(curves) for variant, curves in by_variant.items()}
+    out = Path(args.out)
+    png = out.with_suffix(".png")
+    plot(summaries, png)
+    out.write_text(markdown(args, summaries, png.name))
+    print(out.read_text(), f"\nsweep: {swept['train_seconds']:.0f} s of training", flush=True)
+
+
+if __name__ == "__main__":
+    main()
