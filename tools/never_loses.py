@@ -188,6 +188,7 @@ def main() -> None:
         print(copy["name"], json.dumps(curves), flush=True)
     summaries = {variant: summarise(curves) for variant, curves in by_variant.items()}
     out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
     plot(summaries, png)
     out.write_text(markdown(args, summaries, png.name))

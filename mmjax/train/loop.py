@@ -268,7 +268,10 @@ def train(
         "preempted": preempted,
     }
     if results["completed"]:
-        evals = {s: evaluate(graphdef, state, exp, s, mesh) for s in eval_splits}
+        eval_step = make_eval_step(graphdef, shardings, mesh)  # one compile for every split
+        evals = {
+            s: evaluate(graphdef, state, exp, s, mesh, eval_step=eval_step) for s in eval_splits
+        }
         results.update(
             accuracy={s: r["accuracy"] for s, r in evals.items()},
             loss={s: r["loss"] for s, r in evals.items()},
@@ -307,7 +310,8 @@ def evaluate_workdir(
         raise ConfigError(
             f"missing: {unknown} are not modalities of this model {exp.model.modalities}"
         )
+    eval_step = make_eval_step(graphdef, jax.tree.map(lambda x: x.sharding, state), mesh)
     return {
-        s: evaluate(graphdef, state, exp, s, mesh, missing=missing)
+        s: evaluate(graphdef, state, exp, s, mesh, missing=missing, eval_step=eval_step)
         for s in splits or exp.train.eval_splits
     }
