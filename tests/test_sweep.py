@@ -15,7 +15,7 @@ from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.loop import evaluate_workdir
 from mmjax.train.sweep import sweep
 
-STEPS = 8
+STEPS = 6
 LEARNING_RATES = ["0.002", "0.004"]  # the tiny config's own, and twice it
 
 
@@ -23,8 +23,9 @@ def tiny(root, **settings):
     cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")
     set_value(cfg, "data.root", str(root))
     set_value(cfg, "train.steps", STEPS)
-    set_value(cfg, "train.log_every", 4)
-    set_value(cfg, "train.checkpoint_every", 4)
+    set_value(cfg, "train.log_every", 3)
+    set_value(cfg, "train.checkpoint_every", 3)
+    set_value(cfg, "train.eval_splits", ("test",))
     for key, value in settings.items():
         set_value(cfg, key.replace("__", "."), value)
     return cfg
@@ -62,7 +63,7 @@ def assert_same_run(copy_dir, single_dir):
     assert step == single_step == STEPS
     assert _max_difference(state, single_state) < 1e-5
     rows, single_rows = _rows(copy_dir), _rows(single_dir)
-    assert [r["step"] for r in rows] == [r["step"] for r in single_rows] == [4, 8]
+    assert [r["step"] for r in rows] == [r["step"] for r in single_rows] == [3, 6]
     for row, single_row in zip(rows, single_rows, strict=True):
         assert row["loss"] == pytest.approx(single_row["loss"], rel=1e-5, abs=1e-6)
     results = json.loads((copy_dir / "results.json").read_text())
@@ -75,12 +76,12 @@ def assert_same_run(copy_dir, single_dir):
 @pytest.fixture(scope="module")
 def swept(avdigits_root, tmp_path_factory):
     """Seeds 0 and 1 x two learning rates, each copy with its own batches, vmapped (the GPU and
-    TPU program); interrupted at step 4 and resumed."""
+    TPU program); interrupted at step 3 and resumed."""
     workdir = tmp_path_factory.mktemp("sweep") / "sweep"
     grid = {"seeds": [0, 1], "set_each": {"optim.learning_rate": LEARNING_RATES}}
     grid["program"] = "vmap"
-    first = sweep(tiny(avdigits_root), workdir, stop_after=4, progress=False, **grid)
-    assert first["steps"] == 4 and not first["completed"] and first["copies"] == {}
+    first = sweep(tiny(avdigits_root), workdir, stop_after=3, progress=False, **grid)
+    assert first["steps"] == 3 and not first["completed"] and first["copies"] == {}
     return workdir, sweep(tiny(avdigits_root), workdir, progress=False, **grid)
 
 
