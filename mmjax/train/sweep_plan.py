@@ -157,16 +157,18 @@ def plan_sweep(
     order_seed = None
     for seed, values in itertools.product(seeds, itertools.product(*set_each.values())):
         cfg = ConfigDict(base)
-        set_value(cfg, "train.seed", int(seed))
         for key, value in zip(keys, values, strict=True):
             try:
                 set_value(cfg, key, value)
             except ConfigError as err:
                 raise ConfigError(f"--set-each {key}={value}: {err}") from None
-        if shared_order:
-            order_seed = experiment_from(cfg).train.order_seed if order_seed is None else order_seed
-            set_value(cfg, "train.data_seed", order_seed)
         copy_config = as_json_dict(cfg)
+        train = copy_config.setdefault("train", {})  # a config file may leave these out
+        train["seed"] = int(seed)
+        if shared_order:
+            if order_seed is None:
+                order_seed = experiment_from(copy_config).train.order_seed
+            train["data_seed"] = order_seed
         try:
             exp = experiment_from(copy_config)
         except ConfigError as err:
