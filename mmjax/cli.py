@@ -41,14 +41,25 @@ def _train(args: argparse.Namespace) -> int:
     else:
         if args.fusion:
             raise MmjaxError("--fusion picks the head of a chosen model: use it with --data")
-        config = apply_overrides(load_config_file(args.config), args.set)
-        if args.data_dir:
-            set_value(config, "data.root", args.data_dir)
+        config = _config_file(args)
     results = mmjax.train(config, args.workdir, stop_after=args.stop_after, progress=not args.quiet)
+    return _report_training(results, args.workdir)
+
+
+def _config_file(args: argparse.Namespace) -> ConfigDict:
+    """--config with the --set overrides and --data-dir."""
+    config = apply_overrides(load_config_file(args.config), args.set)
+    if args.data_dir:
+        set_value(config, "data.root", args.data_dir)
+    return config
+
+
+def _report_training(results: dict[str, Any], workdir: str) -> int:
+    """Print a train or sweep call's results (process 0); EXIT_PREEMPTED if it was preempted."""
     if results.get("preempted"):
         print(
             f"mmjax: preempted (SIGTERM) at step {results['steps']}: checkpoint saved in "
-            f"{Path(args.workdir) / 'checkpoints'}; run the same command to resume",
+            f"{Path(workdir) / 'checkpoints'}; run the same command to resume",
             file=sys.stderr,
         )
         return EXIT_PREEMPTED
@@ -61,11 +72,8 @@ def _sweep(args: argparse.Namespace) -> int:
     from mmjax.train.sweep import sweep
     from mmjax.train.sweep_plan import parse_set_each
 
-    config = apply_overrides(load_config_file(args.config), args.set)
-    if args.data_dir:
-        set_value(config, "data.root", args.data_dir)
     results = sweep(
-        config,
+        _config_file(args),
         args.workdir,
         seeds=args.seeds,
         set_each=parse_set_each(args.set_each),
@@ -74,15 +82,7 @@ def _sweep(args: argparse.Namespace) -> int:
         stop_after=args.stop_after,
         progress=not args.quiet,
     )
-    if results.get("preempted"):
-        print(
-            f"mmjax: preempted (SIGTERM) at step {results['steps']}: checkpoint saved in "
-            f"{Path(args.workdir) / 'checkpoints'}; run the same command to resume",
-            file=sys.stderr,
-        )
-        return EXIT_PREEMPTED
-    print(json.dumps(results, indent=2))
-    return 0
+    return _report_training(results, args.workdir)
 
 
 def _chosen_config(args: argparse.Namespace) -> ConfigDict:

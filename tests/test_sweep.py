@@ -5,15 +5,14 @@ import json
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import mmjax
 from mmjax.config import set_value
 from mmjax.errors import CheckpointError, ConfigError
-from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.loop import evaluate_workdir
 from mmjax.train.sweep import sweep
+from tests.test_train_loop import _params
 
 STEPS = 6
 LEARNING_RATES = ["0.002", "0.004"]  # the tiny config's own, and twice it
@@ -29,18 +28,6 @@ def tiny(root, **settings):
     for key, value in settings.items():
         set_value(cfg, key.replace("__", "."), value)
     return cfg
-
-
-def _state(workdir):
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=5)
-    try:
-        step = checkpointer.latest_step()
-        restored = checkpointer.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-        )
-    finally:
-        checkpointer.close()
-    return step, restored["state"]
 
 
 def _max_difference(a, b) -> float:
@@ -59,7 +46,7 @@ def _rows(workdir):
 def assert_same_run(copy_dir, single_dir):
     """Same final step and parameters (to float rounding), the same logged losses, the same
     evaluation."""
-    (step, state), (single_step, single_state) = _state(copy_dir), _state(single_dir)
+    (step, state), (single_step, single_state) = _params(copy_dir), _params(single_dir)
     assert step == single_step == STEPS
     assert _max_difference(state, single_state) < 1e-5
     rows, single_rows = _rows(copy_dir), _rows(single_dir)
@@ -99,8 +86,8 @@ def test_copies_equal_their_single_runs(avdigits_root, swept, tmp_path):
     assert_same_run(workdir / names[0], tmp_path / "seed0")
     assert_same_run(workdir / names[3], tmp_path / "seed1-lr")
     # The copies did differ: another seed, another learning rate.
-    assert _max_difference(_state(workdir / names[0])[1], _state(workdir / names[1])[1]) > 1e-4
-    assert _max_difference(_state(workdir / names[0])[1], _state(workdir / names[2])[1]) > 1e-4
+    assert _max_difference(_params(workdir / names[0])[1], _params(workdir / names[1])[1]) > 1e-4
+    assert _max_difference(_params(workdir / names[0])[1], _params(workdir / names[2])[1]) > 1e-4
 
 
 def test_copies_are_workdirs(swept):

@@ -73,6 +73,29 @@ def evaluate(
     }
 
 
+def evaluate_splits(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    exp: ExperimentConfig,
+    splits: list[str],
+    mesh: jax.sharding.Mesh,
+    eval_step: EvalStep,
+) -> dict[str, dict[str, float]]:
+    """The final results' {"accuracy", "loss", "examples"}: each {split: value}."""
+    evals = {s: evaluate(graphdef, state, exp, s, mesh, eval_step=eval_step) for s in splits}
+    return {key: {s: r[key] for s, r in evals.items()} for key in ("accuracy", "loss", "examples")}
+
+
+def check_batch_sizes(exp: ExperimentConfig, mesh: jax.sharding.Mesh) -> None:
+    """The train micro-batch and the eval batch split evenly over the mesh's devices."""
+    check_batch_size(
+        exp.train.batch_size // exp.train.grad_accum_steps,
+        mesh,
+        "train.batch_size / grad_accum_steps",
+    )
+    check_batch_size(exp.train.eval_batch_size, mesh, "train.eval_batch_size")
+
+
 def available_splits(info: dict[str, Any], wanted: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """(splits to evaluate, splits the build lacks); an unknown split name is a ConfigError."""
     unknown = [s for s in wanted if s not in info["splits"]]
@@ -171,12 +194,7 @@ def train(
         )
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = data_mesh(fsdp=exp.parallel.fsdp)
-    check_batch_size(
-        exp.train.batch_size // exp.train.grad_accum_steps,
-        mesh,
-        "train.batch_size / grad_accum_steps",
-    )
-    check_batch_size(exp.train.eval_batch_size, mesh, "train.eval_batch_size")
+    check_batch_sizes(exp, mesh)
     source = sources.open_source(exp.data)
     source.verify()
     source.check_experiment(exp)
@@ -269,15 +287,8 @@ def train(
     }
     if results["completed"]:
         eval_step = make_eval_step(graphdef, shardings, mesh)  # one compile for every split
-        evals = {
-            s: evaluate(graphdef, state, exp, s, mesh, eval_step=eval_step) for s in eval_splits
-        }
-        results.update(
-            accuracy={s: r["accuracy"] for s, r in evals.items()},
-            loss={s: r["loss"] for s, r in evals.items()},
-            examples={s: r["examples"] for s, r in evals.items()},
-            missing_splits=missing_splits,
-        )
+        results.update(evaluate_splits(graphdef, state, exp, eval_splits, mesh, eval_step))
+        results["missing_splits"] = missing_splits
     results.update(
         train_seconds=round(train_seconds, 3),  # over every call that trained this workdir
         examples_per_s=round(step * exp.train.batch_size / max(train_seconds, 1e-9), 1),

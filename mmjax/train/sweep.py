@@ -35,7 +35,6 @@ from mmjax.errors import CheckpointError, ConfigError
 from mmjax.models import validate_batch
 from mmjax.parallel import (
     batch_sharded,
-    check_batch_size,
     copies_batch_sharded,
     data_mesh,
     put_batch,
@@ -44,7 +43,12 @@ from mmjax.parallel import (
 )
 from mmjax.train.balance import OGMGE, ogm_settings
 from mmjax.train.checkpoint import Checkpointer
-from mmjax.train.loop import available_splits, check_nonfinite, evaluate
+from mmjax.train.loop import (
+    available_splits,
+    check_batch_sizes,
+    check_nonfinite,
+    evaluate_splits,
+)
 from mmjax.train.metrics import CopiesMetricsLog
 from mmjax.train.optim import make_optimizer
 from mmjax.train.preemption import PreemptionWatch
@@ -197,12 +201,7 @@ def sweep(
     check_memory(base, _copy_count(seeds, set_each), mesh)  # before building every config
     plan = plan_sweep(config, seeds, set_each, shared_order=shared_order, program=program)
     exp = plan.first
-    check_batch_size(
-        exp.train.batch_size // exp.train.grad_accum_steps,
-        mesh,
-        "train.batch_size / grad_accum_steps",
-    )
-    check_batch_size(exp.train.eval_batch_size, mesh, "train.eval_batch_size")
+    check_batch_sizes(exp, mesh)
     source = sources.open_source(exp.data)
     source.verify()
     for copy in plan.copies:
@@ -377,17 +376,11 @@ def _finish_copies(
                 checkpointer.save(step, copy_state, iterator, copy.config, metrics)
         finally:
             checkpointer.close()
-        evals = {
-            s: evaluate(graphdef, copy_state, copy.exp, s, mesh, eval_step=eval_step)
-            for s in eval_splits
-        }
         results = {
             "steps": step,
             "completed": True,
             "preempted": False,
-            "accuracy": {s: r["accuracy"] for s, r in evals.items()},
-            "loss": {s: r["loss"] for s, r in evals.items()},
-            "examples": {s: r["examples"] for s, r in evals.items()},
+            **evaluate_splits(graphdef, copy_state, copy.exp, eval_splits, mesh, eval_step),
             "missing_splits": missing_splits,
             # The sweep's time, shared by its copies.
             "train_seconds": round(train_seconds, 3),
