@@ -1,19 +1,28 @@
 """Publish a finished run as a model inside the package (mmjax/published/NAME).
 
 python tools/publish.py --workdir runs/demo/avdigits_late --name avdigits-late
-    [--small-build DATA_ROOT]
+    [--small-build DATA_ROOT] [--noise-curves]
 
 --small-build records the model's accuracy on every split of the `--small` build of its
 dataset under DATA_ROOT (with that build's checksums) in the card's "small_build", so a
 cheap test can reproduce the card on a fresh small build.
+
+--noise-curves (AV-Digits models) adds to the card's metrics "noise_scales": accuracy on
+`test` and `test_human` with both inputs and with each alone, at noise scales from clean to the
+dataset's default (tools/never_loses.py's measurement), and draws them in the model's
+curves.png: whether the fused model ever loses to its best single input.
 """
 
 import argparse
 import json
+from pathlib import Path
+
+from never_loses import SCALES, measure_copy, plot, summarise
 
 from mmjax.config import DataConfig
 from mmjax.data import sources
 from mmjax.publish import PublishedModel, publish
+from mmjax.train.workdir import read_experiment
 
 
 def main() -> None:
@@ -21,8 +30,20 @@ def main() -> None:
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--small-build", help="data root holding the dataset's --small build")
+    parser.add_argument(
+        "--noise-curves",
+        action="store_true",
+        help="AV-Digits: card metrics and curves.png at noise scales from clean to the default",
+    )
     args = parser.parse_args()
-    folder = publish(args.workdir, args.name)
+    curves = None
+    if args.noise_curves:
+        data_root = read_experiment(args.workdir)["config"]["data"]["root"]
+        curves = measure_copy(Path(args.workdir), str(sources.data_root(data_root)))
+    extra = {"noise_scales": {"scales": list(SCALES), **curves}} if curves else None
+    folder = publish(args.workdir, args.name, extra_metrics=extra)
+    if curves:
+        plot({args.name: summarise([curves])}, folder / "curves.png")
     model = PublishedModel(args.name)
     if args.small_build:
         dataset = model.card["config"]["data"]["name"]
