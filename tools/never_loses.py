@@ -11,16 +11,22 @@ of the curves:
 
     python tools/never_loses.py [--fusion late_concat] [--steps 1000] [--seeds 0 1 2]
         [--data-dir DIR] [--workdir runs/never_loses] [--out docs/results/never_loses.md]
-        [--set-each data.noise_levels=False,True ...]
+        [--set-each data.noise_levels=False,True ...] [--set KEY=VALUE ...]
 
-An interrupted run continues when started again with the same arguments: the sweep resumes
-from its checkpoint and each copy's evaluation is kept in its folder (never_loses.json).
+--set changes every copy (e.g. `--set train.balance=grad_blend --set model.unimodal_weight=1`).
+Settings that a sweep cannot hold (`train.balance=grad_blend`, the probes) train the copies
+one at a time with `mmjax.train`, in the folders the sweep would have used.
+
+An interrupted run continues when started again with the same arguments: the sweep (or each
+single run) resumes from its checkpoint and each copy's evaluation is kept in its folder
+(never_loses.json).
 """
 
 import argparse
 import json
 import math
 import statistics
+import time
 from pathlib import Path
 
 import jax
@@ -34,7 +40,7 @@ from mmjax.experiments import AVDIGITS_AUDIO_SNR_DB, AVDIGITS_IMAGE_NOISE
 from mmjax.parallel import data_mesh
 from mmjax.train.loop import evaluate
 from mmjax.train.step import make_eval_step
-from mmjax.train.sweep_plan import parse_set_each
+from mmjax.train.sweep_plan import SINGLE_RUN_ONLY, parse_set_each, plan_sweep
 from mmjax.train.workdir import read_experiment, restore_trained
 
 matplotlib.use("Agg")
@@ -76,6 +82,33 @@ def measure_copy(copy_dir: Path, data_dir: str) -> dict:
                 out[split][name].append(result["accuracy"])
     done.write_text(json.dumps(out))
     return out
+
+
+def train_copies(config: dict, workdir: Path, seeds: list[int], variants: dict) -> list[dict]:
+    """Train every seed and variant; return the copies ({"name", "settings", ...}) as
+    sweep.json records them. One sweep, or one `mmjax.train` run per copy where the config
+    asks for what a sweep cannot do."""
+    single = {
+        key: value
+        for key, (bad, _) in SINGLE_RUN_ONLY.items()
+        if (value := config[key.split(".")[0]].get(key.split(".")[1])) is not None
+        and ((value == bad) if bad is not None else value)
+    }
+    if not single:
+        mmjax.sweep(config, workdir, seeds=seeds, set_each=variants, progress=False)
+        return json.loads((workdir / "sweep.json").read_text())["copies"]
+    sweepable = json.loads(json.dumps(config))
+    for key in single:  # planned without them, then each copy trains with them
+        section, field = key.split(".")
+        sweepable[section].pop(field)
+    copies = plan_sweep(sweepable, seeds, variants).record()["copies"]
+    for copy in copies:
+        run_config = json.loads(json.dumps(copy["config"]))
+        for key, value in single.items():
+            section, field = key.split(".")
+            run_config[section][field] = value
+        mmjax.train(run_config, workdir / copy["name"], progress=False)
+    return copies
 
 
 def variant_name(settings: dict) -> str:
@@ -140,6 +173,7 @@ def markdown(args: argparse.Namespace, summaries: dict[str, dict], png: str) -> 
     command = f"--fusion {args.fusion} --steps {args.steps} --seeds "
     command += " ".join(map(str, args.seeds))
     command += "".join(f" --set-each {item}" for item in args.set_each or [])
+    command += "".join(f" --set {item}" for item in args.set)
     lines = [
         "# Fusion that never loses to its best modality",
         "",
@@ -190,18 +224,28 @@ def main() -> None:
         help="the training variants (default: data.noise_levels=False,True and "
         "data.modality_dropout=0.0,0.3)",
     )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="for every copy"
+    )
     args = parser.parse_args()
     variants = parse_set_each(args.set_each) if args.set_each else VARIANTS
     data_dir = str(mmjax.data.sources.data_root(args.data_dir))
-    config = experiment(args.fusion, args.seeds[0], args.steps, data_dir)
-    config["train"]["eval_splits"] = list(SPLITS)
+    config = mmjax.config.ConfigDict(experiment(args.fusion, args.seeds[0], args.steps, data_dir))
+    config.train.eval_splits = list(SPLITS)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set expects KEY=VALUE, got {item!r}")
+        mmjax.config.set_value(config, key, value)
     workdir = Path(args.workdir) / args.fusion
-    swept = mmjax.sweep(config, workdir, seeds=args.seeds, set_each=variants, progress=False)
-    record = json.loads((workdir / "sweep.json").read_text())
+    started = time.perf_counter()
+    copies = train_copies(config.to_dict(), workdir, args.seeds, variants)
+    trained_s = time.perf_counter() - started
     by_variant: dict[str, list[dict]] = {}
-    for copy in record["copies"]:
+    for copy in copies:
         curves = measure_copy(workdir / copy["name"], data_dir)
-        by_variant.setdefault(variant_name(copy["settings"]), []).append(curves)
+        label = ", ".join([variant_name(copy["settings"]), *args.set])
+        by_variant.setdefault(label, []).append(curves)
         print(copy["name"], json.dumps(curves), flush=True)
     summaries = {variant: summarise(curves) for variant, curves in by_variant.items()}
     out = Path(args.out)
@@ -209,7 +253,7 @@ def main() -> None:
     png = out.with_suffix(".png")
     plot(summaries, png)
     out.write_text(markdown(args, summaries, png.name))
-    print(out.read_text(), f"\nsweep: {swept['train_seconds']:.0f} s of training", flush=True)
+    print(out.read_text(), f"\ntraining: {trained_s:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ SWEEPABLE = {
 }
 OPTIMIZER_KEYS = tuple(k.split(".")[1] for k in SWEEPABLE if k.startswith("optim."))
 # Settings that run host-side loops between steps for one model: not in a vmapped sweep.
-_SINGLE_RUN_ONLY = {
+SINGLE_RUN_ONLY = {
     "train.balance": ("grad_blend", "its loss weights are updated between steps per model"),
     "train.utilisation_every": (None, "the utilisation probe runs one model between steps"),
     "train.fewshot_every": (None, "the few-shot probe runs one model between steps"),
@@ -116,7 +116,7 @@ def _check_settings(set_each: Mapping[str, Sequence[Any]], shared_order: bool) -
 
 
 def _check_single_run_only(exp: ExperimentConfig) -> None:
-    for key, (bad, why) in _SINGLE_RUN_ONLY.items():
+    for key, (bad, why) in SINGLE_RUN_ONLY.items():
         value = getattr(exp.train, key.split(".")[1])
         if (value == bad) if bad is not None else value:
             raise ConfigError(
