@@ -25,10 +25,11 @@ from mmjax.errors import MmjaxError
 EXIT_PREEMPTED = 75
 
 
-def _train(args: argparse.Namespace) -> int:
+def _join_cluster(args: argparse.Namespace) -> None:
+    """Start JAX's multi-process runtime from the cluster flags (or the environment). Called
+    before the config is read: a config file may build arrays, which starts JAX's backend."""
     from mmjax import distributed
 
-    # Before the config is read: a config file may build arrays, which starts JAX's backend.
     distributed.initialize(
         args.coordinator,
         args.num_processes,
@@ -36,6 +37,10 @@ def _train(args: argparse.Namespace) -> int:
         auto=args.distributed,
         heartbeat_timeout_s=args.heartbeat_timeout,
     )
+
+
+def _train(args: argparse.Namespace) -> int:
+    _join_cluster(args)
     if args.data:
         config = _chosen_config(args)
     else:
@@ -72,6 +77,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from mmjax.train.sweep import sweep
     from mmjax.train.sweep_plan import parse_set_each
 
+    _join_cluster(args)
     results = sweep(
         _config_file(args),
         args.workdir,
@@ -453,6 +459,26 @@ def _add_import_parser(data_commands: Any) -> None:
     imp.set_defaults(run=_data_import)
 
 
+def _add_cluster_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    cluster = parser.add_argument_group(
+        "multi-process", f"one `mmjax {command}` per process, all with the same flags but the id"
+    )
+    cluster.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    cluster.add_argument("--num-processes", type=int, metavar="N")
+    cluster.add_argument("--process-id", type=int, metavar="I", help="0 .. N-1")
+    cluster.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join the cluster JAX detects (Cloud TPU, SLURM, Open MPI, ...)",
+    )
+    cluster.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="end this process when a peer is silent this long (default 100)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmjax", description=mmjax.__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -469,23 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="dataset root (default $MMJAX_DATA or ~/.cache/mmjax)")
     train.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    cluster = train.add_argument_group(
-        "multi-process", "one `mmjax train` per process, all with the same flags but the id"
-    )
-    cluster.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
-    cluster.add_argument("--num-processes", type=int, metavar="N")
-    cluster.add_argument("--process-id", type=int, metavar="I", help="0 .. N-1")
-    cluster.add_argument(
-        "--distributed",
-        action="store_true",
-        help="join the cluster JAX detects (Cloud TPU, SLURM, Open MPI, ...)",
-    )
-    cluster.add_argument(
-        "--heartbeat-timeout",
-        type=int,
-        metavar="SECONDS",
-        help="end this process when a peer is silent this long (default 100)",
-    )
+    _add_cluster_arguments(train, "train")
     train.set_defaults(run=_train)
 
     sweep = commands.add_parser(
@@ -522,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--data-dir", help="dataset root (default $MMJAX_DATA or ~/.cache/mmjax)")
     sweep.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_cluster_arguments(sweep, "sweep")
     sweep.set_defaults(run=_sweep)
 
     evaluate = commands.add_parser("eval", help="evaluate a workdir's latest checkpoint")

@@ -44,9 +44,14 @@ def preempted_step(stderr: str) -> int:
 
 
 def start_train(
-    workdir: Path, args: list[str], *, devices: int = 4, env: dict[str, str] | None = None
+    workdir: Path,
+    args: list[str],
+    *,
+    devices: int = 4,
+    env: dict[str, str] | None = None,
+    command: str = "train",
 ) -> subprocess.Popen:
-    """`python -m mmjax.cli train --workdir WORKDIR ARGS` on `devices` fake CPU devices."""
+    """`python -m mmjax.cli COMMAND --workdir WORKDIR ARGS` on `devices` fake CPU devices."""
     child_env = {
         **os.environ,
         "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
@@ -54,7 +59,7 @@ def start_train(
         **(env or {}),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "mmjax.cli", "train", "--workdir", str(workdir), *args],
+        [sys.executable, "-m", "mmjax.cli", command, "--workdir", str(workdir), *args],
         cwd=REPO,
         env=child_env,
         stdout=subprocess.PIPE,

@@ -19,7 +19,7 @@ from mmjax.errors import ConfigError
 from mmjax.parallel import data_mesh
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.state import abstract_state, state_shardings
-from mmjax.train.workdir import restore_trained
+from mmjax.train.workdir import read_experiment, restore_trained
 from tests.launch import (
     free_port,
     preempted_step,
@@ -33,9 +33,12 @@ from tests.launch import (
 STEPS = 20
 
 
-def _cluster(workdir, args, *extra):
+def _cluster(workdir, args, *extra, command="train"):
     cluster = [*args, *extra, "--coordinator", f"localhost:{free_port()}", "--num-processes", "2"]
-    return [start_train(workdir, [*cluster, "--process-id", str(i)], devices=2) for i in range(2)]
+    return [
+        start_train(workdir, [*cluster, "--process-id", str(i)], devices=2, command=command)
+        for i in range(2)
+    ]
 
 
 def _params(workdir, exp):
@@ -107,6 +110,41 @@ def _next_batch(workdir, exp):
         checkpointer.close()
     assert restored.step == STEPS
     return next(data_iter)
+
+
+def test_two_processes_sweep_like_one(avdigits_root, tmp_path):
+    """`mmjax sweep` of 2 seeds on 2 processes x 2 devices: each copy equals the copy of the
+    same sweep on 1 process x 4 devices, and its files are written once."""
+    steps, settings = 6, ("train.eval_splits=test",)
+    procs = _cluster(
+        tmp_path / "two",
+        tiny_args(avdigits_root, steps, *settings),
+        "--seeds",
+        "0",
+        "1",
+        command="sweep",
+    )
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    cfg = tiny_config(avdigits_root, steps, *settings)
+    one = mmjax.sweep(cfg, tmp_path / "one", seeds=[0, 1], progress=False)
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["devices"] == one["devices"] == 4 and two["copies"].keys() == one["copies"].keys()
+    for name, copy in one["copies"].items():
+        assert abs(two["copies"][name]["accuracy"]["test"] - copy["accuracy"]["test"]) < 1e-6
+        exp = experiment_from(read_experiment(tmp_path / "one" / name)["config"])
+        a, b = (
+            dict(_params(tmp_path / "two" / name, exp)),
+            dict(_params(tmp_path / "one" / name, exp)),
+        )
+        worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in b)
+        assert worst < 1e-5, f"copy {name}: 2 x 2 devices differ from 1 x 4 by up to {worst}"
+        rows = (tmp_path / "two" / name / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(r)["step"] for r in rows] == [
+            json.loads(r)["step"]
+            for r in (tmp_path / "one" / name / "metrics.jsonl").read_text().splitlines()
+        ]
 
 
 def test_a_dead_process_ends_its_peer_in_bounded_time(avdigits_root, tmp_path):

@@ -237,8 +237,8 @@ def check_memory(exp: ExperimentConfig, copies: int, mesh: jax.sharding.Mesh) ->
     """A ConfigError, before anything is compiled or allocated, when `copies` copies of the
     model's state and gradients alone would not fit in a device's free memory."""
     need = copies * per_copy_bytes(exp, mesh)
-    device = mesh.devices.flat[0]
-    free = free_device_bytes(device)
+    device = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+    free = free_device_bytes(device)  # only this process's devices report their memory
     if need > free:
         gib = 2**30
         raise ConfigError(
