@@ -6,7 +6,8 @@ fusion is the only difference. Per head it reports accuracy (mean +- std over se
 held-out TTS voices and on human recordings, accuracy on held-out voices with the audio
 or the image masked out, MultiBench's robustness summaries of `mmjax robustness` curves,
 parameter counts, forward FLOPs per example (XLA's count) and the
-median train-step time on this machine.
+median train-step time on this machine, and, on clean inputs (no added noise), the accuracy with
+both modalities and its margin over the better modality alone.
 
     python tools/compare_fusions.py [--steps 1000] [--seeds 0 1 2] [--fusions a b ...]
 
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from noise_scales import clean_margins
 from result_tables import mean_std
 
 import mmjax
@@ -64,7 +66,8 @@ def cost(config: dict) -> dict[str, float]:
 
 def run_head(fusion: str, seeds: list[int], steps: int, data_dir: str, workdir: Path) -> dict:
     """The head's seeds train as one `mmjax sweep` in WORKDIR/<fusion> (copies seed0, seed1,
-    ...); each copy is then evaluated without each modality and under the robustness curves."""
+    ...); each copy is then evaluated without each modality, under the robustness curves and
+    on clean inputs."""
     head_dir = workdir / fusion
     done = {seed: head_dir / f"seed{seed}" / "compare_row.json" for seed in seeds}
     for path in done.values():
@@ -80,17 +83,18 @@ def run_head(fusion: str, seeds: list[int], steps: int, data_dir: str, workdir: 
         mmjax.sweep(config, head_dir, seeds=seeds, progress=False)
     runs = []
     for seed in seeds:
-        if done[seed].exists():
-            runs.append(json.loads(done[seed].read_text()))
-            continue
         run_dir = done[seed].parent
-        row = dict(json.loads((run_dir / "results.json").read_text())["accuracy"])
-        for removed in ("audio", "image"):
-            only = evaluate_workdir(run_dir, ("test",), data_root=data_dir, missing=(removed,))
-            row[f"test_without_{removed}"] = only["test"]["accuracy"]
-        curves = robustness.measure(mmjax.load_predictor(run_dir), "test", data_root=data_dir)
-        robustness.write(curves, run_dir / "robustness", f"{fusion} seed {seed}")
-        row["relative_robustness"] = curves["summary"]["relative_robustness"]
+        row = json.loads(done[seed].read_text()) if done[seed].exists() else {}
+        if not row:
+            row = dict(json.loads((run_dir / "results.json").read_text())["accuracy"])
+            for removed in ("audio", "image"):
+                only = evaluate_workdir(run_dir, ("test",), data_root=data_dir, missing=(removed,))
+                row[f"test_without_{removed}"] = only["test"]["accuracy"]
+            curves = robustness.measure(mmjax.load_predictor(run_dir), "test", data_root=data_dir)
+            robustness.write(curves, run_dir / "robustness", f"{fusion} seed {seed}")
+            row["relative_robustness"] = curves["summary"]["relative_robustness"]
+        if "clean_margin_test_human" not in row:  # rows written before this column existed
+            row |= clean_margins(run_dir, data_dir)
         done[seed].write_text(json.dumps(row))
         runs.append(row)
         print(f"{fusion} seed {seed}: {row}", flush=True)
@@ -131,12 +135,19 @@ def markdown(rows: dict[str, dict], steps: int, seeds: list[int], workdir: Path)
         "robustness` on held-out voices, averaged over its 5 curves (audio: white noise, time "
         "mask; image: Gaussian noise, blur, occlusion; 10 levels each): relative = the area "
         "under the accuracy curve, effective = the mean gain over late_concat's curve shifted "
-        "to the same clean accuracy.",
+        "to the same clean accuracy. The 'without' columns show the imbalance: how much of the "
+        "accuracy each modality carries alone. The 'clean' columns evaluate without the "
+        "dataset's added noise: accuracy with both inputs, then its margin over the better "
+        "single input of the same model (negative: the fusion loses to one of its inputs; "
+        "docs/results/never_loses.md). A head that fails with either input alone (near "
+        "chance in the 'without' columns) wins that margin trivially: compare its clean "
+        "accuracy with the other heads' instead.",
         "",
         "| fusion | held-out TTS voices | human recordings | without audio | without image "
+        "| clean held-out voices: both, margin | clean human: both, margin "
         "| relative robustness | effective robustness | params (head) | forward MFLOPs "
         "| train step ms |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(rows, key=lambda f: -statistics.mean(rows[f]["accuracy"]["test"]))
     for fusion in order:
@@ -145,6 +156,8 @@ def markdown(rows: dict[str, dict], steps: int, seeds: list[int], workdir: Path)
         head.append(
             f"| `{fusion}` | {mean_std(acc['test'])} | {mean_std(acc['test_human'])} "
             f"| {mean_std(acc['test_without_audio'])} | {mean_std(acc['test_without_image'])} "
+            f"| {mean_std(acc['clean_test'])}, {mean_std(acc['clean_margin_test'])} "
+            f"| {mean_std(acc['clean_test_human'])}, {mean_std(acc['clean_margin_test_human'])} "
             f"| {mean_std(acc['relative_robustness'])} "
             f"| {mean_std(effective) if effective else 'n/a'} "
             f"| {r['params'] / 1e3:.0f}k ({r['fusion_params'] / 1e3:.0f}k) "

@@ -24,7 +24,6 @@ single run) resumes from its checkpoint and each copy's evaluation is kept in it
 
 import argparse
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -32,33 +31,20 @@ from pathlib import Path
 import jax
 import matplotlib
 from compare_fusions import experiment
+from noise_scales import SCALES, SPLITS, measure
 from result_tables import mean_std
 
 import mmjax
-from mmjax.config import experiment_from
 from mmjax.experiments import AVDIGITS_AUDIO_SNR_DB, AVDIGITS_IMAGE_NOISE
-from mmjax.parallel import data_mesh
-from mmjax.train.loop import evaluate
-from mmjax.train.step import make_eval_step
 from mmjax.train.sweep_plan import SINGLE_RUN_ONLY, parse_set_each, plan_sweep
-from mmjax.train.workdir import read_experiment, restore_trained
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-SCALES = (0.0, 0.25, 0.5, 0.75, 1.0)
-SPLITS = ("test", "test_human")
-INPUTS = {"both": (), "image only": ("audio",), "audio only": ("image",)}
 VARIANTS = {  # --set-each values of the sweep
     "data.noise_levels": ["False", "True"],
     "data.modality_dropout": ["0.0", "0.3"],
 }
-
-
-def noise_at(scale: float) -> dict[str, float]:
-    """The data settings whose noise is `scale` times the default's amplitude."""
-    snr = 100.0 if scale == 0 else AVDIGITS_AUDIO_SNR_DB - 20 * math.log10(scale)
-    return {"image_noise": scale * AVDIGITS_IMAGE_NOISE, "audio_snr_db": min(snr, 100.0)}
 
 
 def measure_copy(copy_dir: Path, data_dir: str) -> dict:
@@ -66,20 +52,7 @@ def measure_copy(copy_dir: Path, data_dir: str) -> dict:
     done = copy_dir / "never_loses.json"
     if done.exists():
         return json.loads(done.read_text())
-    config = read_experiment(copy_dir)["config"]
-    config["data"]["root"] = data_dir
-    mesh = data_mesh()
-    _, graphdef, state = restore_trained(copy_dir, experiment_from(config), mesh)
-    eval_step = make_eval_step(graphdef, jax.tree.map(lambda x: x.sharding, state), mesh)
-    out: dict = {split: {name: [] for name in INPUTS} for split in SPLITS}
-    for scale in SCALES:
-        exp = experiment_from({**config, "data": {**config["data"], **noise_at(scale)}})
-        for split in SPLITS:
-            for name, missing in INPUTS.items():
-                result = evaluate(
-                    graphdef, state, exp, split, mesh, missing=missing, eval_step=eval_step
-                )
-                out[split][name].append(result["accuracy"])
+    out = measure(copy_dir, data_dir)
     done.write_text(json.dumps(out))
     return out
 

@@ -17,7 +17,8 @@ import argparse
 import json
 from pathlib import Path
 
-from never_loses import SCALES, measure_copy, plot, summarise
+from never_loses import measure_copy, plot, summarise
+from noise_scales import SCALES
 
 from mmjax.config import DataConfig
 from mmjax.data import sources
