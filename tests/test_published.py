@@ -26,6 +26,18 @@ def test_reproduces_the_card_accuracy_on_a_fresh_build(name, full_root):
         assert result["accuracy"] == published.card["metrics"]["accuracy"][split]
 
 
+@pytest.mark.parametrize("name", AVDIGITS_MODELS)
+def test_card_noise_curves_end_at_the_cards_accuracy(name):
+    """The card's curves run from clean inputs (scale 0) to the dataset's default noise (scale
+    1), at which the model was evaluated for the card's accuracy."""
+    card = mmjax.load_pretrained(name).card
+    curves = card["metrics"]["noise_scales"]
+    assert curves["scales"][0] == 0 and curves["scales"][-1] == 1
+    for split in SPLITS:
+        assert curves[split]["both"][-1] == card["metrics"]["accuracy"][split]
+        assert len(curves[split]["image only"]) == len(curves["scales"])
+
+
 def test_predicts_like_a_predictor(late):
     rng = np.random.default_rng(0)
     inputs = {
