@@ -35,8 +35,9 @@ from noise_scales import SCALES, SPLITS, measure
 from result_tables import mean_std
 
 import mmjax
+from mmjax.config import experiment_from
 from mmjax.experiments import AVDIGITS_AUDIO_SNR_DB, AVDIGITS_IMAGE_NOISE
-from mmjax.train.sweep_plan import SINGLE_RUN_ONLY, parse_set_each, plan_sweep
+from mmjax.train.sweep_plan import parse_set_each, plan_sweep, single_run_settings
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -57,21 +58,12 @@ def measure_copy(copy_dir: Path, data_dir: str) -> dict:
     return out
 
 
-def single_run_settings(config: dict) -> dict:
-    """The settings of `config` that a sweep cannot hold ({"train.balance": "grad_blend"})."""
-    return {
-        key: value
-        for key, (bad, _) in SINGLE_RUN_ONLY.items()
-        if (value := config[key.split(".")[0]].get(key.split(".")[1])) is not None
-        and ((value == bad) if bad is not None else value)
-    }
-
-
-def train_copies(config: dict, workdir: Path, seeds: list[int], variants: dict) -> list[dict]:
+def train_copies(
+    config: dict, single: dict, workdir: Path, seeds: list[int], variants: dict
+) -> list[dict]:
     """Train every seed and variant; return the copies ({"name", "settings", ...}) as
     sweep.json records them. One sweep, or one `mmjax.train` run per copy where the config
-    asks for what a sweep cannot do."""
-    single = single_run_settings(config)
+    asks for what a sweep cannot do (`single`: those settings)."""
     if not single:
         mmjax.sweep(config, workdir, seeds=seeds, set_each=variants, progress=False)
         return json.loads((workdir / "sweep.json").read_text())["copies"]
@@ -222,7 +214,8 @@ def main() -> None:
         mmjax.config.set_value(config, key, value)
     workdir = Path(args.workdir) / args.fusion
     started = time.perf_counter()
-    copies = train_copies(config.to_dict(), workdir, args.seeds, variants)
+    single = single_run_settings(experiment_from(config.to_dict()))
+    copies = train_copies(config.to_dict(), single, workdir, args.seeds, variants)
     trained_s = time.perf_counter() - started
     by_variant: dict[str, list[dict]] = {}
     for copy in copies:
@@ -235,7 +228,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_suffix(".png")
     plot(summaries, png)
-    out.write_text(markdown(args, single_run_settings(config.to_dict()), summaries, png.name))
+    out.write_text(markdown(args, single, summaries, png.name))
     print(out.read_text(), f"\ntraining: {trained_s:.0f} s", flush=True)
 
 

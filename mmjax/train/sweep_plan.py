@@ -115,14 +115,23 @@ def _check_settings(set_each: Mapping[str, Sequence[Any]], shared_order: bool) -
             raise ConfigError(f"--set-each {key}: give at least one value")
 
 
-def _check_single_run_only(exp: ExperimentConfig) -> None:
-    for key, (bad, why) in SINGLE_RUN_ONLY.items():
+def single_run_settings(exp: ExperimentConfig) -> dict[str, Any]:
+    """The settings of `exp` that a sweep cannot hold ({"train.balance": "grad_blend"})."""
+    out = {}
+    for key, (bad, _) in SINGLE_RUN_ONLY.items():
         value = getattr(exp.train, key.split(".")[1])
         if (value == bad) if bad is not None else value:
-            raise ConfigError(
-                f"{key}={value} is not available in a sweep ({why}); train such runs one "
-                "at a time with `mmjax train`"
-            )
+            out[key] = value
+    return out
+
+
+def _check_single_run_only(exp: ExperimentConfig) -> None:
+    if settings := single_run_settings(exp):
+        key, value = next(iter(settings.items()))
+        raise ConfigError(
+            f"{key}={value} is not available in a sweep ({SINGLE_RUN_ONLY[key][1]}); train "
+            "such runs one at a time with `mmjax train`"
+        )
 
 
 def _copy_name(seed: int, settings: Mapping[str, Any]) -> str:
