@@ -1,4 +1,4 @@
-"""Benchmark sizes and random inputs (random arrays are fine for timing: DESIGN.md).
+"""Benchmark sizes and random inputs (random arrays are fine for timing: docs/architecture.md).
 
 Three scales: `smoke` (tiny networks and inputs: checks that every suite runs), `cpu` (the
 real networks on inputs a 2-core machine finishes in minutes) and `accelerator` (ImageNet-

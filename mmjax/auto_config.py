@@ -16,6 +16,7 @@ from mmjax.config import DataConfig, as_json_dict, set_value
 from mmjax.data.source import DataSource
 from mmjax.errors import ConfigError
 from mmjax.experiments import experiment_config
+from mmjax.folders import output_folder
 from mmjax.registry import ENCODERS, FUSIONS
 
 CONFIG_FILE = "config.py"
@@ -160,7 +161,7 @@ def write_config_file(workdir: Path, cfg: ml_collections.ConfigDict, dataset: st
             f"other data): train it with `mmjax train --config {path} --workdir {workdir}`, "
             "or use a new --workdir"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(path.parent, "--workdir")
     path.write_text(text, encoding="utf-8")
     return path
 

@@ -20,6 +20,7 @@ from mmjax.config import (
 )
 from mmjax.data import sources
 from mmjax.errors import MmjaxError
+from mmjax.folders import output_folder
 
 # sysexits.h EX_TEMPFAIL: the run was preempted after saving; the same command resumes it.
 EXIT_PREEMPTED = 75
@@ -267,7 +268,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _data_prepare(args: argparse.Namespace) -> None:
-    root = sources.data_root(args.data_dir or "")
+    root = output_folder(sources.data_root(args.data_dir or ""), "--data-dir")
     info = mmjax.DATASETS.get(args.name).prepare(root, small=args.small)
     sizes = ", ".join(f"{s} {v['num_records']}" for s, v in info["splits"].items())
     print(f"prepared {args.name} in {root / args.name}: {sizes}")
@@ -357,7 +358,7 @@ def _features_extract(args: argparse.Namespace) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    # The suite lives next to the package in a source checkout (DESIGN.md: benchmarks/).
+    # The suite lives next to the package in a source checkout (docs/architecture.md: Layout).
     root = Path(__file__).resolve().parents[1]
     if not (root / "benchmarks" / "harness.py").is_file():
         raise MmjaxError(
@@ -646,8 +647,9 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = commands.add_parser("zoo", help="the registered components")
     zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)
     listing = zoo_commands.add_parser("list")
-    listing.add_argument("--json", action="store_true")
-    listing.add_argument("--markdown", action="store_true", help="the table of docs/zoo.md")
+    form = listing.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true")
+    form.add_argument("--markdown", action="store_true", help="the table of docs/zoo.md")
     listing.set_defaults(run=_zoo_list)
     return parser
 

@@ -8,7 +8,6 @@ pinned files), so it stays small.
 """
 
 import datetime
-import hashlib
 import json
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from mmjax.checksum import sha256_file
 from mmjax.config import ModelConfig, experiment_from
 from mmjax.data import sources
 from mmjax.errors import CheckpointError, ConfigError
@@ -58,13 +58,9 @@ def published_names() -> list[str]:
     return sorted(p.parent.name for p in PUBLISHED_DIR.glob("*/card.json"))
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _file_hashes(folder: Path) -> dict[str, str]:
     return {
-        str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()
+        str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
     }
 
 

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from mmjax.corruptions import CORRUPTIONS, LEVELS
 from mmjax.data import pipeline, sources
 from mmjax.errors import ConfigError
+from mmjax.folders import output_folder
 from mmjax.predict import Predictor
 from mmjax.registry import ENCODERS
 
@@ -268,8 +269,7 @@ def plot(result: dict[str, Any], path: Path, title: str) -> None:
 
 def write(result: dict[str, Any], out_dir: Path, title: str) -> tuple[Path, Path]:
     """`robustness.json` and `robustness.png` in `out_dir` (made if needed)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(out_dir, "--out")
     json_path, png_path = out_dir / "robustness.json", out_dir / "robustness.png"
     json_path.write_text(json.dumps({"model": title, **result}, indent=2) + "\n")
     plot(result, png_path, title)

@@ -1,7 +1,8 @@
 """The benchmark harness and its timing suites run, and what they write is well-formed.
 
-Timings are never asserted (DESIGN.md): these tests check that every record has the fields
-the issue names, with sane values, and that the CLI writes the JSONL, table and plot.
+Timings are never asserted (docs/architecture.md: Contracts): these tests check that every
+record has the fields the issue names, with sane values, and that the CLI writes the JSONL,
+table and plot.
 (tests/test_bench_suites.py covers the pipeline and checkpoint suites, and
 tests/test_peer_torch.py the PyTorch peers.)
 """

@@ -117,6 +117,26 @@ def test_bad_set_exits_with_key(capsys, tmp_path):
     assert code == 2 and "unknown config key 'train.batchsize'" in err
 
 
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_workdir_that_cannot_be_made_is_named(capsys, avdigits_root, tmp_path, command):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    for bad in ("/proc/mmjax-cannot-exist/run", str(blocker / "run")):
+        code, _, err = run(
+            capsys, command, "--config", "configs/avdigits_late.py:tiny", "--workdir", bad,
+            "--data-dir", str(avdigits_root), "--quiet",
+        )  # fmt: skip
+        assert code == 2 and err.startswith(f"mmjax: error: --workdir {bad}: cannot make"), err
+        assert "Traceback" not in err
+
+
+def test_exclusive_flags_are_an_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["zoo", "list", "--json", "--markdown"])
+    assert exit_info.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
 def test_data_prepare_small(capsys, tmp_path):
     code, out, _ = run(
         capsys, "data", "prepare", "avdigits", "--small", "--data-dir", str(tmp_path)

@@ -1,6 +1,5 @@
 """Record encoding (an npz archive of named arrays, no pickle) and ArrayRecord shard I/O."""
 
-import hashlib
 import io
 import lzma
 import threading
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from mmjax.checksum import sha256_file
 from mmjax.errors import DataError
 
 # np.load parses each array header with ast.literal_eval, and CPython 3.11's AST constructor
@@ -106,11 +106,3 @@ def write_shards(
         {"file": name, "num_records": count, "sha256": sha256_file(directory / name)}
         for name, count in zip(names, counts, strict=True)
     ]
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

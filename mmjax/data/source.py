@@ -11,7 +11,7 @@ from typing import Any
 
 import grain
 
-from mmjax.data.records import sha256_file
+from mmjax.checksum import sha256_file
 from mmjax.data.transforms import Decode
 from mmjax.errors import ConfigError, DataError
 from mmjax.pretrained.catalog import check_dataset_fits

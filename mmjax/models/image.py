@@ -3,7 +3,7 @@
 CNNs give one token per position of their last feature map; ViTs give the class token followed
 by the patch tokens. The ImageNet-sized networks (VGG, ResNet, EfficientNet-Lite, ViT) keep their
 real sizes as defaults; at the contract tests' 32x32 input the CNNs' last stages run on 2x2 or
-1x1 maps, which XLA:CPU handles slowly (see the traps in DESIGN.md).
+1x1 maps, which XLA:CPU handles slowly (docs/architecture.md: Traps).
 """
 
 import dataclasses

@@ -17,7 +17,8 @@ from mmjax.models.heads import Classifier
 from mmjax.models.layers import Features
 from mmjax.registry import ENCODERS, FUSIONS
 
-# Accepted ranks (batch axis included) and dtype kind of each modality (DESIGN.md: Batch).
+# Accepted ranks (batch axis included) and dtype kind of each modality
+# (docs/architecture.md: Contracts).
 MODALITY_RANKS = {"image": (4,), "audio": (2, 3), "text": (2,), "video": (5,)}
 MODALITY_KINDS = {"image": "f", "audio": "f", "text": "iu", "video": "f"}
 

@@ -6,7 +6,6 @@ the parity tests were written against.
 """
 
 import dataclasses
-import hashlib
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from mmjax.checksum import sha256_file
 from mmjax.errors import CheckpointError, ConfigError, DataError
 from mmjax.pretrained.bert import NOT_USED as BERT_NOT_USED
 from mmjax.pretrained.bert import bert_table
@@ -149,7 +149,7 @@ def weight_file(spec: PretrainedEncoder) -> Path:
     path = package_dir(spec) / spec.file
     if not path.is_file():
         raise DataError(f"{spec.package} has no {spec.file}; reinstall: {spec.install_line()}")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = sha256_file(path)
     if digest != spec.sha256:
         raise CheckpointError(
             f"{path}: sha256 {digest} differs from the catalog's {spec.sha256} for "

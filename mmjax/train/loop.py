@@ -15,6 +15,7 @@ from mmjax.config import ConfigDict, ExperimentConfig, as_json_dict, experiment_
 from mmjax.data import pipeline, sources
 from mmjax.errors import CheckpointError, ConfigError, TrainingError
 from mmjax.fewshot import training_probe as fewshot_probe
+from mmjax.folders import output_folder
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
 from mmjax.train.balance import ogm_settings
@@ -192,7 +193,7 @@ def train(
             f"--workdir {workdir} is a sweep's folder: resume it with `mmjax sweep`, or train "
             "this run in a new --workdir"
         )
-    workdir.mkdir(parents=True, exist_ok=True)
+    output_folder(workdir, "--workdir")
     mesh = data_mesh(fsdp=exp.parallel.fsdp)
     check_batch_sizes(exp, mesh)
     source = sources.open_source(exp.data)

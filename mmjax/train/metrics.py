@@ -15,7 +15,7 @@ class MetricsLog:
 
     `push(step, metrics)` takes step k's device metrics after step k+1 is dispatched, so the
     fetch of k overlaps k+1; it also bounds the steps in flight to two, which XLA:CPU's
-    collectives need with many fake devices (DESIGN.md, traps).
+    collectives need with many fake devices (docs/architecture.md: Traps).
     """
 
     def __init__(self, path: Path, every: int):

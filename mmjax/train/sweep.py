@@ -32,6 +32,7 @@ from tqdm import tqdm
 from mmjax.config import ConfigDict, as_json_dict, experiment_from
 from mmjax.data import pipeline, sources
 from mmjax.errors import CheckpointError, ConfigError
+from mmjax.folders import output_folder
 from mmjax.models import validate_batch
 from mmjax.parallel import (
     batch_sharded,
@@ -197,6 +198,7 @@ def sweep(
     set_each = dict(set_each or {})
     workdir = Path(workdir)
     _check_workdir(workdir)
+    output_folder(workdir, "--workdir")
     mesh = data_mesh(fsdp=base.parallel.fsdp)
     check_memory(base, _copy_count(seeds, set_each), mesh)  # before building every config
     plan = plan_sweep(config, seeds, set_each, shared_order=shared_order, program=program)

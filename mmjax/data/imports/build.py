@@ -29,6 +29,7 @@ from mmjax.data.imports.table import Table
 from mmjax.data.media import Limits
 from mmjax.data.records import write_shards
 from mmjax.errors import ConfigError, DataError
+from mmjax.folders import output_folder
 from mmjax.registry import DATASETS
 
 TOKENIZERS = ("words", "minilm-l6")
@@ -126,7 +127,7 @@ def import_table(
             f"dataset {name!r} exists at {final}; pass --overwrite to replace it (it stays "
             "untouched until the new import is complete)"
         )
-    root.mkdir(parents=True, exist_ok=True)
+    output_folder(root, "--data-dir")
     remove_leftovers(root, name)
     log = print if progress else _quiet
     problems: dict[int, list[RowProblem]] = {}

@@ -11,9 +11,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from mmjax.checksum import sha256_file
 from mmjax.data.imports.table import MODALITIES, Table
 from mmjax.data.media import EXTENSIONS
-from mmjax.data.records import sha256_file
 from mmjax.errors import ConfigError, DataError
 
 FORMATS = {".csv": "CSV", ".jsonl": "JSONL", ".json": "JSONL", ".parquet": "Parquet"}
