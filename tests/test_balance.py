@@ -130,6 +130,7 @@ def test_balanced_run_resumes_exactly(avdigits_root, tmp_path, method):
     straight = mmjax.train(cfg, tmp_path / "straight", progress=False)
     mmjax.train(cfg, tmp_path / "resumed", stop_after=3, progress=False)
     resumed = mmjax.train(cfg, tmp_path / "resumed", progress=False)
+    assert (resumed["started_at_step"], resumed["steps_this_call"]) == (3, resumed["steps"] - 3)
     assert resumed["accuracy"] == straight["accuracy"]
     a, b = _params(tmp_path / "straight")[1], _params(tmp_path / "resumed")[1]
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):

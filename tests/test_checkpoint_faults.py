@@ -253,6 +253,7 @@ def test_train_resumes_past_a_corrupt_checkpoint(avdigits_root, tmp_path):
     ):
         results = mmjax.train(cfg, tmp_path, progress=False)
     assert results["completed"] and results["steps"] == 20
+    assert (results["started_at_step"], results["steps_this_call"]) == (5, 15)
     assert _listing(checkpoints) == ["10", "10.corrupt", "15", "20"]
     # Resumed from step 5 with step 5's data iterator, the run saved the same step 10 again.
     reader = ocp.StandardCheckpointer()

@@ -99,7 +99,12 @@ def test_kill_9_at_three_moments_loses_nothing(avdigits_root, uninterrupted, tmp
     assert max(saved_steps(work)) < STEPS, history
     # The fourth start runs to the end (in this process, to spare a start-up).
     cfg = tiny_config(avdigits_root, STEPS, *SETTINGS)
-    assert mmjax.train(cfg, work, progress=False)["completed"]
+    latest = max(saved_steps(work))
+    results = mmjax.train(cfg, work, progress=False)
+    assert results["completed"] and results["started_at_step"] == latest
+    assert results["steps_this_call"] == STEPS - latest
+    steps = [json.loads(line)["step"] for line in (work / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == STEPS, "a step logged twice or out of order"
     _assert_same_state(work, uninterrupted, cfg, f"SIGKILLs with checkpoints at {history}")
 
 
@@ -124,7 +129,9 @@ def test_sigterm_saves_exits_75_and_resumes(avdigits_root, uninterrupted, tmp_pa
     assert stopped == max(saved_steps(tmp_path)) < STEPS, (stopped, saved_steps(tmp_path))
     assert json.loads((tmp_path / "results.json").read_text())["preempted"]
     cfg = tiny_config(avdigits_root, STEPS, *SETTINGS)
-    assert mmjax.train(cfg, tmp_path, progress=False)["completed"]
+    results = mmjax.train(cfg, tmp_path, progress=False)
+    assert results["completed"] and results["started_at_step"] == stopped
+    assert results["steps_this_call"] == STEPS - stopped
     _assert_same_state(tmp_path, uninterrupted, cfg, f"a SIGTERM at step {stopped}")
 
 

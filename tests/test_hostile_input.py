@@ -14,6 +14,7 @@ import io
 import json
 import math
 import pickle
+import re
 import signal
 import sys
 import warnings
@@ -177,11 +178,16 @@ def valid_batches(draw):
     return modalities, sample_shapes, batch
 
 
+def _is_float(x: np.ndarray) -> bool:
+    return x.dtype.kind == "f" or x.dtype == ml_dtypes.bfloat16  # bfloat16's kind is "V"
+
+
 def _float_keys(batch):
+    """Keys of float arrays (bfloat16 inputs and cached features included)."""
     return [
         k
         for k, v in batch.items()
-        if isinstance(v, np.ndarray) and v.size and v.dtype.kind == "f" and not k.endswith("_mask")
+        if isinstance(v, np.ndarray) and v.size and _is_float(v) and not k.endswith("_mask")
     ]
 
 
@@ -202,46 +208,48 @@ ALWAYS, ALONE, NONE = "always", "alone", ""
 
 @st.composite
 def mutations(draw, modalities, sample_shapes, batch):
-    """(mutated batch, its claim: ALWAYS, ALONE or NONE)."""
+    """(mutated batch, its claim: ALWAYS, ALONE or NONE, the key it changed or None)."""
     batch = dict(batch)
     keys = sorted(batch)
     if not keys:
-        return batch, NONE
+        return batch, NONE, None
     op = draw(
         st.sampled_from(
             ("delete", "extra", "replace", "nan", "label", "mask", "shape", "dtype", "size")
         )
     )
     if op == "delete":
-        del batch[draw(st.sampled_from(keys))]
-        return batch, NONE
+        key = draw(st.sampled_from(keys))
+        del batch[key]
+        return batch, NONE, key
     if op == "extra":
         allowed = {*modalities, *(f"{m}_mask" for m in modalities), "label"}
         allowed |= {f"{m}.{k}" for m in modalities for k in ("tokens", "token_mask", "pooled")}
         key = draw(st.one_of(st.text(max_size=8), st.sampled_from(("video", "audio.x", "lbl"))))
         if key in allowed:
-            return batch, NONE
+            return batch, NONE, None
         batch[key] = draw(hostile_values)
-        return batch, ALWAYS
+        return batch, ALWAYS, key
     if op == "replace":
-        batch[draw(st.sampled_from(keys))] = draw(hostile_values)
-        return batch, NONE
+        key = draw(st.sampled_from(keys))
+        batch[key] = draw(hostile_values)
+        return batch, NONE, key
     if op == "nan":
         candidates = _float_keys(batch)
         if not candidates:
-            return batch, NONE
+            return batch, NONE, None
         key = draw(st.sampled_from(candidates))
         x = batch[key].copy()
         x.flat[draw(st.integers(0, x.size - 1))] = draw(st.sampled_from((np.nan, np.inf, -np.inf)))
         batch[key] = x
-        return batch, ALWAYS
+        return batch, ALWAYS, key
     size = _batch_size(batch)
     if op == "label":
         bad = draw(st.sampled_from((-1, -(2**31), NUM_CLASSES, 2**31 - 1, 2.5)))
         label = np.zeros(size, np.float32 if isinstance(bad, float) else np.int64)
         label[draw(st.integers(0, size - 1))] = bad
         batch["label"] = label
-        return batch, ALWAYS
+        return batch, ALWAYS, "label"
     if op == "mask":
         m = draw(st.sampled_from(modalities))
         bad = draw(st.sampled_from(("int", "float", "short", "long", "2d")))
@@ -252,37 +260,45 @@ def mutations(draw, modalities, sample_shapes, batch):
             "long": np.ones(size + 1, bool),
             "2d": np.ones((size, 1), bool),
         }[bad]
-        return batch, ALONE  # alone: a mask may match a batch size changed before
+        return batch, ALONE, f"{m}_mask"  # alone: a mask may match a batch size changed before
     raw = [m for m in modalities if isinstance(batch.get(m), np.ndarray) and batch[m].ndim]
     if not raw:
-        return batch, NONE
+        return batch, NONE, None
     m = draw(st.sampled_from(raw))
     x = batch[m]
     if op == "shape":
         new = (size, *draw(shapes))
         batch[m] = np.zeros(new, x.dtype)
-        return batch, ALWAYS if new[1:] != tuple(sample_shapes[m]) else NONE
+        return batch, ALWAYS if new[1:] != tuple(sample_shapes[m]) else NONE, m
     if op == "dtype":
         dtype = draw(st.sampled_from(DTYPES))
         batch[m] = _array(dtype, x.shape, 0)
         kind = "f" if dtype == "bfloat16" else np.dtype(dtype).kind
-        return batch, ALWAYS if kind not in ("iu" if m == "text" else "f") else NONE
+        return batch, ALWAYS if kind not in ("iu" if m == "text" else "f") else NONE, m
     new_size = draw(st.sampled_from((0, size - 1, size + 1)))  # "size"
     batch[m] = np.zeros((new_size, *x.shape[1:]), x.dtype)
     if new_size == 0:
-        return batch, ALWAYS
-    return batch, ALONE if _batch_axis_keys(batch, m) else NONE
+        return batch, ALWAYS, m
+    return batch, ALONE if _batch_axis_keys(batch, m) else NONE, m
 
 
 @_settings("batch")
 @given(st.data())
 def test_hostile_batches(data):
     modalities, sample_shapes, batch = data.draw(valid_batches())
-    steps = data.draw(st.integers(0, 3))
-    surely_invalid = False
+    # One batch in eight stays valid (and must be accepted); the rest take 1-3 mutations.
+    steps = 0 if data.draw(st.integers(0, 7)) == 0 else data.draw(st.integers(1, 3))
+    # A key whose current value makes the batch invalid whatever else the batch holds (an
+    # ALWAYS claim) keeps it invalid until a later mutation deletes or replaces that key.
+    invalid_keys: set[str] = set()
+    invalid_alone = False
     for _ in range(steps):
-        batch, claim = data.draw(mutations(modalities, sample_shapes, batch))
-        surely_invalid = claim == ALWAYS or (claim == ALONE and steps == 1)
+        batch, claim, key = data.draw(mutations(modalities, sample_shapes, batch))
+        invalid_keys.discard(key)
+        if claim == ALWAYS:
+            invalid_keys.add(key)
+        invalid_alone = claim == ALONE and steps == 1
+    surely_invalid = bool(invalid_keys) or invalid_alone
     if data.draw(st.integers(0, 19)) == 0:  # not a dict at all
         batch, steps, surely_invalid = data.draw(hostile_values), 1, True
     as_jax = steps == 0 and data.draw(st.integers(0, 9)) == 0
@@ -297,6 +313,39 @@ def test_hostile_batches(data):
             return
     event("accepted")
     assert not surely_invalid, f"an invalid batch was accepted: {batch}"
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize(
+    "key, dtype",
+    [
+        ("image", np.float32),
+        ("image", np.float16),
+        ("image", ml_dtypes.bfloat16),
+        ("audio", ml_dtypes.bfloat16),
+        ("image.tokens", np.float32),
+        ("image.pooled", np.float32),
+        ("audio.tokens", ml_dtypes.bfloat16),
+    ],
+)
+def test_a_nonfinite_value_in_any_float_input_is_rejected(key, dtype, value):
+    """Every float a batch can carry, raw or cached, in every float dtype (the generated
+    batches reach some of these only by chance)."""
+    (modalities, sample_shapes), size = MODELS[0], 2
+    rng = np.random.default_rng(0)
+    batch = {"label": np.zeros(size, np.int32)}
+    for m in modalities:
+        if key.startswith(f"{m}."):
+            batch[f"{m}.tokens"] = rng.normal(size=(size, T, D)).astype(np.float32)
+            batch[f"{m}.token_mask"] = np.ones((size, T), bool)
+            batch[f"{m}.pooled"] = rng.normal(size=(size, D)).astype(np.float32)
+        else:
+            batch[m] = rng.random((size, *sample_shapes[m])).astype(np.float32)
+    batch[key] = batch[key].astype(dtype)
+    validate_batch(batch, modalities, num_classes=NUM_CLASSES, sample_shapes=sample_shapes)
+    batch[key].flat[-1] = value
+    with pytest.raises(InputError, match=rf"{re.escape(key)}.*NaN or infinity"):
+        validate_batch(batch, modalities, num_classes=NUM_CLASSES, sample_shapes=sample_shapes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -97,7 +97,8 @@ def test_tf_same_padding_matches_xla_same(kernel, size):
     """XLA's "SAME" is TF's: explicit pad + VALID conv equals it, for the stride-2 convs."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((1, size, size, 4), np.float32))
-    conv = TFConvBN(4, 4, kernel, 2, groups=4, rngs=nnx.Rngs(0)).conv  # depthwise, as in MBConv
+    block = TFConvBN(4, 4, kernel, 2, groups=4, act=False, rngs=nnx.Rngs(0))  # as in MBConv
+    conv = block.conv
     pads = _tf_same_pads(size, kernel, 2)
     explicit = jax.lax.conv_general_dilated(
         jnp.pad(x, ((0, 0), pads, pads, (0, 0))),
@@ -116,7 +117,11 @@ def test_tf_same_padding_matches_xla_same(kernel, size):
         feature_group_count=4,
     )
     np.testing.assert_allclose(explicit, xla_same, atol=1e-5)
-    np.testing.assert_allclose(conv(x), explicit, atol=1e-5)  # what the encoder runs
+    # What the encoder runs: the block's own forward (same_conv, then BatchNorm with its fresh
+    # running statistics, mean 0 and variance 1, so it only divides by sqrt(1 + eps)).
+    np.testing.assert_allclose(
+        block(x, train=False) * np.sqrt(1 + block.norm.epsilon), explicit, atol=1e-5
+    )
     if size % 2 == 0:  # the even sizes are the asymmetric case: PyTorch's k // 2 differs
         assert pads[1] == pads[0] + 1
         symmetric = jax.lax.conv_general_dilated(

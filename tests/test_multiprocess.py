@@ -76,6 +76,7 @@ def test_two_processes_train_like_one_through_a_preemption(avdigits_root, tmp_pa
     two = json.loads((work / "results.json").read_text())
     assert two["devices"] == one["devices"] == 4
     assert two["steps"] == STEPS and two["examples"] == one["examples"]
+    assert two["started_at_step"] in stopped and two["steps_this_call"] == STEPS - min(stopped)
     assert abs(two["accuracy"]["test"] - one["accuracy"]["test"]) < 1e-6
     # Only process 0 prints the results (after gloo's connection lines) and writes the log.
     assert json.loads(outs[0][0][outs[0][0].index("{\n") :])["steps"] == STEPS

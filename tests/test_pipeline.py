@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from mmjax.config import DataConfig
-from mmjax.data import pipeline
+from mmjax.data import pipeline, sources
 from mmjax.data.builders.avdigits import load_info
 
 MODALITIES = ("audio", "image")
@@ -78,6 +78,21 @@ def test_eval_covers_every_record_once_with_fixed_noise(avdigits_root):
     assert all(batch["label"].shape == (16,) for batch, _ in runs[0])
     for (x, _), (y, _) in zip(*runs):
         np.testing.assert_array_equal(x["audio"], y["audio"])
+    # Once each: without noise, the real rows are exactly the split's records, in order.
+    clean = dataclasses.replace(cfg, image_noise=0.0, audio_snr_db=100.0)
+    source = sources.open_source(clean)
+    records = source.open_split("test")
+    decode = source.decoder(MODALITIES)
+    rows = [
+        {k: v[i] for k, v in batch.items()}
+        for batch, real in pipeline.eval_batches(clean, MODALITIES, "test", 16)
+        for i in range(real)
+    ]
+    assert len(rows) == len(records)
+    for i, row in enumerate(rows):
+        record = decode.map(records[i])
+        for key in record:
+            np.testing.assert_array_equal(row[key], record[key], err_msg=f"row {i}, {key}")
 
 
 def test_worker_processes_give_the_same_batches(avdigits_root):

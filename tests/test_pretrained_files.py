@@ -170,6 +170,36 @@ def test_refuses_globals_that_run_code(tmp_path, name, layout):
     assert marker.exists()
 
 
+def _call_pickle(module: str, name: str, arg: str) -> bytes:
+    """A protocol-4 pickle of {"w": module.name(arg)}, written opcode by opcode, so that it can
+    name any global, whether or not this process could import it."""
+
+    def text(value: str) -> bytes:  # SHORT_BINUNICODE
+        data = value.encode()
+        return b"\x8c" + bytes([len(data)]) + data
+
+    # PROTO 4, EMPTY_DICT, key, STACK_GLOBAL(module, name), arg, TUPLE1, REDUCE, SETITEM, STOP
+    return b"\x80\x04}" + text("w") + text(module) + text(name) + b"\x93" + text(arg) + b"\x85Rs."
+
+
+@pytest.mark.parametrize(
+    "module, name",
+    [("torch.serialization", "os.system"), ("torch", "os.system")],
+)
+def test_refuses_code_reached_through_the_torch_namespace(tmp_path, module, name):
+    """The allowed globals live in `torch`, but a name inside `torch` can reach any function
+    its modules import: only the exact allowed names may pass."""
+    marker = tmp_path / "pwned"
+    evil = _call_pickle(module, name, f"touch {marker}")
+    path = _zip_file(tmp_path / "evil.pt", evil, {})
+    with pytest.raises(CheckpointError, match=rf"names the global {re.escape(module)}\.{name}\b"):
+        load_torch_file(path)
+    assert not marker.exists()
+    pytest.importorskip("torch", reason=_TORCH_REASON)
+    pickle.loads(evil)  # the payload is live: plain unpickling runs it
+    assert marker.exists()
+
+
 def test_refuses_payloads_beside_real_tensors_and_pickled_modules(tmp_path):
     torch = pytest.importorskip("torch", reason=_TORCH_REASON)
     marker = tmp_path / "pwned"

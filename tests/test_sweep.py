@@ -69,7 +69,9 @@ def swept(avdigits_root, tmp_path_factory):
     grid["program"] = "vmap"
     first = sweep(tiny(avdigits_root), workdir, stop_after=3, progress=False, **grid)
     assert first["steps"] == 3 and not first["completed"] and first["copies"] == {}
-    return workdir, sweep(tiny(avdigits_root), workdir, progress=False, **grid)
+    resumed = sweep(tiny(avdigits_root), workdir, progress=False, **grid)
+    assert (resumed["started_at_step"], resumed["steps_this_call"]) == (3, resumed["steps"] - 3)
+    return workdir, resumed
 
 
 def test_copies_equal_their_single_runs(avdigits_root, swept, tmp_path):

@@ -59,8 +59,16 @@ def test_resume_matches_uninterrupted_run(avdigits_root, trained, tmp_path):
     cfg = tiny_config(avdigits_root)
     first = mmjax.train(cfg, tmp_path, stop_after=10, progress=False)
     assert not first["completed"] and first["steps"] == 10
+    assert (first["started_at_step"], first["steps_this_call"]) == (0, 10)
+    # A row past the checkpoint (as a kill between a log write and a save leaves it) and a
+    # line cut short: the resumed run drops both and logs those steps once.
+    with (tmp_path / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 15, "loss": -1.0}) + '\n{"step": 1')
     resumed = mmjax.train(cfg, tmp_path, progress=False)
     assert resumed["completed"] and resumed["steps"] == 20
+    assert (resumed["started_at_step"], resumed["steps_this_call"]) == (10, 10)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20] and rows[2]["loss"] > 0
     step_a, state_a = _params(workdir)
     step_b, state_b = _params(tmp_path)
     assert step_a == step_b == 20
@@ -194,6 +202,7 @@ def test_resume_accepts_logging_and_eval_changes(avdigits_root, trained, tmp_pat
     set_value(cfg, "train.eval_splits", ("test",))
     results = mmjax.train(cfg, copy, progress=False)
     assert results["completed"] and set(results["accuracy"]) == {"test"}
+    assert (results["started_at_step"], results["steps_this_call"]) == (20, 0)
 
 
 def test_bad_run_arguments(avdigits_root, tmp_path):

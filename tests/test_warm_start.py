@@ -1,5 +1,7 @@
 """Fine-tuning from a pretraining run: train.init_from copies the named modules exactly."""
 
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -59,10 +61,18 @@ def test_copies_the_named_modules_and_nothing_else(avdigits_root, pretrained):
 
 
 def test_fine_tuning_trains_and_resumes_without_reloading(avdigits_root, pretrained, tmp_path):
-    cfg = _config(avdigits_root, "avdigits_audio_finetune", train__init_from=str(pretrained))
-    first = mmjax.train(cfg, tmp_path, stop_after=5, progress=False)
+    source = tmp_path / "pretrained"
+    shutil.copytree(pretrained, source)
+    cfg = _config(avdigits_root, "avdigits_audio_finetune", train__init_from=str(source))
+    run = tmp_path / "run"
+    first = mmjax.train(cfg, run, stop_after=5, progress=False)
     assert first["steps"] == 5 and not first["completed"]
-    assert mmjax.train(cfg, tmp_path, progress=False)["completed"]
+    # The resume reads only its own checkpoint: with the warm-start source gone, reloading it
+    # would fail.
+    shutil.rmtree(source)
+    resumed = mmjax.train(cfg, run, progress=False)
+    assert resumed["completed"] and resumed["started_at_step"] == 5
+    assert resumed["steps_this_call"] == resumed["steps"] - 5
 
 
 def test_mismatched_and_unknown_modules_are_config_errors(avdigits_root, pretrained, tmp_path):

@@ -219,6 +219,7 @@ def train(
             step, state, earlier_seconds = _resume(
                 checkpointer, config, state, shardings, data_iter
             )
+            log.resume_at(step)
             source.check_model(nnx.merge(graphdef, state)[0])
             write_experiment(workdir, config, source.description())
             train_step = make_train_step(
@@ -283,6 +284,8 @@ def train(
 
     results: dict[str, Any] = {
         "steps": step,
+        "started_at_step": first_step,  # the checkpoint this call resumed from (0: fresh)
+        "steps_this_call": step - first_step,
         "completed": step >= exp.train.steps,
         "preempted": preempted,
     }

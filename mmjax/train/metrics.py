@@ -33,6 +33,23 @@ class MetricsLog:
         self._absorb()
         self._pending = (step, metrics)
 
+    def resume_at(self, step: int) -> None:
+        """Drop the rows after `step` (and a line cut short by a kill): a run resumed from the
+        checkpoint of `step` logs those steps again, so each step appears once."""
+        if jax.process_index() != 0 or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the last line of a process killed while writing it
+            if row["step"] <= step:
+                kept.append(line + "\n")
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text("".join(kept))
+        partial.replace(self.path)
+
     def record(self, step: int, values: dict[str, Any]) -> None:
         """Step `step`'s metrics, already on the host: taken in now, after any pending step."""
         self.push(step, values)
@@ -97,6 +114,10 @@ class CopiesMetricsLog:
         self._absorb()
         for log in self.logs:
             log.flush()
+
+    def resume_at(self, step: int) -> None:
+        for log in self.logs:
+            log.resume_at(step)
 
     def take_nonfinite(self) -> list[list[int]]:
         """Per copy, the steps fetched since the last call whose loss or gradient was NaN/inf."""

@@ -246,6 +246,7 @@ def sweep(
             if restored is not None:
                 step, state = restored.step, restored.state
                 earlier_seconds = restored.metrics.get("train_seconds", 0.0)
+            log.resume_at(step)
             if jax.process_index() == 0:
                 (workdir / SWEEP_FILE).write_text(json.dumps(plan.record(), indent=2))
             for copy, folder in zip(plan.copies, copy_dirs, strict=True):
@@ -310,6 +311,8 @@ def sweep(
 
     results: dict[str, Any] = {
         "steps": step,
+        "started_at_step": first_step,  # the checkpoint this call resumed from (0: fresh)
+        "steps_this_call": step - first_step,
         "completed": step >= exp.train.steps,
         "preempted": preempted,
         "copies": {},
