@@ -73,7 +73,14 @@ def uninterrupted(avdigits_root, tmp_path_factory):
     return workdir
 
 
-def test_kill_9_at_three_moments_loses_nothing(avdigits_root, uninterrupted, tmp_path):
+def _assert_refused_while_running(work, args, pid, capsys):
+    capsys.readouterr()
+    assert main(["train", "--workdir", str(work), *args]) == 2
+    err = capsys.readouterr().err
+    assert f"--workdir {work} is in use by another run (PID {pid} on host" in err, err
+
+
+def test_kill_9_at_three_moments_loses_nothing(avdigits_root, uninterrupted, tmp_path, capsys):
     rng = random.Random(6)
     args = tiny_args(avdigits_root, STEPS, *SETTINGS)
     work = tmp_path / "run"
@@ -86,6 +93,8 @@ def test_kill_9_at_three_moments_loses_nothing(avdigits_root, uninterrupted, tmp
                 wait_for(lambda: _partial_saves(work) - stale, 240, "a save", proc)  # noqa: B023
             else:
                 wait_for(_progressed(work, before), 240, "a new checkpoint", proc)
+                if not history:  # a second run on the live run's workdir is refused
+                    _assert_refused_while_running(work, args, proc.pid, capsys)
                 time.sleep(rng.uniform(0.0, 0.2))
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)

@@ -13,6 +13,7 @@ from flax import nnx
 
 import mmjax
 from mmjax import distributed
+from mmjax.cli import main
 from mmjax.config import experiment_from
 from mmjax.data import pipeline
 from mmjax.errors import ConfigError
@@ -46,13 +47,19 @@ def _params(workdir, exp):
     return jax.device_get(nnx.to_flat_state(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)))
 
 
-def test_two_processes_train_like_one_through_a_preemption(avdigits_root, tmp_path):
+def test_two_processes_train_like_one_through_a_preemption(avdigits_root, tmp_path, capsys):
     settings = ("train.eval_splits=test", "train.checkpoint_every=5")
     args = tiny_args(avdigits_root, STEPS, *settings)
     work = tmp_path / "two"
     procs = _cluster(work, args)
     try:
         wait_for(lambda: saved_steps(work), 240, "a first checkpoint", procs[0])
+        # Process 0 holds the workdir for the group: another run on it is refused.
+        capsys.readouterr()
+        assert main(["train", "--workdir", str(work), *args]) == 2
+        refusal = capsys.readouterr().err
+        assert f"in use by another run (PID {procs[0].pid} on host" in refusal, refusal
+        assert "process 0 of 2" in refusal
         # The notice reaches one process; JAX's preemption service stops both at one step.
         os.kill(procs[1].pid, signal.SIGTERM)
         outs = [p.communicate(timeout=120) for p in procs]

@@ -1,6 +1,7 @@
 """The trainer on a real (small) AV-Digits build: files written, exact resume, safe workdirs."""
 
 import json
+import os
 
 import jax
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import mmjax
 from mmjax.config import set_value
 from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.run_lock import LOCK_FILE, workdir_lock
 
 
 def tiny_config(avdigits_root, model: str = "late", steps: int = 20):
@@ -30,6 +32,12 @@ def _params(workdir):
     finally:
         checkpointer.close()
     return step, restored["state"]
+
+
+def _saved(workdir):
+    """Every file's modification time but the run lock's, which each call takes and frees."""
+    assert (workdir / LOCK_FILE).read_text() == "", "the lock was not released"
+    return {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.name != LOCK_FILE}
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +93,10 @@ def test_resume_matches_uninterrupted_run(avdigits_root, trained, tmp_path):
 
 def test_workdir_of_another_model_is_refused_and_untouched(avdigits_root, trained):
     workdir, _ = trained
-    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+    before = _saved(workdir)
     with pytest.raises(mmjax.CheckpointError, match=r"other settings \(.*model\.encoders"):
         mmjax.train(tiny_config(avdigits_root, "audio"), workdir, progress=False)
-    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+    assert _saved(workdir) == before
 
 
 def test_predictor_probabilities(trained, avdigits_root):
@@ -180,7 +188,7 @@ def test_corrupt_shard_is_refused_before_training(avdigits_root, tmp_path):
 
 def test_resume_refuses_settings_that_change_the_run(avdigits_root, trained):
     workdir, _ = trained
-    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
+    before = _saved(workdir)
     cfg = tiny_config(avdigits_root)
     set_value(cfg, "train.batch_size", 32)
     set_value(cfg, "optim.learning_rate", 0.5)
@@ -189,7 +197,7 @@ def test_resume_refuses_settings_that_change_the_run(avdigits_root, trained):
         match=r"optim\.learning_rate: 0\.002 -> 0\.5; train\.batch_size: 16 -> 32",
     ):
         mmjax.train(cfg, workdir, progress=False)
-    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
+    assert _saved(workdir) == before
 
 
 def test_resume_accepts_logging_and_eval_changes(avdigits_root, trained, tmp_path):
@@ -203,6 +211,16 @@ def test_resume_accepts_logging_and_eval_changes(avdigits_root, trained, tmp_pat
     results = mmjax.train(cfg, copy, progress=False)
     assert results["completed"] and set(results["accuracy"]) == {"test"}
     assert (results["started_at_step"], results["steps_this_call"]) == (20, 0)
+
+
+def test_a_held_workdir_is_refused_by_train_and_sweep(avdigits_root, tmp_path):
+    with workdir_lock(tmp_path):  # another open file: flock refuses it even in this process
+        for run in (mmjax.train, mmjax.sweep):
+            with pytest.raises(
+                mmjax.ConfigError, match=rf"in use by another run \(PID {os.getpid()} on host"
+            ):
+                run(tiny_config(avdigits_root), tmp_path, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == [LOCK_FILE]
 
 
 def test_bad_run_arguments(avdigits_root, tmp_path):

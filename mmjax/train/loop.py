@@ -23,6 +23,7 @@ from mmjax.train.blend import gradient_blend
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.metrics import MetricsLog
 from mmjax.train.preemption import PreemptionWatch
+from mmjax.train.run_lock import workdir_lock
 from mmjax.train.state import init_state, state_shardings
 from mmjax.train.step import EvalStep, make_eval_step, make_train_step
 from mmjax.train.utilisation import utilisation_probe
@@ -194,6 +195,19 @@ def train(
             "this run in a new --workdir"
         )
     output_folder(workdir, "--workdir")
+    with workdir_lock(workdir):
+        return _train_locked(config, exp, workdir, stop_after, progress, started)
+
+
+def _train_locked(
+    config: dict[str, Any],
+    exp: ExperimentConfig,
+    workdir: Path,
+    stop_after: int | None,
+    progress: bool,
+    started: float,
+) -> dict[str, Any]:
+    """`train` once it holds the workdir's lock."""
     mesh = data_mesh(fsdp=exp.parallel.fsdp)
     check_batch_sizes(exp, mesh)
     source = sources.open_source(exp.data)

@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from mmjax.config import ConfigDict, as_json_dict, experiment_from
+from mmjax.config import ConfigDict, ExperimentConfig, as_json_dict, experiment_from
 from mmjax.data import pipeline, sources
 from mmjax.errors import CheckpointError, ConfigError
 from mmjax.folders import output_folder
@@ -53,6 +53,7 @@ from mmjax.train.loop import (
 from mmjax.train.metrics import CopiesMetricsLog
 from mmjax.train.optim import make_optimizer
 from mmjax.train.preemption import PreemptionWatch
+from mmjax.train.run_lock import workdir_lock
 from mmjax.train.state import state_initializer
 from mmjax.train.step import Batch, Metrics, make_eval_step, train_step_function
 from mmjax.train.sweep_plan import SweepPlan, check_memory, plan_sweep
@@ -199,6 +200,26 @@ def sweep(
     workdir = Path(workdir)
     _check_workdir(workdir)
     output_folder(workdir, "--workdir")
+    with workdir_lock(workdir):
+        return _sweep_locked(
+            config, base, workdir, seeds, set_each, shared_order, program, stop_after, progress,
+            started,
+        )  # fmt: skip
+
+
+def _sweep_locked(
+    config: dict[str, Any],
+    base: ExperimentConfig,
+    workdir: Path,
+    seeds: list[int],
+    set_each: dict[str, Sequence[Any]],
+    shared_order: bool,
+    program: str,
+    stop_after: int | None,
+    progress: bool,
+    started: float,
+) -> dict[str, Any]:
+    """`sweep` once it holds the workdir's lock."""
     mesh = data_mesh(fsdp=base.parallel.fsdp)
     check_memory(base, _copy_count(seeds, set_each), mesh)  # before building every config
     plan = plan_sweep(config, seeds, set_each, shared_order=shared_order, program=program)
