@@ -15,6 +15,7 @@ from mmjax.models import MultimodalModel, build_model
 from mmjax.models.layers import fill_abstract
 from mmjax.predict import Predictor, load_predictor
 from mmjax.pretrained import CATALOG, load_encoder, place_pretrained
+from mmjax.progress import log_to_stderr
 from mmjax.publish import PublishedModel, published_names
 from mmjax.registry import DATASETS, ENCODERS, FUSIONS, MODELS
 from mmjax.train.loop import evaluate_workdir, train
@@ -95,6 +96,7 @@ __all__ = [
     "load_config_file",
     "load_predictor",
     "load_pretrained",
+    "log_to_stderr",
     "sweep",
     "train",
 ]

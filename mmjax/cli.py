@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -21,6 +22,7 @@ from mmjax.config import (
 from mmjax.data import sources
 from mmjax.errors import MmjaxError
 from mmjax.folders import output_folder
+from mmjax.progress import log_to_stderr
 
 # sysexits.h EX_TEMPFAIL: the run was preempted after saving; the same command resumes it.
 EXIT_PREEMPTED = 75
@@ -151,7 +153,7 @@ def _robustness(args: argparse.Namespace) -> None:
         levels=args.levels,
         data_root=args.data_dir or "",
         reference=reference,
-        progress=not args.json,
+        progress=not (args.json or args.quiet),
     )
     try:
         json_path, png_path = robustness.write(result, out, title)
@@ -269,7 +271,7 @@ def _predict(args: argparse.Namespace) -> None:
 
 def _data_prepare(args: argparse.Namespace) -> None:
     root = output_folder(sources.data_root(args.data_dir or ""), "--data-dir")
-    info = mmjax.DATASETS.get(args.name).prepare(root, small=args.small)
+    info = mmjax.DATASETS.get(args.name).prepare(root, small=args.small, progress=not args.quiet)
     sizes = ", ".join(f"{s} {v['num_records']}" for s, v in info["splits"].items())
     print(f"prepared {args.name} in {root / args.name}: {sizes}")
 
@@ -296,6 +298,7 @@ def _data_import(args: argparse.Namespace) -> None:
         "max_seconds": args.max_seconds,
     }
     common = {"data_dir": args.data_dir or "", "overwrite": args.overwrite} | settings
+    common["progress"] = not args.quiet
     if not args.manifest and (args.label != "label" or args.group_by):
         raise MmjaxError(
             "--label and --group-by name manifest columns: use them with --manifest "
@@ -424,7 +427,7 @@ def _zoo_list(args: argparse.Namespace) -> None:
         print(f"{kind}: {', '.join(names)}")
 
 
-def _add_import_parser(data_commands: Any) -> None:
+def _add_import_parser(data_commands: Any) -> argparse.ArgumentParser:
     from mmjax.data.imports.build import ON_ERROR, TOKENIZERS, ImportOptions
 
     d = ImportOptions()
@@ -458,6 +461,7 @@ def _add_import_parser(data_commands: Any) -> None:
     imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
     imp.add_argument("--data-dir")
     imp.set_defaults(run=_data_import)
+    return imp
 
 
 def _add_cluster_arguments(parser: argparse.ArgumentParser, command: str) -> None:
@@ -495,7 +499,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--data-dir", help="dataset root (default $MMJAX_DATA or ~/.cache/mmjax)")
     train.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_cluster_arguments(train, "train")
     train.set_defaults(run=_train)
 
@@ -532,7 +535,6 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sweep.add_argument("--data-dir", help="dataset root (default $MMJAX_DATA or ~/.cache/mmjax)")
     sweep.add_argument("--stop-after", type=int, help="stop (with a checkpoint) after this step")
-    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_cluster_arguments(sweep, "sweep")
     sweep.set_defaults(run=_sweep)
 
@@ -620,11 +622,11 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--data-dir")
     prepare.add_argument("--small", action="store_true", help="a small build, for tests")
     prepare.set_defaults(run=_data_prepare)
-    _add_import_parser(data_commands)
-    listing = data_commands.add_parser("list", help="built and imported datasets")
-    listing.add_argument("--data-dir")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(run=_data_list)
+    imp = _add_import_parser(data_commands)
+    data_listing = data_commands.add_parser("list", help="built and imported datasets")
+    data_listing.add_argument("--data-dir")
+    data_listing.add_argument("--json", action="store_true")
+    data_listing.set_defaults(run=_data_list)
 
     features = commands.add_parser("features", help="cached encoder outputs")
     features_commands = features.add_subparsers(dest="features_command", required=True)
@@ -651,11 +653,29 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--json", action="store_true")
     form.add_argument("--markdown", action="store_true", help="the table of docs/zoo.md")
     listing.set_defaults(run=_zoo_list)
+    commands_run = (train, sweep, evaluate, predict, robust, few, prepare, imp, data_listing)
+    for command in (*commands_run, extract, bench, listing):
+        _add_message_arguments(command)
     return parser
+
+
+def _add_message_arguments(command: argparse.ArgumentParser) -> None:
+    """--verbose / --quiet: how much of mmjax's log (and progress) reaches stderr."""
+    amount = command.add_mutually_exclusive_group()
+    amount.add_argument("--verbose", action="store_true", help="also debug messages")
+    amount.add_argument("--quiet", action="store_true", help="warnings and errors only")
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """--verbose / --quiet: the level of mmjax's messages on stderr."""
+    log_to_stderr(
+        logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _configure_logging(args)
     try:
         return args.run(args) or 0
     except MmjaxError as err:

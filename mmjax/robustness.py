@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from mmjax.corruptions import CORRUPTIONS, LEVELS
 from mmjax.data import pipeline, sources
 from mmjax.errors import ConfigError
 from mmjax.folders import output_folder
 from mmjax.predict import Predictor
+from mmjax.progress import progress_bar
 from mmjax.registry import ENCODERS
 
 
@@ -116,10 +116,10 @@ def measure(
     correct = {"clean": 0} | {f"without {m}": 0 for m in modalities} | dict.fromkeys(curves, 0)
     examples = 0
     records = sources.open_source(data).info["splits"][split]["num_records"]
-    bar = tqdm(
+    bar = progress_bar(
         itertools.chain([first], batches),
         total=math.ceil(records / exp.train.eval_batch_size),
-        disable=not progress,
+        enabled=progress,
         desc=f"robustness ({1 + len(modalities) + len(curves)} conditions per batch)",
         unit="batch",
     )

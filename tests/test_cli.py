@@ -1,6 +1,7 @@
 """The `mmjax` command end to end: data, train, eval, predict, zoo; errors exit 2 with a message."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -128,6 +129,25 @@ def test_workdir_that_cannot_be_made_is_named(capsys, avdigits_root, tmp_path, c
         )  # fmt: skip
         assert code == 2 and err.startswith(f"mmjax: error: --workdir {bad}: cannot make"), err
         assert "Traceback" not in err
+
+
+def test_a_log_file_gets_lines_not_a_bar(capsys, avdigits_root, tmp_path, monkeypatch):
+    """stderr that is not a terminal: timestamped log lines (one per update here, with the
+    interval set to 0), no carriage returns; --verbose adds debug lines, --quiet drops INFO."""
+    monkeypatch.setattr("mmjax.progress.LINE_SECONDS", 0.0)
+    args = ["--config", "configs/avdigits_late.py:tiny", "--workdir", str(tmp_path)]
+    args += ["--data-dir", str(avdigits_root), "--set", "train.steps=20"]
+    code, _, err = run(capsys, "train", *args, "--verbose")
+    assert code == 0 and "\r" not in err
+    lines = err.splitlines()
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d mmjax (INFO|DEBUG): ", x) for x in lines)
+    assert f"{tmp_path}: training 20 steps from the start" in lines[0]
+    assert [x.split("train: ")[1].split()[0] for x in lines if " train: " in x] == [
+        f"{k}/20" for k in range(1, 21)
+    ]
+    assert "DEBUG: step 20: checkpoint saved" in err
+    code, _, err = run(capsys, "train", *args, "--quiet")  # resumes at 20: evaluates again
+    assert code == 0 and err == ""
 
 
 def test_exclusive_flags_are_an_error(capsys):

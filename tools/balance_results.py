@@ -80,6 +80,7 @@ def markdown(rows: dict, steps: int, seeds: list[int]) -> str:
 
 
 def main() -> None:
+    mmjax.log_to_stderr()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -167,6 +167,7 @@ def markdown(rows: dict[str, dict], steps: int, seeds: list[int], workdir: Path)
 
 
 def main() -> None:
+    mmjax.log_to_stderr()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

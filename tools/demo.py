@@ -19,6 +19,7 @@ SPLITS = {"test": "held-out TTS voices", "test_human": "real human recordings"}
 
 
 def main() -> int:
+    mmjax.log_to_stderr()
     started = time.perf_counter()
     root = sources.data_root()
     try:

@@ -185,6 +185,7 @@ def markdown(args: argparse.Namespace, single: dict, summaries: dict[str, dict],
 
 
 def main() -> None:
+    mmjax.log_to_stderr()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fusion", default="late_concat")
     parser.add_argument("--steps", type=int, default=1000)

@@ -304,6 +304,7 @@ def markdown(rows: dict[str, dict], args: argparse.Namespace, seconds: float) ->
 
 
 def main() -> None:
+    mmjax.log_to_stderr()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

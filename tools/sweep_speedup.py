@@ -262,6 +262,7 @@ copies read seed {args.seeds[0]}'s batches, so they equal the single runs with
 
 
 def main() -> None:
+    mmjax.log_to_stderr()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", required=True, help="the root holding avdigits/")
     parser.add_argument("--fusion", default="late_concat")

@@ -1,6 +1,7 @@
 """The trainer: build mesh -> state -> data -> resume -> jitted steps -> checkpoints -> eval."""
 
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -9,7 +10,6 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 from mmjax.config import ConfigDict, ExperimentConfig, as_json_dict, experiment_from
 from mmjax.data import pipeline, sources
@@ -18,6 +18,7 @@ from mmjax.fewshot import training_probe as fewshot_probe
 from mmjax.folders import output_folder
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
+from mmjax.progress import progress_bar
 from mmjax.train.balance import ogm_settings
 from mmjax.train.blend import gradient_blend
 from mmjax.train.checkpoint import Checkpointer
@@ -35,6 +36,8 @@ from mmjax.train.workdir import (
     resume_conflicts,
     write_experiment,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def evaluate(
@@ -234,6 +237,7 @@ def _train_locked(
                 checkpointer, config, state, shardings, data_iter
             )
             log.resume_at(step)
+            announce(workdir, step, exp.train.steps)
             source.check_model(nnx.merge(graphdef, state)[0])
             write_experiment(workdir, config, source.description())
             train_step = make_train_step(
@@ -249,10 +253,10 @@ def _train_locked(
             fewshot = fewshot_probe(graphdef, shardings, exp, mesh)
             last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
             shapes = source.sample_shapes(modalities)
-            bar = tqdm(
+            bar = progress_bar(
                 total=last,
                 initial=step,
-                disable=not progress or jax.process_index() != 0,
+                enabled=progress and jax.process_index() == 0,
                 desc="train",
                 unit="step",
             )
@@ -283,6 +287,7 @@ def _train_locked(
                     checkpointer.save(
                         step, state, data_iter, config, log.last | {"train_seconds": seconds}
                     )
+                    logger.debug(f"step {step}: checkpoint saved")
                 bar.update(1)
                 if step % exp.train.log_every == 0 and "loss" in log.last:
                     bar.set_postfix(
@@ -303,7 +308,9 @@ def _train_locked(
         "completed": step >= exp.train.steps,
         "preempted": preempted,
     }
+    logger.info(f"{workdir}: at step {step} after {train_seconds:.1f} s of training")
     if results["completed"]:
+        logger.info(f"evaluating {', '.join(eval_splits) or 'no split'}")
         eval_step = make_eval_step(graphdef, shardings, mesh)  # one compile for every split
         results.update(evaluate_splits(graphdef, state, exp, eval_splits, mesh, eval_step))
         results["missing_splits"] = missing_splits
@@ -316,6 +323,14 @@ def _train_locked(
     if jax.process_index() == 0:
         (workdir / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def announce(workdir: Path, step: int, steps: int) -> None:
+    """The first line of a run's log: fresh or resumed (train and sweep)."""
+    if step:
+        logger.info(f"{workdir}: resuming from the checkpoint of step {step} (of {steps})")
+    else:
+        logger.info(f"{workdir}: training {steps} steps from the start")
 
 
 def evaluate_workdir(

@@ -16,6 +16,7 @@ checkpoints/, results.json}.
 """
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
-from tqdm import tqdm
 
 from mmjax.config import ConfigDict, ExperimentConfig, as_json_dict, experiment_from
 from mmjax.data import pipeline, sources
@@ -42,9 +42,11 @@ from mmjax.parallel import (
     put_copies_batch,
     replicated,
 )
+from mmjax.progress import progress_bar
 from mmjax.train.balance import OGMGE, ogm_settings
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.loop import (
+    announce,
     available_splits,
     check_batch_sizes,
     check_nonfinite,
@@ -59,6 +61,8 @@ from mmjax.train.step import Batch, Metrics, make_eval_step, train_step_function
 from mmjax.train.sweep_plan import SweepPlan, check_memory, plan_sweep
 from mmjax.train.warm_start import warm_start
 from mmjax.train.workdir import EXPERIMENT_FILE, SWEEP_FILE, resume_conflicts, write_experiment
+
+logger = logging.getLogger(__name__)
 
 
 def stacked_shardings(shardings: nnx.State, mesh: jax.sharding.Mesh) -> nnx.State:
@@ -268,6 +272,7 @@ def _sweep_locked(
                 step, state = restored.step, restored.state
                 earlier_seconds = restored.metrics.get("train_seconds", 0.0)
             log.resume_at(step)
+            announce(workdir, step, exp.train.steps)
             if jax.process_index() == 0:
                 (workdir / SWEEP_FILE).write_text(json.dumps(plan.record(), indent=2))
             for copy, folder in zip(plan.copies, copy_dirs, strict=True):
@@ -276,10 +281,10 @@ def _sweep_locked(
             traced = jax.device_put(plan.traced(), replicated(mesh))
             last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
             shapes = source.sample_shapes(modalities)
-            bar = tqdm(
+            bar = progress_bar(
                 total=last,
                 initial=step,
-                disable=not progress or jax.process_index() != 0,
+                enabled=progress and jax.process_index() == 0,
                 desc=f"sweep of {len(plan.copies)}",
                 unit="step",
             )
@@ -338,6 +343,7 @@ def _sweep_locked(
         "preempted": preempted,
         "copies": {},
     }
+    logger.info(f"{workdir}: at step {step} after {train_seconds:.1f} s of training")
     if results["completed"]:
         results["copies"] = _finish_copies(
             plan,

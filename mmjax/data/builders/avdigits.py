@@ -55,6 +55,7 @@ from mmjax.data.builders.voices import (
 )
 from mmjax.data.records import write_shards
 from mmjax.errors import DataError, InputError
+from mmjax.progress import progress_log
 
 NAME = "avdigits"
 VERSION = "1.1.0"
@@ -120,7 +121,7 @@ def prepare_avdigits(
 ) -> dict:
     """Builds AV-Digits into `root/avdigits` (atomically) and returns its info dict."""
     started = time.perf_counter()
-    log = print if progress else _quiet
+    log = progress_log(progress)
     _require_tools()
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -160,10 +161,6 @@ def prepare_avdigits(
     log(f"{NAME}: " + ", ".join(f"{k} {v['num_records']}" for k, v in splits.items()))
     log(f"{NAME}: built {root / NAME} in {info['build_seconds']:.1f} s")
     return info
-
-
-def _quiet(*_args: object) -> None:
-    pass
 
 
 def _require_tools() -> None:

@@ -32,6 +32,7 @@ from mmjax.batch_keys import attention_key
 from mmjax.data.builders.built import Built, building, write_info
 from mmjax.data.records import write_shards
 from mmjax.errors import DataError
+from mmjax.progress import progress_log
 
 NAME = "emoji"
 VERSION = "1.1.0"  # 1.1.0: records store text.attention_mask
@@ -114,7 +115,7 @@ def split_of(key: str) -> str:
 def prepare_emoji(root: Path, *, small: bool = False, seed: int = 0, progress: bool = True) -> dict:
     """Builds Emoji into `root/emoji` (atomically) and returns its info dict."""
     started = time.perf_counter()
-    log = print if progress else _quiet
+    log = progress_log(progress)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     emojis, emoji_version = _read_emoji_test()
@@ -198,10 +199,6 @@ def prepare_emoji(root: Path, *, small: bool = False, seed: int = 0, progress: b
     log(f"{NAME}: " + ", ".join(f"{k} {v['num_records']}" for k, v in splits.items()))
     log(f"{NAME}: built {root / NAME} in {info['build_seconds']:.1f} s")
     return info
-
-
-def _quiet(*_args: object) -> None:
-    pass
 
 
 def _read_emoji_test() -> tuple[list[Emoji], str]:

@@ -71,6 +71,7 @@ from mmjax.data.media import fit_waveform, to_int16
 from mmjax.errors import DataError, InputError
 from mmjax.pretrained.catalog import entry, package_dir
 from mmjax.pretrained.word_vectors import write_word_vectors
+from mmjax.progress import progress_log
 
 NAME = "product-clips"
 FILES = f"{NAME}-files"
@@ -195,7 +196,7 @@ def prepare_product_clips(
     from mmjax.data.imports.manifest import manifest_table
 
     started = time.perf_counter()
-    log = print if progress else _quiet
+    log = progress_log(progress)
     require_tts("Product clips")
     package_dir(entry("minilm-l6"))  # the title word vectors' source, checked before any work
     root = Path(root)
@@ -243,10 +244,6 @@ def prepare_product_clips(
     write_word_vectors(vocab, root / NAME / WORD_VECTORS, "minilm-l6")
     log(f"{NAME}: built {root / NAME} in {time.perf_counter() - started:.1f} s")
     return info
-
-
-def _quiet(*_args: object) -> None:
-    pass
 
 
 def _load_fashion_mnist(kind: str) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ place only when whole. Nothing of an existing dataset is touched unless `overwri
 import dataclasses
 import datetime
 import json
+import logging
 import multiprocessing
 import os
 import re
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from mmjax.batch_keys import attention_key, presence_key
 from mmjax.data.builders.built import move_into_place
@@ -30,6 +30,7 @@ from mmjax.data.media import Limits
 from mmjax.data.records import write_shards
 from mmjax.errors import ConfigError, DataError
 from mmjax.folders import output_folder
+from mmjax.progress import Progress, progress_bar, progress_log
 from mmjax.registry import DATASETS
 
 TOKENIZERS = ("words", "minilm-l6")
@@ -129,7 +130,7 @@ def import_table(
         )
     output_folder(root, "--data-dir")
     remove_leftovers(root, name)
-    log = print if progress else _quiet
+    log = progress_log(progress)
     problems: dict[int, list[RowProblem]] = {}
     labels, assigned = _labels_and_splits(table, options, problems)
     class_names = _class_names(table, [labels[i] for i in range(len(table)) if i not in problems])
@@ -186,14 +187,10 @@ def import_table(
         shutil.rmtree(build_dir, ignore_errors=True)
         raise
     for warning in info["warnings"]:
-        log(f"{name}: warning: {warning}")
+        logging.getLogger("mmjax").warning(f"{name}: {warning}")
     sizes = ", ".join(f"{s} {v['num_records']}" for s, v in info["splits"].items())
     log(f"{name}: imported {sizes} into {final} ({info['import_seconds']:.1f} s)")
     return info
-
-
-def _quiet(*_args: object) -> None:
-    pass
 
 
 def remove_leftovers(root: Path, name: str) -> None:
@@ -351,8 +348,8 @@ def _write_splits(
         s: [i for i, a in enumerate(assigned) if a == s and i not in problems]
         for s in split_rules.SPLITS
     }
-    bar = tqdm(
-        total=sum(map(len, rows_of.values())), disable=not progress, unit="row", desc="import"
+    bar = progress_bar(
+        total=sum(map(len, rows_of.values())), enabled=progress, unit="row", desc="import"
     )
     written = {}
     with _decoder(options.workers) as decode_many:
@@ -390,7 +387,7 @@ def _records(
     text: dict | None,
     problems: dict,
     tallies: tuple[Counter, Counter],
-    bar: tqdm,
+    bar: Progress,
 ) -> Iterator[dict[str, np.ndarray]]:
     """The records of `rows`, decoded a chunk at a time; rows that fail are left out (a clip
     without an audio track fails when audio is `require`d). `tallies` (records per class,
