@@ -118,14 +118,20 @@ def _eval(args: argparse.Namespace) -> None:
 
     splits = tuple(args.split) if args.split else None
     results = evaluate_workdir(
-        args.workdir, splits, data_root=args.data_dir or "", missing=tuple(args.without or ())
+        args.workdir,
+        splits,
+        data_root=args.data_dir or "",
+        missing=tuple(args.without or ()),
+        best=args.best,
     )
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{'split':<12} {'accuracy':>9} {'loss':>8} {'examples':>9}")
+    print(f"{'split':<12} {'accuracy':>9} {'macro F1':>9} {'loss':>8} {'examples':>9}")
     for split, r in results.items():
-        print(f"{split:<12} {r['accuracy']:>9.4f} {r['loss']:>8.4f} {r['examples']:>9d}")
+        cells = f"{r['accuracy']:>9.4f} {r['macro_f1']:>9.4f} {r['loss']:>8.4f}"
+        print(f"{split:<12} {cells} {r['examples']:>9d}")
+    print("(per-class accuracy and the confusion matrix: --json)")
 
 
 def _robustness(args: argparse.Namespace) -> None:
@@ -191,8 +197,11 @@ def _trained_or_published(args: argparse.Namespace, command: str) -> tuple[Any, 
             f"model), {'not both' if args.workdir else 'got neither'}"
         )
     if args.model:
+        if args.best:
+            raise MmjaxError("--best picks a trained run's best checkpoint: use it with --workdir")
         return mmjax.load_pretrained(args.model), args.model
-    return mmjax.load_predictor(args.workdir), str(args.workdir)
+    title = f"{args.workdir} (best checkpoint)" if args.best else str(args.workdir)
+    return mmjax.load_predictor(args.workdir, best=args.best), title
 
 
 def _fewshot(args: argparse.Namespace) -> None:
@@ -653,6 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--json", action="store_true")
     form.add_argument("--markdown", action="store_true", help="the table of docs/zoo.md")
     listing.set_defaults(run=_zoo_list)
+    for command in (evaluate, predict, robust, few):
+        command.add_argument(
+            "--best",
+            action="store_true",
+            help="the run's best checkpoint (train.keep_best) instead of its latest",
+        )
     commands_run = (train, sweep, evaluate, predict, robust, few, prepare, imp, data_listing)
     for command in (*commands_run, extract, bench, listing):
         _add_message_arguments(command)

@@ -501,6 +501,7 @@ class DataConfig:
 COMPUTE_DTYPES = ("float32", "bfloat16")
 NONFINITE_POLICIES = ("stop", "skip")
 BALANCE_METHODS = ("none", "ogm_ge", "grad_blend")
+KEEP_BEST_METRICS = ("accuracy", "macro_f1", "loss")  # what train.keep_best may watch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -566,6 +567,14 @@ class TrainConfig:
     # (`fewshot_<k>shot`), k examples per class from the train split (`mmjax.fewshot`).
     fewshot_every: int = 0
     fewshot_shots: tuple[int, ...] = (1, 5)
+    # Every N steps (0: only after the last step), evaluate one split (keep_best's, else val)
+    # and log `<split>/accuracy`, `<split>/macro_f1` and `<split>/loss`.
+    eval_every: int = 0
+    # "SPLIT/METRIC" (METRIC: accuracy, macro_f1 or loss): also keep the checkpoint that
+    # scored best on it, in WORKDIR/best/ (needs eval_every).
+    keep_best: str = ""
+    # Stop after this many evaluations in a row without a new best keep_best (0: never).
+    early_stop_patience: int = 0
 
     @property
     def order_seed(self) -> int:
@@ -613,6 +622,32 @@ class TrainConfig:
                     "a non-empty list of whole numbers >= 1",
                 ),
                 "balance_until": (0 <= self.balance_until <= 1, "a share of the steps in [0, 1]"),
+            },
+        )
+        split, _, metric = self.keep_best.partition("/")
+        _require(
+            "train",
+            {
+                "eval_every": (self.eval_every >= 0, ">= 0 (0: only after the last step)"),
+                "keep_best": (
+                    not self.keep_best or (bool(split) and metric in KEEP_BEST_METRICS),
+                    f"SPLIT/METRIC with METRIC one of {', '.join(KEEP_BEST_METRICS)} "
+                    "(like val/accuracy), or empty",
+                ),
+                "early_stop_patience": (self.early_stop_patience >= 0, ">= 0 (0: never)"),
+            },
+        )
+        _require(
+            "train",
+            {
+                "keep_best": (
+                    not self.keep_best or self.eval_every > 0,
+                    "used with train.eval_every > 0 (the evaluations it compares)",
+                ),
+                "early_stop_patience": (
+                    not self.early_stop_patience or bool(self.keep_best),
+                    "used with train.keep_best (the metric it watches)",
+                ),
             },
         )
         _require(

@@ -69,11 +69,14 @@ class Predictor:
         )
 
 
-def load_predictor(workdir: str | Path, *, step: int | None = None) -> Predictor:
-    """The model of `workdir` at its latest (or the given) checkpoint step."""
+def load_predictor(
+    workdir: str | Path, *, step: int | None = None, best: bool = False
+) -> Predictor:
+    """The model of `workdir` at its latest (or the given) checkpoint step, or with `best` at
+    the checkpoint that scored best on its `train.keep_best`."""
     record = read_experiment(Path(workdir))
     experiment = experiment_from(record["config"])
     mesh = data_mesh(jax.devices()[:1])
-    step, graphdef, state = restore_trained(Path(workdir), experiment, mesh, step=step)
+    step, graphdef, state = restore_trained(Path(workdir), experiment, mesh, step=step, best=best)
     model, _ = nnx.merge(graphdef, state)
     return Predictor(experiment, record["dataset"], model, step=step)

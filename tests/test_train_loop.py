@@ -52,6 +52,12 @@ def test_results_metrics_and_checkpoints(trained):
     assert results["completed"] and results["steps"] == 20
     assert set(results["accuracy"]) == {"test", "test_human"}
     assert all(0.0 <= a <= 1.0 for a in results["accuracy"].values())
+    for split, accuracy in results["accuracy"].items():
+        confusion = np.array(results["confusion"][split])
+        assert confusion.shape == (10, 10) and confusion.sum() == results["examples"][split]
+        assert np.trace(confusion) / confusion.sum() == pytest.approx(accuracy)
+        assert 0.0 <= results["macro_f1"][split] <= 1.0
+        assert len(results["per_class_accuracy"][split]) == 10
     assert json.loads((workdir / "results.json").read_text()) == results
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [5, 10, 15, 20]
@@ -211,6 +217,57 @@ def test_resume_accepts_logging_and_eval_changes(avdigits_root, trained, tmp_pat
     results = mmjax.train(cfg, copy, progress=False)
     assert results["completed"] and set(results["accuracy"]) == {"test"}
     assert (results["started_at_step"], results["steps_this_call"]) == (20, 0)
+
+
+def _watching(avdigits_root, **settings):
+    cfg = tiny_config(avdigits_root)
+    for key, value in {"eval_every": 5, "keep_best": "val/accuracy", **settings}.items():
+        set_value(cfg, f"train.{key}", value)
+    return cfg
+
+
+def test_eval_during_training_keeps_the_best_checkpoint(avdigits_root, tmp_path):
+    results = mmjax.train(_watching(avdigits_root), tmp_path, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = {r["step"]: r["val/accuracy"] for r in rows if "val/accuracy" in r}
+    assert list(evals) == [5, 10, 15, 20]
+    assert all({"val/loss", "val/macro_f1"} <= set(r) for r in rows if "val/accuracy" in r)
+    best_step = max(evals, key=lambda s: (evals[s], -s))  # the first step with the top value
+    assert results["best"] == {"val/accuracy": evals[best_step], "step": best_step}
+    assert not results["early_stopped"] and results["steps"] == 20
+    assert [p.name for p in (tmp_path / "best").iterdir() if p.name.isdigit()] == [str(best_step)]
+    best = mmjax.evaluate_workdir(tmp_path, ("val",), best=True)["val"]
+    assert best["accuracy"] == pytest.approx(evals[best_step])
+    assert mmjax.load_predictor(tmp_path, best=True).step == best_step
+
+
+def test_early_stopping_resumes_its_patience_exactly(avdigits_root, tmp_path):
+    # At learning rate 1e-30 the parameters stay put and no evaluation improves on the first
+    # (step 5): with patience 2 the run stops at step 15, also when it was interrupted at step
+    # 10 and resumed (a resume that forgot the patience count would run on to step 20).
+    cfg = _watching(avdigits_root, early_stop_patience=2, checkpoint_every=5)
+    set_value(cfg, "optim.learning_rate", 1e-30)
+    first = mmjax.train(cfg, tmp_path, stop_after=10, progress=False)
+    assert not first["completed"] and not first["early_stopped"]
+    resumed = mmjax.train(cfg, tmp_path, progress=False)
+    assert resumed["early_stopped"] and resumed["completed"] and resumed["steps"] == 15
+    assert (resumed["started_at_step"], resumed["best"]["step"]) == (10, 5)
+    assert set(resumed["accuracy"]) == {"test", "test_human"}
+    again = mmjax.train(cfg, tmp_path, progress=False)  # stopped runs stay stopped
+    assert again["steps"] == 15 and again["steps_this_call"] == 0
+
+
+def test_watch_settings_are_checked(avdigits_root, trained, tmp_path):
+    for settings, match in [
+        ({"keep_best": "val/recall"}, "train.keep_best' must be SPLIT/METRIC"),
+        ({"eval_every": 0}, "train.keep_best' must be used with train.eval_every"),
+        ({"keep_best": "", "early_stop_patience": 3}, "early_stop_patience' must be used with"),
+        ({"keep_best": "nosuch/loss"}, "evaluates split 'nosuch' during training"),
+    ]:
+        with pytest.raises(mmjax.ConfigError, match=match):
+            mmjax.train(_watching(avdigits_root, **settings), tmp_path, progress=False)
+    with pytest.raises(mmjax.CheckpointError, match=r"trained without train\.keep_best"):
+        mmjax.load_predictor(trained[0], best=True)
 
 
 def test_a_held_workdir_is_refused_by_train_and_sweep(avdigits_root, tmp_path):

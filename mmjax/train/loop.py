@@ -22,6 +22,7 @@ from mmjax.progress import progress_bar
 from mmjax.train.balance import ogm_settings
 from mmjax.train.blend import gradient_blend
 from mmjax.train.checkpoint import Checkpointer
+from mmjax.train.classification import classification_metrics
 from mmjax.train.metrics import MetricsLog
 from mmjax.train.preemption import PreemptionWatch
 from mmjax.train.run_lock import workdir_lock
@@ -29,6 +30,7 @@ from mmjax.train.state import init_state, state_shardings
 from mmjax.train.step import EvalStep, make_eval_step, make_train_step
 from mmjax.train.utilisation import utilisation_probe
 from mmjax.train.warm_start import warm_start
+from mmjax.train.watch import BEST_DIR, LOGGED, Watch, watched_split
 from mmjax.train.workdir import (
     SWEEP_FILE,
     read_experiment,
@@ -38,6 +40,8 @@ from mmjax.train.workdir import (
 )
 
 logger = logging.getLogger(__name__)
+# What `evaluate` measures on a split (results.json holds each as {split: value}).
+EVAL_METRICS = ("accuracy", "loss", "examples", "macro_f1", "per_class_accuracy", "confusion")
 
 
 def evaluate(
@@ -56,7 +60,7 @@ def evaluate(
     if eval_step is None:
         eval_step = make_eval_step(graphdef, jax.tree.map(lambda x: x.sharding, state), mesh)
     modalities = exp.model.modalities
-    totals = {"loss_sum": 0.0, "correct": 0.0, "examples": 0.0}  # over the global batches
+    loss_sum, confusion = 0.0, np.zeros((exp.model.num_classes,) * 2, np.int64)
     for batch, rows in pipeline.eval_batches(
         exp.data, modalities, split, exp.train.eval_batch_size
     ):
@@ -66,15 +70,16 @@ def evaluate(
         out = jax.device_get(
             eval_step(state, put_batch(batch, mesh), put_batch({"v": valid}, mesh)["v"])
         )
-        for key in totals:
-            totals[key] += float(out[key])
-    examples = int(totals["examples"])
+        loss_sum += float(out["loss_sum"])
+        confusion += out["confusion"]
+    examples = int(confusion.sum())
     if not examples:
         raise ConfigError(f"split {split!r} of {exp.data.name!r} has no records to evaluate")
     return {
-        "accuracy": totals["correct"] / examples,
-        "loss": totals["loss_sum"] / examples,
+        "loss": loss_sum / examples,
         "examples": examples,
+        **classification_metrics(confusion),
+        "confusion": confusion.tolist(),
     }
 
 
@@ -86,9 +91,9 @@ def evaluate_splits(
     mesh: jax.sharding.Mesh,
     eval_step: EvalStep,
 ) -> dict[str, dict[str, float]]:
-    """The final results' {"accuracy", "loss", "examples"}: each {split: value}."""
+    """The final results: each of `evaluate`'s metrics as {split: value}."""
     evals = {s: evaluate(graphdef, state, exp, s, mesh, eval_step=eval_step) for s in splits}
-    return {key: {s: r[key] for s, r in evals.items()} for key in ("accuracy", "loss", "examples")}
+    return {key: {s: r[key] for s, r in evals.items()} for key in EVAL_METRICS}
 
 
 def check_batch_sizes(exp: ExperimentConfig, mesh: jax.sharding.Mesh) -> None:
@@ -170,8 +175,8 @@ def _resume(
         state, shardings, data_iter, check_config=refuse_other_settings
     )
     if restored is None:
-        return 0, state, 0.0
-    return restored.step, restored.state, restored.metrics.get("train_seconds", 0.0)
+        return 0, state, {}
+    return restored.step, restored.state, restored.metrics
 
 
 def train(
@@ -219,12 +224,20 @@ def _train_locked(
     info = source.info
     modalities = exp.model.modalities
     eval_splits, missing_splits = available_splits(info, exp.train.eval_splits)
+    watched = watched_split(exp.train)
+    if exp.train.eval_every and not info["splits"].get(watched, {}).get("num_records"):
+        raise ConfigError(
+            f"train.eval_every evaluates split {watched!r} during training (train.keep_best's "
+            f"split, else val), which {info['name']!r} has no records in (its splits: "
+            f"{', '.join(info['splits'])})"
+        )
     graphdef, state = init_state(exp, mesh)
     shardings = state_shardings(state, mesh, exp.parallel)
     data_iter = iter(
         pipeline.train_dataset(exp.data, modalities, exp.train.batch_size, exp.train.order_seed)
     )
     checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
+    best = Checkpointer(workdir / BEST_DIR, keep=1) if exp.train.keep_best else None
     log = MetricsLog(workdir / "metrics.jsonl", exp.train.log_every)
     # A preemption notice from here to the last save (resume, compile, steps, the final wait)
     # stops the run at the next step with a checkpoint instead of killing it.
@@ -233,9 +246,9 @@ def _train_locked(
             fresh = checkpointer.latest_step() is None
             if fresh and (exp.train.init_from or exp.model.pretrained):
                 state = warm_start(graphdef, state, exp, mesh)
-            step, state, earlier_seconds = _resume(
-                checkpointer, config, state, shardings, data_iter
-            )
+            step, state, saved_metrics = _resume(checkpointer, config, state, shardings, data_iter)
+            earlier_seconds = saved_metrics.get("train_seconds", 0.0)
+            watch = Watch.from_record(saved_metrics.get("watch"))
             log.resume_at(step)
             announce(workdir, step, exp.train.steps)
             source.check_model(nnx.merge(graphdef, state)[0])
@@ -251,7 +264,10 @@ def _train_locked(
             probe = utilisation_probe(graphdef, shardings, exp, mesh)
             blend = gradient_blend(graphdef, shardings, exp, mesh)
             fewshot = fewshot_probe(graphdef, shardings, exp, mesh)
+            eval_step = make_eval_step(graphdef, shardings, mesh)  # during training and after
             last = exp.train.steps if stop_after is None else min(exp.train.steps, stop_after)
+            if watch.stopped:  # an early-stopped run, called again: nothing left to train
+                last = step
             shapes = source.sample_shapes(modalities)
             bar = progress_bar(
                 total=last,
@@ -277,41 +293,50 @@ def _train_locked(
                 if blend is not None and step % exp.train.balance_every == 0:
                     state, weights = blend.update(state)
                     metrics = {**metrics, **weights}
+                if exp.train.eval_every and step % exp.train.eval_every == 0:
+                    values = evaluate(graphdef, state, exp, watched, mesh, eval_step=eval_step)
+                    metrics = {**metrics, **{f"{watched}/{k}": values[k] for k in LOGGED}}
+                    if exp.train.keep_best and watch.observe(step, values, exp.train):
+                        best.save(step, state, data_iter, config, {"watch": watch.record()})
                 log.push(step, metrics)
                 check_nonfinite(log.take_nonfinite(), exp.train.on_nonfinite, checkpointer)
                 preempted = preemption.reached(step)
-                if preempted or step % exp.train.checkpoint_every == 0 or step == last:
+                ending = preempted or watch.stopped or step == last
+                if ending or step % exp.train.checkpoint_every == 0:
                     log.flush()
                     check_nonfinite(log.take_nonfinite(), exp.train.on_nonfinite, checkpointer)
                     seconds = earlier_seconds + time.perf_counter() - train_started
-                    checkpointer.save(
-                        step, state, data_iter, config, log.last | {"train_seconds": seconds}
-                    )
+                    saved = {"train_seconds": seconds, "watch": watch.record()}
+                    checkpointer.save(step, state, data_iter, config, log.last | saved)
                     logger.debug(f"step {step}: checkpoint saved")
                 bar.update(1)
                 if step % exp.train.log_every == 0 and "loss" in log.last:
                     bar.set_postfix(
                         loss=f"{log.last['loss']:.3f}", acc=f"{log.last['accuracy']:.3f}"
                     )
-                if preempted:
+                if preempted or watch.stopped:
                     break
             log.flush()
             bar.close()
             train_seconds = earlier_seconds + time.perf_counter() - train_started
         finally:
             checkpointer.close()
+            if best is not None:
+                best.close()
 
     results: dict[str, Any] = {
         "steps": step,
         "started_at_step": first_step,  # the checkpoint this call resumed from (0: fresh)
         "steps_this_call": step - first_step,
-        "completed": step >= exp.train.steps,
+        "completed": step >= exp.train.steps or watch.stopped,
         "preempted": preempted,
+        "early_stopped": watch.stopped,
     }
+    if exp.train.keep_best:
+        results["best"] = {exp.train.keep_best: watch.best, "step": watch.best_step}
     logger.info(f"{workdir}: at step {step} after {train_seconds:.1f} s of training")
     if results["completed"]:
         logger.info(f"evaluating {', '.join(eval_splits) or 'no split'}")
-        eval_step = make_eval_step(graphdef, shardings, mesh)  # one compile for every split
         results.update(evaluate_splits(graphdef, state, exp, eval_splits, mesh, eval_step))
         results["missing_splits"] = missing_splits
     results.update(
@@ -339,16 +364,18 @@ def evaluate_workdir(
     *,
     data_root: str = "",
     missing: tuple[str, ...] = (),
-) -> dict[str, dict[str, float]]:
-    """Evaluate the latest checkpoint of `workdir` on `splits` (default: its eval_splits),
-    optionally with the `missing` modalities masked out."""
+    best: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate the latest checkpoint of `workdir` (with `best`: the one that scored best on
+    `train.keep_best`) on `splits` (default: its eval_splits), optionally with the `missing`
+    modalities masked out."""
     workdir = Path(workdir)
     config = read_experiment(workdir)["config"]
     if data_root:
         config.setdefault("data", {})["root"] = data_root
     exp = experiment_from(config)
     mesh = data_mesh()
-    _, graphdef, state = restore_trained(workdir, exp, mesh)
+    _, graphdef, state = restore_trained(workdir, exp, mesh, best=best)
     unknown = [m for m in missing if m not in exp.model.modalities]
     if unknown:
         raise ConfigError(

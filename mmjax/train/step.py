@@ -294,18 +294,22 @@ EvalStep = Callable[[nnx.State, Batch, jax.Array], dict[str, jax.Array]]
 def make_eval_step(
     graphdef: nnx.GraphDef, shardings: nnx.State, mesh: jax.sharding.Mesh
 ) -> EvalStep:
-    """(state, batch, valid [B] bool) -> summed loss, correct count and number of the valid
-    rows (over the global batch, so every process gets the totals of all)."""
+    """(state, batch, valid [B] bool) -> summed loss, correct count, number of the valid rows
+    and confusion matrix [C, C] (rows: true class, columns: predicted; int32 counts), over the
+    global batch, so every process gets the totals of all."""
 
     def eval_step(state: nnx.State, batch: Batch, valid: jax.Array) -> dict[str, jax.Array]:
         model, _ = nnx.merge(graphdef, state)
         logits = model(_inputs(batch), train=False)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        correct = jnp.argmax(logits, -1) == batch["label"]
+        predicted = jnp.argmax(logits, -1)
+        classes = logits.shape[-1]
+        truth = jax.nn.one_hot(batch["label"], classes, dtype=jnp.int32) * valid[:, None]
         return {
             "loss_sum": jnp.sum(loss * valid),
-            "correct": jnp.sum(correct * valid),
+            "correct": jnp.sum((predicted == batch["label"]) * valid),
             "examples": jnp.sum(valid),
+            "confusion": truth.T @ jax.nn.one_hot(predicted, classes, dtype=jnp.int32),
         }
 
     return jax.jit(

@@ -39,6 +39,7 @@ SINGLE_RUN_ONLY = {
     "train.balance": ("grad_blend", "its loss weights are updated between steps per model"),
     "train.utilisation_every": (None, "the utilisation probe runs one model between steps"),
     "train.fewshot_every": (None, "the few-shot probe runs one model between steps"),
+    "train.eval_every": (None, "evaluation during training runs one model between steps"),
 }
 
 

@@ -12,6 +12,7 @@ from mmjax.config import ExperimentConfig, experiment_from
 from mmjax.errors import CheckpointError, MmjaxError
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.state import abstract_state, state_shardings
+from mmjax.train.watch import BEST_DIR
 
 EXPERIMENT_FILE = "experiment.json"
 SWEEP_FILE = "sweep.json"  # a sweep's folder: its copies are workdirs in sub-folders
@@ -25,6 +26,8 @@ RESUMABLE_CHANGES = (
     "train.eval_splits",
     "train.init_from",  # only a fresh run reads these two
     "train.init_modules",
+    "train.eval_every",  # how often to evaluate changes no parameter; keep_best may not change
+    "train.early_stop_patience",
     # The layout over devices, like the device count itself, changes only rounding.
     "parallel.",
 )
@@ -86,17 +89,26 @@ def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
 
 
 def restore_trained(
-    workdir: Path, exp: ExperimentConfig, mesh: jax.sharding.Mesh, *, step: int | None = None
+    workdir: Path,
+    exp: ExperimentConfig,
+    mesh: jax.sharding.Mesh,
+    *,
+    step: int | None = None,
+    best: bool = False,
 ) -> tuple[int, nnx.GraphDef, nnx.State]:
     """(step, graphdef, state) of `workdir`'s checkpoint `step` (default: the newest readable
-    one; a newer unreadable one is skipped with a warning), laid out on `mesh` by
-    `state_shardings` (replicated on a mesh without an fsdp axis). The checkpoint
-    directory is opened read-only: nothing is written or moved."""
+    one; a newer unreadable one is skipped with a warning), or with `best` the one that scored
+    best on `train.keep_best`, laid out on `mesh` by `state_shardings` (replicated on a mesh
+    without an fsdp axis). The checkpoint directory is opened read-only: nothing is written
+    or moved."""
+    if best and not exp.train.keep_best:
+        raise CheckpointError(
+            f"{workdir} keeps no best checkpoint: it was trained without train.keep_best"
+        )
     graphdef, abstract = abstract_state(exp)
     shardings = state_shardings(abstract, mesh, exp.parallel)
-    checkpointer = Checkpointer(
-        Path(workdir) / "checkpoints", keep=exp.train.keep_checkpoints, read_only=True
-    )
+    folder = Path(workdir) / (BEST_DIR if best else "checkpoints")
+    checkpointer = Checkpointer(folder, keep=exp.train.keep_checkpoints, read_only=True)
     try:
         if step is not None:
             return step, graphdef, checkpointer.restore(step, abstract, shardings)
@@ -104,5 +116,6 @@ def restore_trained(
     finally:
         checkpointer.close()
     if restored is None:
-        raise CheckpointError(f"{workdir} has no checkpoint yet; train first")
+        what = "best checkpoint (no evaluation has run)" if best else "checkpoint"
+        raise CheckpointError(f"{workdir} has no {what} yet; train first")
     return restored.step, graphdef, restored.state
