@@ -5,8 +5,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mmjax.errors import MmjaxError
-
 # Fields every record carries (the run's environment); the tables show them once, on top.
 ENVIRONMENT = (
     "run_id",
@@ -96,44 +94,75 @@ def markdown(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(records: list[dict[str, Any]], path: Path) -> None:
-    """samples/s against batch size (log-log): one line per encoder (extract) and per fused
-    model's forward pass (fused)."""
-    try:
-        import matplotlib
+THROUGHPUT_PANELS = (("extract", "forward"), ("fused", "forward"))
+PEER_RATIOS = ("ratio_vs_eager", "ratio_vs_compile")
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise MmjaxError(
-            "the benchmark plot needs matplotlib: pip install 'mmjax[bench]' "
-            "(or pip install 'matplotlib>=3.8')"
-        ) from None
-    panels = (("extract", "forward"), ("fused", "forward"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(14, 6))
-    for ax, (suite, variant) in zip(axes, panels):
+
+def plot(records: list[dict[str, Any]], path: Path) -> bool:
+    """A panel per measured chart: samples/s against batch size (log-log, a line per model) for
+    the extract and fused suites' forward passes, and the peer suite's ratios against PyTorch
+    (bars at the median, whiskers over the interquartile range). Writes nothing and returns
+    False when the records hold none of these."""
+    from matplotlib.figure import Figure
+
+    throughput = []
+    for suite, variant in THROUGHPUT_PANELS:
         rows = [r for r in records if r["suite"] == suite and r.get("variant") == variant]
+        if rows:
+            throughput.append((f"{suite} ({variant})", rows))
+    peer = [r for r in records if r["suite"] == "peer" and r.get("ratio_vs_eager") is not None]
+    panels = len(throughput) + bool(peer)
+    if not panels:
+        return False
+    fig = Figure(figsize=(7 * panels, 6), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    for ax, (title, rows) in zip(axes, throughput, strict=False):
         for i, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
             points = sorted((r["batch"], r["samples_per_s"]) for r in rows if r["model"] == model)
-            style = {"color": plt.get_cmap("tab20")(i % 20), "marker": "os^Dv"[i % 5]}
+            style = {"color": _tab20(i), "marker": "os^Dv"[i % 5]}
             ax.plot(*zip(*points), linestyle=("-", "--")[i // 20 % 2], label=model, **style)
-        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples/s")
-        ax.set_title(f"{suite} ({variant})")
-        if rows:
-            ax.legend(fontsize=6, ncol=2)
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="samples/s", title=title)
+        ax.legend(fontsize=6, ncol=2)
         ax.grid(True, which="both", alpha=0.3)
-    kind = records[0]["device_kind"] if records else ""
-    fig.suptitle(f"mmjax throughput on {kind}")
-    fig.tight_layout()
+    if peer:
+        _peer_panel(axes[-1], peer)
+    fig.suptitle(f"mmjax benchmarks on {records[0]['device_kind']}")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return True
 
 
-def write(results: Path) -> tuple[Path, Path]:
+def _tab20(i: int) -> Any:
+    from matplotlib import colormaps
+
+    return colormaps["tab20"](i % 20)
+
+
+def _peer_panel(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """mmjax's time over PyTorch's (eager and torch.compile) per model and variant."""
+    labels = [f"{r['model']} {r['variant']}" for r in rows]
+    y = list(range(len(rows)))
+    for k, key in enumerate(PEER_RATIOS):
+        medians = [r[key] for r in rows]
+        iqr = [r.get(f"{key}_iqr") or [m, m] for r, m in zip(rows, medians, strict=True)]
+        whiskers = [[m - lo for m, (lo, _) in zip(medians, iqr, strict=True)],
+                    [hi - m for m, (_, hi) in zip(medians, iqr, strict=True)]]  # fmt: skip
+        offsets = [v + (k - 0.5) * 0.4 for v in y]
+        ax.barh(offsets, medians, 0.4, xerr=whiskers, label=key.replace("ratio_vs_", "/ "))
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set(xlabel="mmjax time / PyTorch time (< 1: mmjax faster)", title="peer (median, IQR)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def write(results: Path) -> tuple[Path, Path | None]:
     """`<stem>.md` and `<stem>.png` next to the JSONL file `results`, from its newest record
-    of each measurement; returns both paths."""
+    of each measurement; returns both paths (None for the chart when nothing in the records
+    can be charted)."""
     records = latest(read_jsonl(results))
     table, figure = results.with_suffix(".md"), results.with_suffix(".png")
     table.write_text(markdown(records))
-    plot(records, figure)
+    if not plot(records, figure):
+        figure.unlink(missing_ok=True)  # an older chart of this file would not match the table
+        return table, None
     return table, figure

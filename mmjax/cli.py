@@ -389,7 +389,7 @@ def _bench(args: argparse.Namespace) -> None:
     harness.run(list(args.suite) or list(harness.SUITES), ctx)
     table, figure = report.write(ctx.results_path)
     print(f"{len(ctx.records)} measurements appended to {ctx.results_path}")
-    print(f"table: {table}\nplot: {figure}")
+    print(f"table: {table}\nplot: {figure or 'none (nothing measured here is charted)'}")
 
 
 def zoo_markdown() -> str:
@@ -417,6 +417,13 @@ def zoo_markdown() -> str:
                 where = getattr(entry, "modality", "features")
             lines.append(f"| {kind} | `{name}` | {where} | {summary} | {deviations.strip()} |")
     return "\n".join(lines) + "\n"
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from mmjax.plot_runs import plot_runs
+
+    for path in plot_runs(args.workdir, args.out, split=args.split, data_root=args.data_dir or ""):
+        print(f"written: {path}")
 
 
 def _zoo_list(args: argparse.Namespace) -> None:
@@ -655,6 +662,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="results folder (default benchmarks/results)")
     bench.set_defaults(run=_bench)
 
+    plot = commands.add_parser(
+        "plot", help="PNG charts of runs: curves, confusion matrices, accuracy per modality"
+    )
+    plot.add_argument("workdir", nargs="+", help="trained runs' directories")
+    plot.add_argument("--out", required=True, help="folder for the PNGs (made if needed)")
+    plot.add_argument("--split", default="", help="split of the confusion and modality charts")
+    plot.add_argument("--data-dir", help="dataset root (default $MMJAX_DATA or ~/.cache/mmjax)")
+    plot.set_defaults(run=_plot)
+
     zoo = commands.add_parser("zoo", help="the registered components")
     zoo_commands = zoo.add_subparsers(dest="zoo_command", required=True)
     listing = zoo_commands.add_parser("list")
@@ -669,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="the run's best checkpoint (train.keep_best) instead of its latest",
         )
     commands_run = (train, sweep, evaluate, predict, robust, few, prepare, imp, data_listing)
-    for command in (*commands_run, extract, bench, listing):
+    for command in (*commands_run, extract, bench, plot, listing):
         _add_message_arguments(command)
     return parser
 

@@ -9,6 +9,7 @@ from flax import nnx
 
 from mmjax.config import ExperimentConfig, experiment_from
 from mmjax.data.inputs import prepare_inputs
+from mmjax.data.source import class_names
 from mmjax.models import validate_batch
 from mmjax.parallel import data_mesh
 from mmjax.train.workdir import read_experiment, restore_trained
@@ -38,9 +39,7 @@ class Predictor:
         self.modalities = experiment.model.modalities
         self.sample_shapes = {m: tuple(dataset["modalities"][m]["shape"]) for m in self.modalities}
         self.num_classes = experiment.model.num_classes
-        self.class_names = list(
-            dataset.get("class_names") or [str(k) for k in range(self.num_classes)]
-        )
+        self.class_names = class_names(dataset)
         graphdef, params = nnx.split(model)
         self._forward = jax.jit(
             lambda params, batch: jax.nn.softmax(nnx.merge(graphdef, params)(batch, train=False))

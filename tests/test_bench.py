@@ -11,7 +11,9 @@ import json
 import math
 
 import jax
+import numpy as np
 import pytest
+from PIL import Image
 
 from benchmarks import harness, report
 from mmjax.cli import main
@@ -123,3 +125,16 @@ def test_peer_suite_records(tmp_path):
     (train,) = (r for r in rows if r["variant"] == "train_step")
     assert train["target_vs_eager"] == 0.8 and train["target_vs_compile"] == 1.0
     assert isinstance(train["meets_target_vs_eager"], bool)
+
+
+def test_the_chart_shows_what_was_measured_and_nothing_empty(tmp_path):
+    peer = {"suite": "peer", "variant": "train_step", "device_kind": "cpu"}
+    peer |= {"ratio_vs_eager": 0.9, "ratio_vs_eager_iqr": [0.8, 1.0]}
+    peer |= {"ratio_vs_compile": 1.2, "ratio_vs_compile_iqr": [1.1, 1.3]}
+    records = [peer | {"model": "bilstm"}, peer | {"model": "image_cnn"}]
+    assert report.plot(records, tmp_path / "peer.png")
+    picture = np.asarray(Image.open(tmp_path / "peer.png").convert("L"), np.float32)
+    assert picture.shape[1] < 1.5 * picture.shape[0] and picture.std() > 10  # one panel, drawn
+    checkpoint_only = [{"suite": "checkpoint", "variant": "save", "device_kind": "cpu"}]
+    assert not report.plot(checkpoint_only, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()

@@ -150,6 +150,22 @@ def test_a_log_file_gets_lines_not_a_bar(capsys, avdigits_root, tmp_path, monkey
     assert code == 0 and err == ""
 
 
+def test_plot_writes_the_charts_of_runs(capsys, workdir, avdigits_root, tmp_path):
+    out = tmp_path / "plots"
+    code, _, err = run(capsys, "plot", str(workdir), "--out", str(out), "--split", "nosuch")
+    assert code == 2 and "--split nosuch" in err and not out.exists()  # checked before drawing
+    code, _, err = run(capsys, "plot", str(tmp_path / "none"), "--out", str(out))
+    assert code == 2 and "has no metrics.jsonl" in err
+    code, text, _ = run(
+        capsys, "plot", str(workdir), "--out", str(out), "--data-dir", str(avdigits_root)
+    )
+    names = ["curves.png", f"confusion-{workdir.name}.png", "modalities.png"]
+    assert code == 0 and text.split() == [x for n in names for x in ("written:", str(out / n))]
+    for name in names:
+        picture = np.asarray(Image.open(out / name).convert("L"), np.float32)
+        assert min(picture.shape) > 250 and picture.std() > 10, name  # drawn, not blank
+
+
 def test_exclusive_flags_are_an_error(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["zoo", "list", "--json", "--markdown"])

@@ -12,6 +12,7 @@ from mmjax.config import set_value
 from mmjax.errors import CheckpointError, ConfigError
 from mmjax.train.loop import evaluate_workdir
 from mmjax.train.sweep import sweep
+from tests.tensorboard_events import assert_tensorboard_equals_metrics
 from tests.test_train_loop import _params
 
 STEPS = 6
@@ -101,6 +102,9 @@ def test_copies_are_workdirs(swept):
     evaluated = evaluate_workdir(copy, ("test",))["test"]
     assert evaluated["accuracy"] == results["copies"][copy.name]["accuracy"]["test"]
     assert json.loads((workdir / "results.json").read_text()) == results
+    events = assert_tensorboard_equals_metrics(copy)
+    (final,) = events.Scalars("eval/test/accuracy")
+    assert final.value == pytest.approx(evaluated["accuracy"])
     plan = json.loads((workdir / "sweep.json").read_text())
     assert [c["name"] for c in plan["copies"]] == list(results["copies"])
     with pytest.raises(CheckpointError, match=r"is a sweep's folder.*seed0-learning_rate=0\.002"):

@@ -1,5 +1,6 @@
 """The trainer on a real (small) AV-Digits build: files written, exact resume, safe workdirs."""
 
+import io
 import json
 import os
 
@@ -7,11 +8,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
+from tensorboardX import SummaryWriter
 
 import mmjax
 from mmjax.config import set_value
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.run_lock import LOCK_FILE, workdir_lock
+from tests.tensorboard_events import assert_tensorboard_equals_metrics
 
 
 def tiny_config(avdigits_root, model: str = "late", steps: int = 20):
@@ -68,6 +72,19 @@ def test_results_metrics_and_checkpoints(trained):
     ]
 
 
+def test_tensorboard_holds_the_logged_metrics_config_and_results(trained):
+    workdir, results = trained
+    events = assert_tensorboard_equals_metrics(workdir)
+    for split in ("test", "test_human"):
+        (final,) = events.Scalars(f"eval/{split}/accuracy")
+        assert (final.step, final.value) == (20, pytest.approx(results["accuracy"][split]))
+        (image,) = events.Images(f"eval/{split}/confusion")
+        picture = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)).convert("L"))
+        assert picture.shape[0] > 200 and picture.shape[1] > 200 and picture.std() > 20
+    (config,) = events.Tensors("config/text_summary")
+    assert b'"late_concat"' in config.tensor_proto.string_val[0]
+
+
 def test_resume_matches_uninterrupted_run(avdigits_root, trained, tmp_path):
     workdir, _ = trained
     cfg = tiny_config(avdigits_root)
@@ -78,11 +95,14 @@ def test_resume_matches_uninterrupted_run(avdigits_root, trained, tmp_path):
     # line cut short: the resumed run drops both and logs those steps once.
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({"step": 15, "loss": -1.0}) + '\n{"step": 1')
+    with SummaryWriter(str(tmp_path / "tb")) as writer:  # and TensorBoard's copy of the row
+        writer.add_scalar("train/loss", -1.0, 15)
     resumed = mmjax.train(cfg, tmp_path, progress=False)
     assert resumed["completed"] and resumed["steps"] == 20
     assert (resumed["started_at_step"], resumed["steps_this_call"]) == (10, 10)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [5, 10, 15, 20] and rows[2]["loss"] > 0
+    assert_tensorboard_equals_metrics(tmp_path)
     step_a, state_a = _params(workdir)
     step_b, state_b = _params(tmp_path)
     assert step_a == step_b == 20
@@ -227,10 +247,12 @@ def _watching(avdigits_root, **settings):
 
 
 def test_eval_during_training_keeps_the_best_checkpoint(avdigits_root, tmp_path):
-    results = mmjax.train(_watching(avdigits_root), tmp_path, progress=False)
+    # Evaluations every 4 steps, rows every 5: each evaluation gets a row at its own step.
+    results = mmjax.train(_watching(avdigits_root, eval_every=4), tmp_path, progress=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 5, 8, 10, 12, 15, 16, 20]
     evals = {r["step"]: r["val/accuracy"] for r in rows if "val/accuracy" in r}
-    assert list(evals) == [5, 10, 15, 20]
+    assert list(evals) == [4, 8, 12, 16, 20]
     assert all({"val/loss", "val/macro_f1"} <= set(r) for r in rows if "val/accuracy" in r)
     best_step = max(evals, key=lambda s: (evals[s], -s))  # the first step with the top value
     assert results["best"] == {"val/accuracy": evals[best_step], "step": best_step}

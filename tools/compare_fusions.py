@@ -25,6 +25,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from matplotlib.figure import Figure
 from noise_scales import clean_margins
 from result_tables import mean_std
 
@@ -166,6 +167,37 @@ def markdown(rows: dict[str, dict], steps: int, seeds: list[int], workdir: Path)
     return "\n".join(head) + "\n"
 
 
+def chart(rows: dict[str, dict], path: Path) -> None:
+    """The table's accuracy columns as bars (mean, with the std over seeds): held-out voices
+    and human recordings with both inputs, and the clean margin over the better single input."""
+    order = sorted(rows, key=lambda f: statistics.mean(rows[f]["accuracy"]["test"]))
+    panels = (
+        ("accuracy at the default noise", ("test", "test_human")),
+        (
+            "clean: margin over the better single input",
+            ("clean_margin_test", "clean_margin_test_human"),
+        ),
+    )
+    figure = Figure(figsize=(12, 0.32 * len(order) + 1.6), layout="constrained")
+    for ax, (title, columns) in zip(figure.subplots(1, 2, sharey=True), panels, strict=True):
+        y = np.arange(len(order))
+        for k, column in enumerate(columns):
+            values = [rows[f]["accuracy"][column] for f in order]
+            ax.barh(
+                y + (k - 0.5) * 0.4,
+                [statistics.mean(v) for v in values],
+                0.4,
+                xerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in values],
+                label=column.replace("clean_margin_", ""),
+            )
+        ax.set_yticks(y, order)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set(title=title)
+        ax.grid(axis="x", alpha=0.3)
+    figure.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2)
+    figure.savefig(path, dpi=110)
+
+
 def main() -> None:
     mmjax.log_to_stderr()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -175,14 +207,26 @@ def main() -> None:
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--workdir", default="runs/compare_fusions")
     parser.add_argument("--out", default="docs/results/avdigits.md")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="write the table and chart from WORKDIR/rows.json (an earlier run's measurements)",
+    )
     args = parser.parse_args()
     data_dir = str(mmjax.data.sources.data_root(args.data_dir))
-    rows = {}
-    for fusion in args.fusions:
-        rows[fusion] = run_head(fusion, args.seeds, args.steps, data_dir, Path(args.workdir))
-        Path(args.workdir, "rows.json").write_text(json.dumps(rows, indent=2))
+    rows_file = Path(args.workdir, "rows.json")
+    if args.render_only:
+        rows = json.loads(rows_file.read_text())
+    else:
+        rows = {}
+        for fusion in args.fusions:
+            rows[fusion] = run_head(fusion, args.seeds, args.steps, data_dir, Path(args.workdir))
+            rows_file.write_text(json.dumps(rows, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(markdown(rows, args.steps, args.seeds, Path(args.workdir)))
+    figure = Path(args.out).with_suffix(".png")
+    chart(rows, figure)
+    table = markdown(rows, args.steps, args.seeds, Path(args.workdir))
+    Path(args.out).write_text(table + f"\n![the table as bars]({figure.name})\n")
     print(Path(args.out).read_text())
 
 

@@ -116,3 +116,9 @@ class DataSource:
 
     def check_model(self, model: Any) -> None:
         """ConfigError unless `model`'s weights fit this source (always, but for caches)."""
+
+
+def class_names(description: dict[str, Any]) -> list[str]:
+    """The class names of a dataset `description` (`DataSource.description`), or "0", "1",
+    ... for a dataset that names none."""
+    return list(description.get("class_names") or map(str, range(description["num_classes"])))

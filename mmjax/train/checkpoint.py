@@ -12,6 +12,7 @@ orbax lists only `<step>` directories, so it neither resumes from it nor counts 
 import dataclasses
 import errno
 import json
+import logging
 import os
 import re
 import warnings
@@ -28,6 +29,17 @@ from jax.experimental import multihost_utils
 from mmjax.errors import CheckpointError
 
 CORRUPT_SUFFIX = ".corrupt"
+
+
+class _ReadOnlyNotice(logging.Filter):
+    """Drops Orbax's warning that a manager's directory is read only: mmjax opens checkpoints
+    read-only on purpose (eval, predict, publish) and says so itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
 ITERATOR_ITEM = "data_iter"
 # One data iterator, or a sweep's, one per copy (items data_iter_0, data_iter_1, ...).
 Iterators = grain.DatasetIterator | Sequence[grain.DatasetIterator] | None

@@ -13,6 +13,7 @@ from flax import nnx
 
 from mmjax.config import ConfigDict, ExperimentConfig, as_json_dict, experiment_from
 from mmjax.data import pipeline, sources
+from mmjax.data.source import class_names
 from mmjax.errors import CheckpointError, ConfigError, TrainingError
 from mmjax.fewshot import training_probe as fewshot_probe
 from mmjax.folders import output_folder
@@ -23,11 +24,13 @@ from mmjax.train.balance import ogm_settings
 from mmjax.train.blend import gradient_blend
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.classification import classification_metrics
-from mmjax.train.metrics import MetricsLog
+from mmjax.train.metrics import MetricsLog, Pace
+from mmjax.train.optim import learning_rate_schedule
 from mmjax.train.preemption import PreemptionWatch
 from mmjax.train.run_lock import workdir_lock
 from mmjax.train.state import init_state, state_shardings
 from mmjax.train.step import EvalStep, make_eval_step, make_train_step
+from mmjax.train.tensorboard import TensorBoardLog
 from mmjax.train.utilisation import utilisation_probe
 from mmjax.train.warm_start import warm_start
 from mmjax.train.watch import BEST_DIR, LOGGED, Watch, watched_split
@@ -238,6 +241,7 @@ def _train_locked(
     )
     checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
     best = Checkpointer(workdir / BEST_DIR, keep=1) if exp.train.keep_best else None
+    tb = None
     log = MetricsLog(workdir / "metrics.jsonl", exp.train.log_every)
     # A preemption notice from here to the last save (resume, compile, steps, the final wait)
     # stops the run at the next step with a checkpoint instead of killing it.
@@ -249,6 +253,10 @@ def _train_locked(
             step, state, saved_metrics = _resume(checkpointer, config, state, shardings, data_iter)
             earlier_seconds = saved_metrics.get("train_seconds", 0.0)
             watch = Watch.from_record(saved_metrics.get("watch"))
+            tb = TensorBoardLog(workdir, step, config)
+            schedule = learning_rate_schedule(exp.optim, exp.train.steps)
+            pace = Pace(exp.train.batch_size, schedule, step)
+            log.extras, log.sink = pace, tb.row
             log.resume_at(step)
             announce(workdir, step, exp.train.steps)
             source.check_model(nnx.merge(graphdef, state)[0])
@@ -279,7 +287,9 @@ def _train_locked(
             train_started = time.perf_counter()
             first_step, preempted = step, False
             while step < last:
+                waiting = time.perf_counter()
                 batch = next(data_iter)
+                pace.waited(time.perf_counter() - waiting)
                 if step == first_step:
                     validate_batch(
                         batch, modalities, num_classes=exp.model.num_classes, sample_shapes=shapes
@@ -293,12 +303,15 @@ def _train_locked(
                 if blend is not None and step % exp.train.balance_every == 0:
                     state, weights = blend.update(state)
                     metrics = {**metrics, **weights}
-                if exp.train.eval_every and step % exp.train.eval_every == 0:
+                evaluated = bool(exp.train.eval_every) and step % exp.train.eval_every == 0
+                if evaluated:
                     values = evaluate(graphdef, state, exp, watched, mesh, eval_step=eval_step)
                     metrics = {**metrics, **{f"{watched}/{k}": values[k] for k in LOGGED}}
                     if exp.train.keep_best and watch.observe(step, values, exp.train):
                         best.save(step, state, data_iter, config, {"watch": watch.record()})
                 log.push(step, metrics)
+                if evaluated:
+                    log.flush()  # a row at this very step: the evaluation's own x position
                 check_nonfinite(log.take_nonfinite(), exp.train.on_nonfinite, checkpointer)
                 preempted = preemption.reached(step)
                 ending = preempted or watch.stopped or step == last
@@ -323,6 +336,8 @@ def _train_locked(
             checkpointer.close()
             if best is not None:
                 best.close()
+            if tb is not None:
+                tb.flush()
 
     results: dict[str, Any] = {
         "steps": step,
@@ -339,6 +354,8 @@ def _train_locked(
         logger.info(f"evaluating {', '.join(eval_splits) or 'no split'}")
         results.update(evaluate_splits(graphdef, state, exp, eval_splits, mesh, eval_step))
         results["missing_splits"] = missing_splits
+        tb.results(results, class_names(source.description()))
+    tb.close()
     results.update(
         train_seconds=round(train_seconds, 3),  # over every call that trained this workdir
         examples_per_s=round(step * exp.train.batch_size / max(train_seconds, 1e-9), 1),

@@ -2,11 +2,15 @@
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+# Keys of a metrics.jsonl row that are bookkeeping, not curves.
+NOT_CURVES = ("step", "skipped_steps", "wall_s")
 
 
 class MetricsLog:
@@ -18,8 +22,17 @@ class MetricsLog:
     collectives need with many fake devices (docs/architecture.md: Traps).
     """
 
-    def __init__(self, path: Path, every: int):
-        self.path, self.every = path, every
+    def __init__(
+        self,
+        path: Path,
+        every: int,
+        *,
+        extras: Callable[[int], dict[str, float]] | None = None,
+        sink: Callable[[dict[str, Any]], None] | None = None,
+    ):
+        """`extras(step)` adds host-side values to each row (`Pace`); `sink(row)` receives
+        each row after it is written (the TensorBoard log)."""
+        self.path, self.every, self.extras, self.sink = path, every, extras, sink
         self._pending: tuple[int, dict[str, jax.Array]] | None = None
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
@@ -86,6 +99,8 @@ class MetricsLog:
 
     def _write(self, step: int) -> None:
         row = {k: v / self._counts[k] for k, v in self._sums.items()}
+        if self.extras is not None:
+            row.update(self.extras(step))
         row.update(
             step=step,
             skipped_steps=self._skipped,
@@ -95,7 +110,33 @@ class MetricsLog:
         if jax.process_index() == 0:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
+        if self.sink is not None:
+            self.sink(row)
         self._sums, self._counts, self._count, self._skipped = {}, {}, 0, 0
+
+
+class Pace:
+    """The `extras` of a run's rows: the learning rate at the row's step, and over the steps
+    since the previous row the examples per second and the share of wall time the loop spent
+    waiting for its next batch (`waited`)."""
+
+    def __init__(self, batch_size: int, schedule: Callable[[int], Any], step: int):
+        self.batch_size, self.schedule = batch_size, schedule
+        self._step, self._since, self._wait = step, time.perf_counter(), 0.0
+
+    def waited(self, seconds: float) -> None:
+        self._wait += seconds
+
+    def __call__(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        span = max(now - self._since, 1e-9)
+        values = {
+            "learning_rate": float(self.schedule(step - 1)),  # step k applies update k - 1
+            "examples_per_s": (step - self._step) * self.batch_size / span,
+            "data_wait_fraction": self._wait / span,
+        }
+        self._step, self._since, self._wait = step, now, 0.0
+        return values
 
 
 class CopiesMetricsLog:

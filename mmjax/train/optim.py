@@ -1,6 +1,6 @@
 """The Optax optimizer built from an OptimConfig."""
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import optax
@@ -17,6 +17,18 @@ def make_optimizer(
     grad_clip) by traced values, as a sweep's copies have them; the transformation and its
     state keep their structure (clipping is chained when `cfg.grad_clip` > 0)."""
     value = {**vars(cfg), **(traced or {})}
+    schedule = learning_rate_schedule(cfg, total_steps, value["learning_rate"])
+    adam = optax.adamw(schedule, b1=value["b1"], b2=value["b2"], weight_decay=value["weight_decay"])
+    if cfg.grad_clip > 0:
+        return optax.chain(optax.clip_by_global_norm(value["grad_clip"]), adam)
+    return adam
+
+
+def learning_rate_schedule(
+    cfg: OptimConfig, total_steps: int, peak: float | jax.Array | None = None
+) -> Callable[[jax.Array], jax.Array]:
+    """The learning rate after `count` updates: linear warm-up to `peak` (default
+    `cfg.learning_rate`), then cosine decay to 1 % of it at `total_steps`."""
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
     # The peak scales a unit schedule, so a traced learning rate is the same arithmetic.
     shape = optax.warmup_cosine_decay_schedule(
@@ -26,12 +38,9 @@ def make_optimizer(
         decay_steps=max(total_steps, warmup + 1),
         end_value=0.01,
     )
-    peak = value["learning_rate"]
+    peak = cfg.learning_rate if peak is None else peak
 
     def schedule(count: jax.Array) -> jax.Array:
         return peak * shape(count)
 
-    adam = optax.adamw(schedule, b1=value["b1"], b2=value["b2"], weight_decay=value["weight_decay"])
-    if cfg.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(value["grad_clip"]), adam)
-    return adam
+    return schedule

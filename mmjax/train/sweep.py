@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from mmjax.config import ConfigDict, ExperimentConfig, as_json_dict, experiment_from
 from mmjax.data import pipeline, sources
+from mmjax.data.source import class_names
 from mmjax.errors import CheckpointError, ConfigError
 from mmjax.folders import output_folder
 from mmjax.models import validate_batch
@@ -52,13 +53,14 @@ from mmjax.train.loop import (
     check_nonfinite,
     evaluate_splits,
 )
-from mmjax.train.metrics import CopiesMetricsLog
-from mmjax.train.optim import make_optimizer
+from mmjax.train.metrics import CopiesMetricsLog, Pace
+from mmjax.train.optim import learning_rate_schedule, make_optimizer
 from mmjax.train.preemption import PreemptionWatch
 from mmjax.train.run_lock import workdir_lock
 from mmjax.train.state import state_initializer
 from mmjax.train.step import Batch, Metrics, make_eval_step, train_step_function
 from mmjax.train.sweep_plan import SweepPlan, check_memory, plan_sweep
+from mmjax.train.tensorboard import TensorBoardLog
 from mmjax.train.warm_start import warm_start
 from mmjax.train.workdir import EXPERIMENT_FILE, SWEEP_FILE, resume_conflicts, write_experiment
 
@@ -250,6 +252,7 @@ def _sweep_locked(
     ]
     checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
     log = CopiesMetricsLog([d / "metrics.jsonl" for d in copy_dirs], exp.train.log_every)
+    tbs: list[TensorBoardLog] = []
     with PreemptionWatch() as preemption:
         try:
             fresh = checkpointer.latest_step() is None
@@ -272,6 +275,11 @@ def _sweep_locked(
                 step, state = restored.step, restored.state
                 earlier_seconds = restored.metrics.get("train_seconds", 0.0)
             log.resume_at(step)
+            tbs = [TensorBoardLog(d, step, c.config) for d, c in zip(copy_dirs, plan.copies)]
+            schedules = [learning_rate_schedule(c.exp.optim, exp.train.steps) for c in plan.copies]
+            paces = [Pace(exp.train.batch_size, s, step) for s in schedules]
+            for copy_log, tb, pace in zip(log.logs, tbs, paces, strict=True):
+                copy_log.extras, copy_log.sink = pace, tb.row
             announce(workdir, step, exp.train.steps)
             if jax.process_index() == 0:
                 (workdir / SWEEP_FILE).write_text(json.dumps(plan.record(), indent=2))
@@ -291,7 +299,10 @@ def _sweep_locked(
             train_started = time.perf_counter()
             first_step, preempted = step, False
             while step < last:
+                waiting = time.perf_counter()
                 batches = [next(it) for it in iterators]
+                for pace in paces:
+                    pace.waited(time.perf_counter() - waiting)
                 if step == first_step:
                     for batch in batches:
                         validate_batch(
@@ -334,6 +345,8 @@ def _sweep_locked(
             train_seconds = earlier_seconds + time.perf_counter() - train_started
         finally:
             checkpointer.close()
+            for tb in tbs:
+                tb.flush()
 
     results: dict[str, Any] = {
         "steps": step,
@@ -359,6 +372,11 @@ def _sweep_locked(
             eval_splits,
             missing_splits,
         )
+        names = class_names(source.description())
+        for tb, copy_results in zip(tbs, results["copies"].values(), strict=True):
+            tb.results(copy_results, names)
+    for tb in tbs:
+        tb.close()
     examples = step * exp.train.batch_size * len(plan.copies)
     results.update(
         train_seconds=round(train_seconds, 3),  # the sweep's, over every call
