@@ -16,7 +16,7 @@ from mmjax.models.layers import fill_abstract
 from mmjax.predict import Predictor, load_predictor
 from mmjax.pretrained import CATALOG, load_encoder, place_pretrained
 from mmjax.progress import log_to_stderr
-from mmjax.publish import PublishedModel, published_names
+from mmjax.publish import PretrainedModel, load_pretrained, published_names, save_pretrained
 from mmjax.registry import DATASETS, ENCODERS, FUSIONS, MODELS
 from mmjax.train.loop import evaluate_workdir, train
 from mmjax.train.sweep import sweep
@@ -63,20 +63,8 @@ def fit(
     return train(config, workdir, progress=progress)
 
 
-def load_pretrained(name: str) -> nnx.Module | PublishedModel:
-    """A catalog encoder with its published weights (`mmjax.pretrained.CATALOG`), or a
-    published fusion model (`mmjax.publish.published_names()`) ready to predict."""
-    if name in CATALOG:
-        return load_encoder(name)
-    if name in published_names():
-        return PublishedModel(name)
-    raise ConfigError(
-        f"no pretrained {name!r}; encoders: {', '.join(sorted(CATALOG))}; "
-        f"published models: {', '.join(published_names())}"
-    )
-
-
 __all__ = [
+    "CATALOG",
     "DATASETS",
     "ENCODERS",
     "FUSIONS",
@@ -88,15 +76,19 @@ __all__ = [
     "MmjaxError",
     "MultimodalModel",
     "Predictor",
+    "PretrainedModel",
     "create_model",
     "data",
     "evaluate_workdir",
     "fit",
     "list_models",
     "load_config_file",
+    "load_encoder",
     "load_predictor",
     "load_pretrained",
     "log_to_stderr",
+    "published_names",
+    "save_pretrained",
     "sweep",
     "train",
 ]

@@ -1,5 +1,6 @@
 """Load a trained workdir and predict classes (names) and class probabilities for new inputs."""
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -7,7 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mmjax.config import ExperimentConfig, experiment_from
+from mmjax.config import experiment_from
 from mmjax.data.inputs import prepare_inputs
 from mmjax.data.source import class_names
 from mmjax.models import validate_batch
@@ -26,15 +27,18 @@ class Predictor:
 
     def __init__(
         self,
-        experiment: ExperimentConfig,
+        config: dict[str, Any],
         dataset: dict[str, Any],
         model: nnx.Module,
         *,
         step: int | None = None,
     ):
-        """`model` trained as `experiment` on `dataset` (the workdir record's description)."""
-        self.experiment = experiment
+        """`model` trained with experiment `config` (its JSON form) on `dataset` (the workdir
+        record's description); `model` is the underlying `nnx.Module`."""
+        self.config = config
+        self.experiment = experiment = experiment_from(config)
         self.dataset = dataset
+        self.model = model
         self.step = step
         self.modalities = experiment.model.modalities
         self.sample_shapes = {m: tuple(dataset["modalities"][m]["shape"]) for m in self.modalities}
@@ -59,6 +63,18 @@ class Predictor:
         other keys (the label) are ignored."""
         return np.asarray(self._forward(self.params, batch))
 
+    def evaluate(self, split: str, *, data_root: str = "") -> dict[str, Any]:
+        """Accuracy, loss, macro F1, per-class accuracy and confusion matrix on `split` of the
+        dataset the model was trained on (found under `data_root`, default the configured
+        one), with the training data's settings."""
+        from mmjax.train.loop import evaluate  # it imports this module (via mmjax.fewshot)
+
+        config = json.loads(json.dumps(self.config))
+        if data_root:
+            config["data"]["root"] = data_root
+        graphdef, state = nnx.split(self.model)
+        return evaluate(graphdef, state, experiment_from(config), split, data_mesh(_first()))
+
     def predict(self, **inputs: Any) -> list[str] | str:
         """The most probable class's name per sample (one name for one unbatched sample)."""
         probs = self.predict_proba(**inputs)
@@ -75,7 +91,14 @@ def load_predictor(
     the checkpoint that scored best on its `train.keep_best`."""
     record = read_experiment(Path(workdir))
     experiment = experiment_from(record["config"])
-    mesh = data_mesh(jax.devices()[:1])
-    step, graphdef, state = restore_trained(Path(workdir), experiment, mesh, step=step, best=best)
-    model, _ = nnx.merge(graphdef, state)
-    return Predictor(experiment, record["dataset"], model, step=step)
+    mesh = data_mesh(_first())
+    step, graphdef, state = restore_trained(
+        Path(workdir), experiment, mesh, step=step, best=best, model_only=True
+    )
+    model = nnx.merge(graphdef, state)
+    return Predictor(record["config"], record["dataset"], model, step=step)
+
+
+def _first() -> list[jax.Device]:
+    """The device a predictor runs on."""
+    return jax.devices()[:1]

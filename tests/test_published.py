@@ -4,9 +4,10 @@ import shutil
 
 import numpy as np
 import pytest
+from flax import nnx
 
 import mmjax
-from mmjax.publish import PublishedModel, publish, published_names
+from mmjax.publish import PUBLISHED_DIR, published_names, save_pretrained
 
 SPLITS = ("test", "test_human")
 AVDIGITS_MODELS = [n for n in published_names() if n.startswith("avdigits-")]
@@ -59,11 +60,11 @@ def test_card_describes_the_run(late):
 
 
 def test_tampered_weights_are_refused(tmp_path):
-    shutil.copytree(PublishedModel.folder_of("avdigits-late"), tmp_path / "avdigits-late")
+    shutil.copytree(PUBLISHED_DIR / "avdigits-late", tmp_path / "avdigits-late")
     victim = next(p for p in (tmp_path / "avdigits-late" / "weights").rglob("*") if p.is_file())
     victim.write_bytes(victim.read_bytes() + b"\0")
     with pytest.raises(mmjax.CheckpointError, match="differs from its card"):
-        PublishedModel("avdigits-late", folder=tmp_path)
+        mmjax.load_pretrained(tmp_path / "avdigits-late")
 
 
 def test_unknown_names_and_unfinished_runs(tmp_path, avdigits_root):
@@ -71,12 +72,40 @@ def test_unknown_names_and_unfinished_runs(tmp_path, avdigits_root):
         mmjax.load_pretrained("nothing-by-this-name")
     cfg = mmjax.load_config_file("configs/avdigits_late.py:tiny")
     mmjax.config.set_value(cfg, "data.root", str(avdigits_root))
+    mmjax.config.set_value(cfg, "train.steps", 20)
     mmjax.train(cfg, tmp_path / "run", stop_after=5, progress=False)
     with pytest.raises(mmjax.CheckpointError, match="has not finished"):
-        publish(tmp_path / "run", "x", out_dir=tmp_path / "out")
-    (tmp_path / "out" / "x").mkdir(parents=True)
+        save_pretrained(tmp_path / "run", tmp_path / "x")
+    (tmp_path / "x").mkdir()
     with pytest.raises(mmjax.ConfigError, match="exists"):
-        publish(tmp_path / "run", "x", out_dir=tmp_path / "out")
+        save_pretrained(tmp_path / "run", tmp_path / "x")
+    with pytest.raises(mmjax.ConfigError, match=r"mmjax\.load_encoder\('minilm-l6'\)"):
+        mmjax.load_pretrained("minilm-l6")
+
+    # Finished, saved from the workdir and again from the loaded model: the same predictions.
+    results = mmjax.train(cfg, tmp_path / "run", progress=False)
+    saved = save_pretrained(
+        tmp_path / "run", tmp_path / "saved", card={"intended_use": "A test of the card."}
+    )
+    assert sorted(p.name for p in saved.iterdir()) == ["README.md", "card.json", "weights"]
+    loaded = mmjax.load_pretrained(saved)
+    assert isinstance(loaded, mmjax.PretrainedModel) and isinstance(loaded.model, nnx.Module)
+    assert loaded.card["metrics"]["accuracy"] == results["accuracy"]
+    assert loaded.card["dataset_build"]["name"] == "avdigits"
+    readme = (saved / "README.md").read_text()
+    assert "A test of the card." in readme and "## Limitations" in readme
+    assert f"| test | {results['accuracy']['test']:.4f} |" in readme
+    again = save_pretrained(loaded, tmp_path / "again")
+    rng = np.random.default_rng(0)
+    inputs = {"image": rng.random((4, 8, 8, 1), np.float32), "audio": rng.random((4, 8000))}
+    expected = mmjax.load_predictor(tmp_path / "run").predict_proba(**inputs)
+    for folder in (saved, again):
+        np.testing.assert_array_equal(
+            mmjax.load_pretrained(folder).predict_proba(**inputs), expected
+        )
+    assert mmjax.load_pretrained(again).card["metrics"] == loaded.card["metrics"]
+    evaluated = loaded.evaluate("test", data_root=str(avdigits_root))
+    assert evaluated["same_build"] and evaluated["accuracy"] == results["accuracy"]["test"]
 
 
 def test_emoji_two_tower_reproduces_its_retrieval_numbers(tmp_path_factory):

@@ -1,4 +1,5 @@
-"""Publish a finished run as a model inside the package (mmjax/published/NAME).
+"""Publish a finished run as a model inside the package (mmjax/published/NAME), with
+`mmjax.save_pretrained`.
 
 python tools/publish.py --workdir runs/demo/avdigits_late --name avdigits-late
     [--small-build DATA_ROOT] [--noise-curves]
@@ -22,7 +23,7 @@ from noise_scales import SCALES
 
 from mmjax.config import DataConfig
 from mmjax.data import sources
-from mmjax.publish import PublishedModel, publish
+from mmjax.publish import PUBLISHED_DIR, PretrainedModel, save_pretrained
 from mmjax.train.workdir import read_experiment
 
 
@@ -42,10 +43,10 @@ def main() -> None:
         data_root = read_experiment(args.workdir)["config"]["data"]["root"]
         curves = measure_copy(Path(args.workdir), str(sources.data_root(data_root)))
     extra = {"noise_scales": {"scales": list(SCALES), **curves}} if curves else None
-    folder = publish(args.workdir, args.name, extra_metrics=extra)
+    folder = save_pretrained(args.workdir, PUBLISHED_DIR / args.name, card={"metrics": extra or {}})
     if curves:
         plot({args.name: summarise([curves])}, folder / "curves.png")
-    model = PublishedModel(args.name)
+    model = PretrainedModel(folder)
     if args.small_build:
         dataset = model.card["config"]["data"]["name"]
         source = sources.open_source(DataConfig(name=dataset, root=args.small_build))

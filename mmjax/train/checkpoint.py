@@ -170,10 +170,14 @@ class Checkpointer:
         target: nnx.State,
         shardings: nnx.State,
         data_iter: Iterators = None,
+        *,
+        model_only: bool = False,
     ) -> nnx.State:
-        """Restore `step` into the structure of `target` with `shardings`; data_iter in place."""
+        """Restore `step` into the structure of `target` with `shardings`; data_iter in place.
+        With `model_only`, the optimizer part of the state (item 1 of the train state) is not
+        read and stays as `target` has it."""
         try:
-            return self._read(step, target, shardings, data_iter)
+            return self._read(step, target, shardings, data_iter, model_only)
         except Exception as err:  # orbax raises many types; the cause is kept below
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} does not match this model "
@@ -187,6 +191,7 @@ class Checkpointer:
         data_iter: Iterators = None,
         *,
         check_config: Callable[[int, dict[str, Any]], None] | None = None,
+        model_only: bool = False,
     ) -> Restored | None:
         """The newest checkpoint that reads back whole (state, data iterator, config, metrics);
         None if there is none. The data iterator is restored in place.
@@ -208,7 +213,7 @@ class Checkpointer:
             if check_config is not None:
                 check_config(step, config)
             try:
-                state = self._read(step, target, shardings, data_iter)
+                state = self._read(step, target, shardings, data_iter, model_only)
             except Exception as err:  # orbax raises many types; reported below
                 failed.append((step, err))
                 continue
@@ -234,18 +239,35 @@ class Checkpointer:
         target: nnx.State,
         shardings: nnx.State,
         data_iter: Iterators,
+        model_only: bool = False,
     ) -> nnx.State:
         abstract = jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
             nnx.to_pure_dict(target),
             nnx.to_pure_dict(shardings),
         )
-        items = {"state": ocp.args.StandardRestore(abstract)}
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if model_only:  # Orbax skips PLACEHOLDER leaves: the optimizer's moments stay on disk
+            abstract[1] = jax.tree.map(lambda _: ocp.PLACEHOLDER, abstract[1])
+            restore_args = jax.tree.map(
+                lambda x: (
+                    x
+                    if x is ocp.PLACEHOLDER
+                    else ocp.ArrayRestoreArgs(
+                        sharding=x.sharding, global_shape=x.shape, dtype=x.dtype
+                    )
+                ),
+                abstract,
+            )
+            item = ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args)
+        else:
+            item = ocp.args.StandardRestore(abstract)
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=item))["state"]
         for name, iterator in _iterator_items(data_iter).items():
             self._restore_iterator(step, name, iterator)
+        if model_only:
+            restored[1] = nnx.to_pure_dict(target)[1]
         state = jax.tree.map(lambda x: x, target)  # a copy whose leaves are replaced below
-        nnx.replace_by_pure_dict(state, restored["state"])
+        nnx.replace_by_pure_dict(state, restored)
         return state
 
     def _restore_iterator(self, step: int, item: str, data_iter: grain.DatasetIterator) -> None:

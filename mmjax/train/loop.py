@@ -392,7 +392,7 @@ def evaluate_workdir(
         config.setdefault("data", {})["root"] = data_root
     exp = experiment_from(config)
     mesh = data_mesh()
-    _, graphdef, state = restore_trained(workdir, exp, mesh, best=best)
+    _, graphdef, state = restore_trained(workdir, exp, mesh, best=best, model_only=True)
     unknown = [m for m in missing if m not in exp.model.modalities]
     if unknown:
         raise ConfigError(

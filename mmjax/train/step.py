@@ -299,7 +299,8 @@ def make_eval_step(
     global batch, so every process gets the totals of all."""
 
     def eval_step(state: nnx.State, batch: Batch, valid: jax.Array) -> dict[str, jax.Array]:
-        model, _ = nnx.merge(graphdef, state)
+        merged = nnx.merge(graphdef, state)  # a train state (model, optimizer) or a model
+        model = merged[0] if isinstance(merged, tuple) else merged
         logits = model(_inputs(batch), train=False)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
         predicted = jnp.argmax(logits, -1)

@@ -95,12 +95,14 @@ def restore_trained(
     *,
     step: int | None = None,
     best: bool = False,
+    model_only: bool = False,
 ) -> tuple[int, nnx.GraphDef, nnx.State]:
     """(step, graphdef, state) of `workdir`'s checkpoint `step` (default: the newest readable
     one; a newer unreadable one is skipped with a warning), or with `best` the one that scored
     best on `train.keep_best`, laid out on `mesh` by `state_shardings` (replicated on a mesh
-    without an fsdp axis). The checkpoint directory is opened read-only: nothing is written
-    or moved."""
+    without an fsdp axis). With `model_only`, the model's graphdef and state alone: the
+    optimizer's moments are never read. The checkpoint directory is opened read-only:
+    nothing is written or moved."""
     if best and not exp.train.keep_best:
         raise CheckpointError(
             f"{workdir} keeps no best checkpoint: it was trained without train.keep_best"
@@ -111,11 +113,16 @@ def restore_trained(
     checkpointer = Checkpointer(folder, keep=exp.train.keep_checkpoints, read_only=True)
     try:
         if step is not None:
-            return step, graphdef, checkpointer.restore(step, abstract, shardings)
-        restored = checkpointer.restore_latest(abstract, shardings)
+            state = checkpointer.restore(step, abstract, shardings, model_only=model_only)
+        else:
+            restored = checkpointer.restore_latest(abstract, shardings, model_only=model_only)
+            if restored is None:
+                what = "best checkpoint (no evaluation has run)" if best else "checkpoint"
+                raise CheckpointError(f"{workdir} has no {what} yet; train first")
+            step, state = restored.step, restored.state
     finally:
         checkpointer.close()
-    if restored is None:
-        what = "best checkpoint (no evaluation has run)" if best else "checkpoint"
-        raise CheckpointError(f"{workdir} has no {what} yet; train first")
-    return restored.step, graphdef, restored.state
+    if model_only:
+        model_graphdef = nnx.split(nnx.merge(graphdef, abstract)[0])[0]
+        return step, model_graphdef, state[0]
+    return step, graphdef, state
