@@ -1,66 +1,39 @@
-"""mmjax: a JAX/Flax NNX model zoo for multimodal learning."""
+"""mmjax: a JAX/Flax NNX model zoo for multimodal learning.
 
+The library loads on first use of any public name (PEP 562), so that `mmjax.load_exported`
+runs an exported model where only jax and numpy are installed: no flax, no model code.
+"""
+
+import importlib
 from typing import Any
-
-from flax import nnx
-
-from mmjax import data
-from mmjax import models as _models  # noqa: F401  (registers the built-in components)
-from mmjax.config import ConfigDict, load_config_file, model_config_from, set_value
-from mmjax.data.builders import avdigits as _avdigits  # noqa: F401  (registers AV-Digits)
-from mmjax.data.builders import emoji as _emoji  # noqa: F401  (registers emoji)
-from mmjax.data.builders import product_clips as _product_clips  # noqa: F401  (registers it)
-from mmjax.errors import CheckpointError, ConfigError, DataError, InputError, MmjaxError
-from mmjax.models import MultimodalModel, build_model
-from mmjax.models.layers import fill_abstract
-from mmjax.predict import Predictor, load_predictor
-from mmjax.pretrained import CATALOG, load_encoder, place_pretrained
-from mmjax.progress import log_to_stderr
-from mmjax.publish import PretrainedModel, load_pretrained, published_names, save_pretrained
-from mmjax.registry import DATASETS, ENCODERS, FUSIONS, MODELS
-from mmjax.train.loop import evaluate_workdir, train
-from mmjax.train.sweep import sweep
 
 __version__ = "0.1.0"
 
+# `mmjax.train` is the training function. Its subpackage (empty, cheap) is imported now, so that
+# no later `import mmjax.train.<module>` rebinds the name, and the name is then freed for
+# `__getattr__` to give the function.
+import mmjax.train  # noqa: F401
 
-def list_models() -> list[str]:
-    """Names accepted by `create_model`."""
-    return MODELS.names()
-
-
-def create_model(name: str, *, seed: int = 0, **overrides: Any) -> MultimodalModel:
-    """Build registered model `name`; overrides are dotted keys or sections of its config,
-    e.g. `create_model("avdigits_late", **{"fusion.hidden": 256})`, or
-    `pretrained={"text": "minilm-l6"}` to start encoders from published weights."""
-    section = ConfigDict(MODELS.get(name)())
-    section.lock()
-    for key, value in overrides.items():
-        set_value(section, key, value)
-    cfg = model_config_from(section)
-    factory = lambda: build_model(cfg, rngs=nnx.Rngs(seed))
-    model = nnx.eval_shape(factory)
-    place_pretrained(model, cfg)
-    fill_abstract(model, factory)  # what no published weights gave, as jit_init would
-    return model
+del train  # noqa: F821
 
 
-def fit(
-    data: str,
-    workdir: str,
-    *,
-    fusion: str = "late_concat",
-    data_dir: str = "",
-    overrides: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Train a model chosen for dataset `data` (`mmjax train --data`): encoders picked from its
-    shapes, `fusion` as the head, the choice written to `workdir/config.py`; `overrides` are
-    dotted config keys, e.g. {"train.steps": 500}. Returns the results dict."""
-    from mmjax.auto_config import choose
+def __getattr__(name: str) -> Any:
+    if name == "load_exported":
+        from mmjax.exported import load_exported
 
-    config = choose(data, workdir, fusion=fusion, root=data_dir, overrides=overrides)
-    return train(config, workdir, progress=progress)
+        return load_exported
+    if name.startswith("__"):
+        raise AttributeError(name)
+    api = importlib.import_module("mmjax.api")
+    value = globals().get(name, getattr(api, name, None))  # a submodule api imported, or a name
+    if value is None:
+        raise AttributeError(f"module 'mmjax' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 
 __all__ = [
@@ -84,6 +57,7 @@ __all__ = [
     "list_models",
     "load_config_file",
     "load_encoder",
+    "load_exported",
     "load_predictor",
     "load_pretrained",
     "log_to_stderr",

@@ -419,6 +419,16 @@ def zoo_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _export(args: argparse.Namespace) -> None:
+    from mmjax.export import export_model
+
+    predictor, title = _trained_or_published(args, "export")
+    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
+    path = export_model(predictor, args.out, platforms=platforms)
+    size = path.stat().st_size
+    print(f"exported {title} to {path} ({size / 1e3:.0f} kB; platforms {', '.join(platforms)})")
+
+
 def _plot(args: argparse.Namespace) -> None:
     from mmjax.plot_runs import plot_runs
 
@@ -662,6 +672,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", help="results folder (default benchmarks/results)")
     bench.set_defaults(run=_bench)
 
+    exp = commands.add_parser(
+        "export", help="the inference function as a jax.export file (runs with jax + numpy)"
+    )
+    exp.add_argument("--workdir", help="a trained run's directory")
+    exp.add_argument("--model", help="a saved model's name or folder (mmjax.load_pretrained)")
+    exp.add_argument("--out", required=True, help="the file to write (e.g. model.jaxexport)")
+    exp.add_argument(
+        "--platforms", default="cpu", help="comma-separated: cpu, cuda, rocm, tpu (default cpu)"
+    )
+    exp.set_defaults(run=_export)
+
     plot = commands.add_parser(
         "plot", help="PNG charts of runs: curves, confusion matrices, accuracy per modality"
     )
@@ -678,14 +699,14 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--json", action="store_true")
     form.add_argument("--markdown", action="store_true", help="the table of docs/zoo.md")
     listing.set_defaults(run=_zoo_list)
-    for command in (evaluate, predict, robust, few):
+    for command in (evaluate, predict, robust, few, exp):
         command.add_argument(
             "--best",
             action="store_true",
             help="the run's best checkpoint (train.keep_best) instead of its latest",
         )
     commands_run = (train, sweep, evaluate, predict, robust, few, prepare, imp, data_listing)
-    for command in (*commands_run, extract, bench, plot, listing):
+    for command in (*commands_run, extract, bench, exp, plot, listing):
         _add_message_arguments(command)
     return parser
 

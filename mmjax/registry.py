@@ -1,5 +1,6 @@
 """One small registry class; one instance per kind of component."""
 
+import importlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -25,6 +26,7 @@ class Registry(Generic[T]):
         return decorate
 
     def get(self, name: str) -> T:
+        _register_builtins()
         try:
             return self._items[name]
         except KeyError:
@@ -33,10 +35,18 @@ class Registry(Generic[T]):
             ) from None
 
     def names(self) -> list[str]:
+        _register_builtins()
         return sorted(self._items)
 
     def __contains__(self, name: str) -> bool:
+        _register_builtins()
         return name in self._items
+
+
+def _register_builtins() -> None:
+    """Import mmjax's public API, whose modules register the built-in components and datasets
+    as they load (`mmjax` itself loads it only on first use); a no-op once it is loaded."""
+    importlib.import_module("mmjax.api")
 
 
 ENCODERS: Registry = Registry("encoder")
