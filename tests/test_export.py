@@ -12,7 +12,7 @@ import mmjax
 from mmjax.cli import main
 from mmjax.export import export_model
 
-MODELS = ["avdigits-late", "avdigits-mbt"]
+MODELS = ["avdigits-late", "avdigits-mbt", "product-clips-mbt"]  # every published classifier
 
 # Run in a fresh interpreter where flax, orbax and mmjax's model code cannot be imported.
 ONLY_JAX_AND_NUMPY = """
@@ -35,24 +35,34 @@ out = {}
 for name in ("both", "missing"):
     batch = {k.split("/", 1)[1]: batches[k] for k in batches.files if k.startswith(name + "/")}
     out[name] = model.predict_proba(batch)
-out["image only"] = model.predict_proba({"image": batches["both/image"]})
+first = model.modalities[0]  # given alone (with its attention mask, for text)
+alone = {k: batches["both/" + k] for k in model.inputs if k.split(".")[0] == first}
+out["first only"] = model.predict_proba(alone)
 np.savez(sys.argv[3], **out)
 assert not any(m.startswith(("flax", "mmjax.models")) for m in sys.modules)
 """
 
 
-def _batches(rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
-    both = {
-        "image": rng.random((5, 8, 8, 1), np.float32),
-        "audio": rng.standard_normal((5, 8000)).astype(np.float32),
-        "image_mask": np.ones(5, bool),
-        "audio_mask": np.ones(5, bool),
-    }
-    missing = dict(both)  # rows 0-1 without audio, row 4 without the image
-    missing["audio_mask"] = np.array([False, False, True, True, True])
-    missing["image_mask"] = np.array([True, True, True, True, False])
-    missing["audio"] = np.where(missing["audio_mask"][:, None], both["audio"], 0)
-    missing["image"] = np.where(missing["image_mask"][:, None, None, None], both["image"], 0)
+def _batches(inputs: dict, rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
+    """A batch of 5 with every modality, and the same with the first modality missing in rows
+    0-1 and the last one in row 4 (inputs zeroed where missing, as the pipeline does)."""
+    both = {}
+    for key, spec in inputs.items():
+        shape = (5, *spec["shape"])
+        if spec["dtype"] == "bool":
+            both[key] = np.ones(shape, bool)
+        elif spec["dtype"] == "int32":
+            both[key] = rng.integers(1, 50, shape).astype(np.int32)
+        else:
+            both[key] = rng.random(shape, np.float32)
+    missing = dict(both)
+    modalities = [k[: -len("_mask")] for k in inputs if k.endswith("_mask") and "." not in k]
+    for m, rows in ((modalities[0], [0, 1]), (modalities[-1], [4])):
+        present = np.ones(5, bool)
+        present[rows] = False
+        missing[f"{m}_mask"] = present
+        shape = (5,) + (1,) * (both[m].ndim - 1)
+        missing[m] = np.where(present.reshape(shape), both[m], 0).astype(both[m].dtype)
     return {"both": both, "missing": missing}
 
 
@@ -60,7 +70,8 @@ def _batches(rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
 def test_runs_with_only_jax_and_numpy_and_equals_the_predictor(name, tmp_path):
     model = mmjax.load_pretrained(name)
     path = export_model(model, tmp_path / "model.jaxexport", platforms=("cpu", "cuda", "tpu"))
-    batches = _batches(np.random.default_rng(0))
+    meta = json.loads(zipfile.ZipFile(path).read("meta.json"))
+    batches = _batches(meta["inputs"], np.random.default_rng(0))
     flat = {f"{k}/{key}": v for k, batch in batches.items() for key, v in batch.items()}
     np.savez(tmp_path / "batches.npz", **flat)
     done = subprocess.run(
@@ -72,11 +83,13 @@ def test_runs_with_only_jax_and_numpy_and_equals_the_predictor(name, tmp_path):
     out = np.load(tmp_path / "out.npz")
     for key, batch in batches.items():
         np.testing.assert_allclose(out[key], model.batch_proba(batch), atol=1e-6, rtol=0)
-    image_only = dict(batches["both"], audio_mask=np.zeros(5, bool))
-    image_only["audio"] = np.zeros_like(image_only["audio"])
-    np.testing.assert_allclose(out["image only"], model.batch_proba(image_only), atol=1e-6, rtol=0)
-    assert not np.allclose(out["both"], out["missing"])  # the masks did change the answer
-    meta = json.loads(zipfile.ZipFile(path).read("meta.json"))
+    first = model.modalities[0]
+    alone = dict(batches["both"])
+    for m in model.modalities[1:]:
+        alone[f"{m}_mask"] = np.zeros(5, bool)
+        alone[m] = np.zeros_like(alone[m])
+    np.testing.assert_allclose(out["first only"], model.batch_proba(alone), atol=1e-6, rtol=0)
+    assert not np.allclose(out["both"], out["missing"]), first  # the masks changed the answer
     assert meta["class_names"] == model.class_names and meta["platforms"] == ["cpu", "cuda", "tpu"]
 
 
