@@ -56,9 +56,8 @@ class LineProgress:
         rate = (self.n - self._first) / max(now - self._started, 1e-9)
         done = f"{self.n}/{self.total}" if self.total else str(self.n)
         share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        log.info(
-            f"{self.desc}: {done} {self.unit}s{share}, {rate:.2f} {self.unit}/s {self.postfix}"
-        )
+        line = f"{self.desc}: {done} {self.unit}s{share}, {rate:.2f} {self.unit}/s {self.postfix}"
+        log.info(line.rstrip())
 
 
 Progress = tqdm | LineProgress
