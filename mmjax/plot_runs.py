@@ -5,11 +5,10 @@ import logging
 from pathlib import Path
 
 from mmjax import plots
-from mmjax.config import experiment_from
 from mmjax.data.source import class_names
 from mmjax.errors import MmjaxError
 from mmjax.folders import output_folder
-from mmjax.train.loop import evaluate_workdir
+from mmjax.predict import load_predictor
 from mmjax.train.workdir import read_experiment
 
 log = logging.getLogger(__name__)
@@ -72,10 +71,11 @@ def _rows(workdir: Path) -> list[dict]:
 
 
 def _per_modality(workdir: Path, split: str, data_root: str) -> dict[str, float]:
-    modalities = experiment_from(read_experiment(workdir)["config"]).model.modalities
-    accuracy = {"all": evaluate_workdir(workdir, (split,), data_root=data_root)[split]["accuracy"]}
-    if len(modalities) > 1:
-        for m in modalities:
-            result = evaluate_workdir(workdir, (split,), data_root=data_root, missing=(m,))
-            accuracy[f"without {m}"] = result[split]["accuracy"]
+    """Accuracy with all modalities and without each one: one restore, one compiled step."""
+    predictor = load_predictor(workdir)
+    accuracy = {"all": predictor.evaluate(split, data_root=data_root)["accuracy"]}
+    if len(predictor.modalities) > 1:
+        for m in predictor.modalities:
+            result = predictor.evaluate(split, data_root=data_root, missing=(m,))
+            accuracy[f"without {m}"] = result["accuracy"]
     return accuracy
