@@ -41,7 +41,8 @@ class _ReadOnlyNotice(logging.Filter):
 
 logging.getLogger("absl").addFilter(_ReadOnlyNotice())
 ITERATOR_ITEM = "data_iter"
-# One data iterator, or a sweep's, one per copy (items data_iter_0, data_iter_1, ...).
+# One data iterator, or a sweep's, one per copy (items data_iter_0, data_iter_1, ...). Saves
+# also take an iterator's position (`prefetch.IteratorPosition`) in its place.
 Iterators = grain.DatasetIterator | Sequence[grain.DatasetIterator] | None
 
 

@@ -27,6 +27,7 @@ from mmjax.train.classification import classification_metrics
 from mmjax.train.metrics import MetricsLog, Pace
 from mmjax.train.optim import learning_rate_schedule
 from mmjax.train.preemption import PreemptionWatch
+from mmjax.train.prefetch import prefetch_batches
 from mmjax.train.run_lock import workdir_lock
 from mmjax.train.state import init_state, state_shardings
 from mmjax.train.step import EvalStep, make_eval_step, make_train_step
@@ -241,7 +242,7 @@ def _train_locked(
     )
     checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
     best = Checkpointer(workdir / BEST_DIR, keep=1) if exp.train.keep_best else None
-    tb = None
+    tb = batches = None
     log = MetricsLog(workdir / "metrics.jsonl", exp.train.log_every)
     # A preemption notice from here to the last save (resume, compile, steps, the final wait)
     # stops the run at the next step with a checkpoint instead of killing it.
@@ -286,15 +287,21 @@ def _train_locked(
             )
             train_started = time.perf_counter()
             first_step, preempted = step, False
+            # Started after the resume put data_iter back where the checkpoint left it.
+            batches = prefetch_batches([data_iter], lambda host: put_batch(host[0], mesh))
             while step < last:
                 waiting = time.perf_counter()
-                batch = next(data_iter)
+                fetched = next(batches)
                 pace.waited(time.perf_counter() - waiting)
+                position = fetched.positions[0]  # what a checkpoint at this step saves
                 if step == first_step:
                     validate_batch(
-                        batch, modalities, num_classes=exp.model.num_classes, sample_shapes=shapes
+                        fetched.host[0],
+                        modalities,
+                        num_classes=exp.model.num_classes,
+                        sample_shapes=shapes,
                     )
-                state, metrics = train_step(state, put_batch(batch, mesh))
+                state, metrics = train_step(state, fetched.placed)
                 step += 1
                 if probe is not None and step % exp.train.utilisation_every == 0:
                     metrics = {**metrics, **probe(state)}
@@ -308,7 +315,7 @@ def _train_locked(
                     values = evaluate(graphdef, state, exp, watched, mesh, eval_step=eval_step)
                     metrics = {**metrics, **{f"{watched}/{k}": values[k] for k in LOGGED}}
                     if exp.train.keep_best and watch.observe(step, values, exp.train):
-                        best.save(step, state, data_iter, config, {"watch": watch.record()})
+                        best.save(step, state, position, config, {"watch": watch.record()})
                 log.push(step, metrics)
                 if evaluated:
                     log.flush()  # a row at this very step: the evaluation's own x position
@@ -320,7 +327,7 @@ def _train_locked(
                     check_nonfinite(log.take_nonfinite(), exp.train.on_nonfinite, checkpointer)
                     seconds = earlier_seconds + time.perf_counter() - train_started
                     saved = {"train_seconds": seconds, "watch": watch.record()}
-                    checkpointer.save(step, state, data_iter, config, log.last | saved)
+                    checkpointer.save(step, state, position, config, log.last | saved)
                     logger.debug(f"step {step}: checkpoint saved")
                 bar.update(1)
                 if step % exp.train.log_every == 0 and "loss" in log.last:
@@ -333,6 +340,8 @@ def _train_locked(
             bar.close()
             train_seconds = earlier_seconds + time.perf_counter() - train_started
         finally:
+            if batches is not None:
+                batches.close()
             checkpointer.close()
             if best is not None:
                 best.close()

@@ -56,6 +56,7 @@ from mmjax.train.loop import (
 from mmjax.train.metrics import CopiesMetricsLog, Pace
 from mmjax.train.optim import learning_rate_schedule, make_optimizer
 from mmjax.train.preemption import PreemptionWatch
+from mmjax.train.prefetch import prefetch_batches
 from mmjax.train.run_lock import workdir_lock
 from mmjax.train.state import state_initializer
 from mmjax.train.step import Batch, Metrics, make_eval_step, train_step_function
@@ -253,6 +254,7 @@ def _sweep_locked(
     checkpointer = Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
     log = CopiesMetricsLog([d / "metrics.jsonl" for d in copy_dirs], exp.train.log_every)
     tbs: list[TensorBoardLog] = []
+    prefetched = None
     with PreemptionWatch() as preemption:
         try:
             fresh = checkpointer.latest_step() is None
@@ -298,26 +300,29 @@ def _sweep_locked(
             )
             train_started = time.perf_counter()
             first_step, preempted = step, False
+
+            def place(batches: list[dict[str, np.ndarray]]) -> dict[str, jax.Array]:
+                if shared_order:
+                    return put_batch(batches[0], mesh)
+                stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+                return put_copies_batch(stacked, mesh)
+
+            # Started after the resume put the iterators back where the checkpoint left them.
+            prefetched = prefetch_batches(iterators, place)
             while step < last:
                 waiting = time.perf_counter()
-                batches = [next(it) for it in iterators]
+                fetched = next(prefetched)
                 for pace in paces:
                     pace.waited(time.perf_counter() - waiting)
                 if step == first_step:
-                    for batch in batches:
+                    for batch in fetched.host:
                         validate_batch(
                             batch,
                             modalities,
                             num_classes=exp.model.num_classes,
                             sample_shapes=shapes,
                         )
-                if shared_order:
-                    placed = put_batch(batches[0], mesh)
-                else:
-                    placed = put_copies_batch(
-                        {k: np.stack([b[k] for b in batches]) for k in batches[0]}, mesh
-                    )
-                state, metrics = train_step(state, placed, traced)
+                state, metrics = train_step(state, fetched.placed, traced)
                 step += 1
                 log.push(step, metrics)
                 _check_copies(log, plan, checkpointer)
@@ -330,7 +335,7 @@ def _sweep_locked(
                     checkpointer.save(
                         step,
                         state,
-                        iterators,
+                        fetched.positions,
                         plan.record(),
                         {"train_seconds": seconds, "copies": last_rows},
                     )
@@ -344,6 +349,8 @@ def _sweep_locked(
             bar.close()
             train_seconds = earlier_seconds + time.perf_counter() - train_started
         finally:
+            if prefetched is not None:
+                prefetched.close()
             checkpointer.close()
             for tb in tbs:
                 tb.flush()
