@@ -49,10 +49,18 @@ def _text_bilstm() -> dict[str, Any]:
     return zoo._model({"text": dict(_TEXT_ENCODER)}, fusion)
 
 
+def _text_bigru() -> dict[str, Any]:
+    """The same classifier with a bidirectional GRU (`bigru`) in place of the LSTM."""
+    section = _text_bilstm()
+    section["encoders"]["text"]["name"] = "bigru"
+    return section
+
+
 PEERS: dict[str, Callable[[], dict]] = {
     "image_cnn": zoo.avdigits_image,
     "audio_cnn_lstm": zoo.avdigits_audio,
     "text_bilstm": _text_bilstm,
+    "text_bigru": _text_bigru,
     "late_fusion": zoo.avdigits_late,
 }
 """Peer name -> factory of the mmjax `model` config section it mirrors."""
@@ -61,6 +69,7 @@ INPUT_SHAPES: dict[str, dict[str, tuple]] = {
     "image_cnn": {"image": (8, 8, 1)},
     "audio_cnn_lstm": {"audio": (8000,)},
     "text_bilstm": {"text": (_TEXT_LEN,)},
+    "text_bigru": {"text": (_TEXT_LEN,)},
     "late_fusion": {"image": (8, 8, 1), "audio": (8000,)},
 }
 """Peer name -> {modality: per-example shape}; images/audio float32, text int32 ids."""
@@ -246,17 +255,43 @@ class CNNLSTM(nn.Module):
         return tokens, tokens.mean(1)
 
 
-class BiLSTMText(nn.Module):
-    """mmjax `bilstm`: ids [B, L] (0 = padding) -> embedding -> forward LSTM and a backward LSTM
-    over each sequence reversed within its length (flax `flip_sequences`) -> [fwd, bwd] concat;
-    pooled = mean over the non-padding steps. tokens [B, L, 2 * hidden]."""
+class GRU(nn.Module):
+    """One-layer GRU with flax `GRUCell`'s parameters: input weights with a bias, recurrent
+    weights without one, gates r, z, n (torch's order too), n = tanh(W_in x + b_in + r * W_hn h)
+    and h' = (1 - z) n + z h, which is torch's GRU with its recurrent bias at zero (a buffer).
 
-    def __init__(self, vocab_size: int, embed_dim: int, hidden: int):
+    Runs PyTorch's fused `torch.gru` kernel, kept out of `torch.compile` as the LSTM is.
+    x [B, T, in] -> outputs [B, T, hidden], zero initial state.
+    """
+
+    def __init__(self, in_features: int, hidden: int):
+        super().__init__()
+        self.hidden = hidden
+        bound = 1.0 / math.sqrt(hidden)
+        self.weight_ih = nn.Parameter(torch.empty(3 * hidden, in_features).uniform_(-bound, bound))
+        self.weight_hh = nn.Parameter(torch.empty(3 * hidden, hidden).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(3 * hidden))
+        self.register_buffer("zero_bias", torch.zeros(3 * hidden), persistent=False)
+
+    @torch.compiler.disable
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h0 = x.new_zeros(1, x.shape[0], self.hidden)
+        weights = [self.weight_ih, self.weight_hh, self.bias, self.zero_bias]
+        out, _ = torch.gru(x, h0, weights, True, 1, 0.0, self.training, False, True)
+        return out
+
+
+class BiRNNText(nn.Module):
+    """mmjax `bilstm` / `bigru`: ids [B, L] (0 = padding) -> embedding -> a forward RNN and a
+    backward RNN over each sequence reversed within its length (flax `flip_sequences`) ->
+    [fwd, bwd] concat; pooled = mean over the non-padding steps. tokens [B, L, 2 * hidden]."""
+
+    def __init__(self, cell: type[nn.Module], vocab_size: int, embed_dim: int, hidden: int):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.rnn = nn.Module()
-        self.rnn.forward_rnn = LSTM(embed_dim, hidden)
-        self.rnn.backward_rnn = LSTM(embed_dim, hidden)
+        self.rnn.forward_rnn = cell(embed_dim, hidden)
+        self.rnn.backward_rnn = cell(embed_dim, hidden)
         self.dim = 2 * hidden
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,6 +310,9 @@ class BiLSTMText(nn.Module):
         return tokens, masked_mean(tokens, mask)
 
 
+_TEXT_CELLS: dict[str, type[nn.Module]] = {"bilstm": LSTM, "bigru": GRU}
+
+
 def _encoder(spec: dict[str, Any]) -> nn.Module:
     """The peer of one mmjax encoder spec ({"name": ..., fields})."""
     fields = {k: v for k, v in spec.items() if k != "name"}
@@ -282,8 +320,8 @@ def _encoder(spec: dict[str, Any]) -> nn.Module:
         return SmallCNN(**fields)
     if spec["name"] == "cnn_lstm":
         return CNNLSTM(**fields)
-    if spec["name"] == "bilstm":
-        return BiLSTMText(**fields)
+    if spec["name"] in _TEXT_CELLS:
+        return BiRNNText(_TEXT_CELLS[spec["name"]], **fields)
     raise ValueError(f"no PyTorch peer for encoder {spec['name']!r}")
 
 
@@ -482,6 +520,12 @@ def _flax_params(module: nn.Module) -> dict[str, tuple[torch.Tensor, Callable]]:
             "cell.dense_i.kernel": (module.weight_ih, lambda t: t.T),  # [4H, in] -> [in, 4H]
             "cell.dense_h.kernel": (module.weight_hh, lambda t: t.T),
             "cell.dense_h.bias": (module.bias, same),
+        }
+    if isinstance(module, GRU):
+        return {
+            "cell.dense_i.kernel": (module.weight_ih, lambda t: t.T),  # [3H, in] -> [in, 3H]
+            "cell.dense_i.bias": (module.bias, same),
+            "cell.dense_h.kernel": (module.weight_hh, lambda t: t.T),
         }
     return {}
 
