@@ -1,7 +1,13 @@
-"""Render a run's records as a Markdown table per suite and a PNG of throughput vs batch."""
+"""Render a run's records as a Markdown table per suite and a PNG of throughput vs batch.
 
+`python -m benchmarks.report RESULTS.jsonl ...` (re)writes both from the JSONL alone, e.g.
+after a run that was stopped before it could write them (benchmarks/run_accelerator.sh does).
+"""
+
+import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +65,18 @@ def latest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a results file. A last line that is not whole JSON (a machine that
+    stopped mid-write) is left out; a broken line anywhere else is a ValueError."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number < len(lines):
+                raise ValueError(f"{path}, line {number}: not a JSON record ({err})") from None
+            print(f"{path}: left out its unfinished last line", file=sys.stderr)
+    return records
 
 
 def markdown(records: list[dict[str, Any]]) -> str:
@@ -159,10 +176,52 @@ def write(results: Path) -> tuple[Path, Path | None]:
     """`<stem>.md` and `<stem>.png` next to the JSONL file `results`, from its newest record
     of each measurement; returns both paths (None for the chart when nothing in the records
     can be charted)."""
-    records = latest(read_jsonl(results))
+    return render(results, latest(read_jsonl(results)))
+
+
+def render(results: Path, records: list[dict[str, Any]]) -> tuple[Path, Path | None]:
+    """`write`'s table and chart of `records` (already read from `results`)."""
     table, figure = results.with_suffix(".md"), results.with_suffix(".png")
     table.write_text(markdown(records))
     if not plot(records, figure):
         figure.unlink(missing_ok=True)  # an older chart of this file would not match the table
         return table, None
     return table, figure
+
+
+def anchor(records: list[dict[str, Any]]) -> str:
+    """One line on the accelerator anchor: ResNet-50's bfloat16 train step (its newest
+    record), in images/s and MFU; or why the records hold none."""
+    found = [
+        r
+        for r in records
+        if r["suite"] == "train" and r.get("model") == "resnet50" and r.get("dtype") == "bfloat16"
+    ]
+    if not found:
+        if any(r.get("smoke") for r in records):
+            return "smoke run: ResNet-50 bf16 runs at full size only"
+        return "no ResNet-50 bf16 result: see the train suite's output"
+    r = found[-1]
+    mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "n/a (no peak for it)"
+    return (
+        f"ResNet-50 bf16 {r['variant']}, batch {r['batch']}, {r['shapes']['image'][1]} px, "
+        f"{r['mesh']}: {r['samples_per_s']:.0f} img/s, MFU {mfu} ({r['device_kind']})"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report",
+        description="write <stem>.md and <stem>.png next to each results file",
+    )
+    parser.add_argument("results", nargs="+", type=Path, help="JSONL files of benchmark runs")
+    for results in parser.parse_args(argv).results:
+        records = latest(read_jsonl(results))
+        table, figure = render(results, records)
+        print(f"{results}: {len(records)} measurements")
+        print(f"table: {table}\nplot: {figure or 'none (nothing measured here is charted)'}")
+        print(anchor(records))
+
+
+if __name__ == "__main__":
+    main()

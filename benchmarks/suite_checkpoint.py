@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from benchmarks.harness import Context
+from benchmarks.harness import Context, Planned
 from mmjax import perf
 from mmjax.config import DataConfig, ExperimentConfig, OptimConfig, TrainConfig, experiment_from
 from mmjax.models import validate_batch
@@ -136,10 +136,22 @@ def _dir_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
+VARIANTS = ("step", "save", "restore", "raw")
+
+
+def _model_and_batch(ctx: Context) -> tuple[str, int]:
+    return ("avdigits_late", 8) if ctx.smoke else ("resnet18_bilstm_late", 32)
+
+
+def plan(ctx: Context) -> list[Planned]:
+    """The four variants of one model's state."""
+    model, batch = _model_and_batch(ctx)
+    return [Planned(SUITE, model, variant, batch) for variant in VARIANTS]
+
+
 def run(ctx: Context) -> None:
     """Step, save, restore and raw records for one model's train state."""
-    model = "avdigits_late" if ctx.smoke else "resnet18_bilstm_late"
-    batch = 8 if ctx.smoke else 32
+    model, batch = _model_and_batch(ctx)
     saves = 2 if ctx.smoke else 5
     mesh = data_mesh()
     check_batch_size(batch, mesh, "benchmark batch")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from benchmarks import inputs
-from benchmarks.harness import Context, timed
+from benchmarks.harness import Context, Planned, timed
 from mmjax.models.layers import jit_init
 from mmjax.registry import ENCODERS
 
@@ -28,9 +28,23 @@ def forward_program(encoder: nnx.Module):
     return jax.jit(forward), state
 
 
+def _encoders(ctx: Context) -> tuple[str, ...]:
+    return SMOKE_ENCODERS if ctx.smoke else tuple(ENCODERS.names())
+
+
+def plan(ctx: Context) -> list[Planned]:
+    """Each encoder at each batch size."""
+    size = inputs.sizes(ctx)
+    return [
+        Planned("extract", name, "forward", batch, note=ENCODERS.get(name).modality)
+        for name in _encoders(ctx)
+        for batch in size.batches
+    ]
+
+
 def run(ctx: Context) -> None:
     size = inputs.sizes(ctx)
-    for name in SMOKE_ENCODERS if ctx.smoke else ENCODERS.names():
+    for name in _encoders(ctx):
         cls = ENCODERS.get(name)
         cfg = inputs.encoder_config(cls, ctx, size)
         encoder = jit_init(lambda cls=cls, cfg=cfg: cls(cfg, rngs=nnx.Rngs(0)))

@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import inputs
-from benchmarks.harness import Context, timed
+from benchmarks.harness import Context, Planned, timed
 from mmjax.config import model_config_from
 from mmjax.models import build_model
 from mmjax.models.layers import jit_init
@@ -74,13 +74,37 @@ def _section(head: str, smoke: bool) -> dict:
     return inputs.smoke_section(section) if smoke else section
 
 
+VARIANTS = ("forward", "forward+backward")
+
+
+def _batches(ctx: Context) -> tuple[int, ...]:
+    return (2,) if ctx.smoke else (64, 256)
+
+
+def _heads(ctx: Context) -> tuple[str, ...]:
+    return ("late_concat",) if ctx.smoke else tuple(FUSIONS.names())
+
+
+def plan(ctx: Context) -> list[Planned]:
+    """Per batch size: each encoder alone, then each head's whole model; both variants."""
+    base = model_config_from(_section("late_concat", ctx.smoke))
+    planned = []
+    for batch in _batches(ctx):
+        for modality, component in base.encoders:
+            planned += [
+                Planned("fused", f"encoder:{component.name}", v, batch, note=modality)
+                for v in VARIANTS
+            ]
+        for head in _heads(ctx):
+            planned += [Planned("fused", f"avdigits:{head}", v, batch) for v in VARIANTS]
+    return planned
+
+
 def run(ctx: Context) -> None:
     """Full: every head at batch 64 and 256. Smoke: late_concat on tiny encoders."""
-    batches = (2,) if ctx.smoke else (64, 256)
-    heads = ("late_concat",) if ctx.smoke else FUSIONS.names()
     base = model_config_from(_section("late_concat", ctx.smoke))
     encoders_ms = {}
-    for batch in batches:
+    for batch in _batches(ctx):
         samples = 2000 if ctx.smoke else 8000
         data = {k: jnp.asarray(v) for k, v in avdigits_batch(batch, samples).items()}
         for modality, component in base.encoders:
@@ -88,7 +112,7 @@ def run(ctx: Context) -> None:
             encoder = jit_init(lambda cls=cls, c=component: cls(c.cfg, rngs=nnx.Rngs(0)))
             forward, grads, state = encoder_programs(encoder)
             x = data[modality]
-            for variant, program in (("forward", forward), ("forward+backward", grads)):
+            for variant, program in zip(VARIANTS, (forward, grads), strict=True):
                 line = ctx.record(
                     "fused",
                     model=f"encoder:{component.name}",
@@ -102,12 +126,12 @@ def run(ctx: Context) -> None:
                 )
                 key = (batch, variant)
                 encoders_ms[key] = encoders_ms.get(key, 0.0) + line["step_ms_p50"]
-        for head in heads:
+        for head in _heads(ctx):
             cfg = model_config_from(_section(head, ctx.smoke))
             model = jit_init(lambda cfg=cfg: build_model(cfg, rngs=nnx.Rngs(0)))
             forward, grads, state = model_programs(model)
             fusion_params = sum(x.size for x in jax.tree.leaves(nnx.state(model.fusion, nnx.Param)))
-            for variant, program in (("forward", forward), ("forward+backward", grads)):
+            for variant, program in zip(VARIANTS, (forward, grads), strict=True):
                 fields = timed(ctx, program, (state, data), batch=batch)
                 ctx.record(
                     "fused",

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from benchmarks.harness import Context
+from benchmarks.harness import Context, Planned
 from mmjax import perf
 from mmjax.config import experiment_from
 from mmjax.errors import MmjaxError
@@ -85,15 +85,28 @@ def _first_call(call: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
+def _names_and_batch(ctx: Context) -> tuple[tuple[str, ...], int]:
+    """The peers to time and their batch size (a MmjaxError where PyTorch is missing)."""
+    _torch()
+    from benchmarks import peer_torch
+
+    # smoke: the model torch.compile compiles fastest (cold: ~15 s against ~35 for late_fusion)
+    return (("image_cnn",), 4) if ctx.smoke else (tuple(peer_torch.PEERS), 64)
+
+
+def plan(ctx: Context) -> list[Planned]:
+    """Each peer's train step and forward pass, against eager PyTorch and torch.compile."""
+    names, batch_size = _names_and_batch(ctx)
+    return [Planned("peer", name, v, batch_size) for name in names for v in TARGETS]
+
+
 def run(ctx: Context) -> None:
     torch = _torch()
     from benchmarks import peer_torch
 
     torch.set_num_threads(os.cpu_count())
-    batch_size = 4 if ctx.smoke else 64
+    names, batch_size = _names_and_batch(ctx)
     rounds = 2 if ctx.smoke else 7
-    # smoke: the model torch.compile compiles fastest (cold: ~15 s against ~35 for late_fusion)
-    names = ("image_cnn",) if ctx.smoke else tuple(peer_torch.PEERS)
     peak, peak_source = ctx.peak("float32")
     for name in names:
         jax_train, jax_forward, jax_compile_s, flops = _jax_programs(name, batch_size)

@@ -39,7 +39,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from benchmarks.harness import Context
+from benchmarks.harness import Context, Planned
 from mmjax import perf
 from mmjax.config import ExperimentConfig, experiment_from
 from mmjax.data import pipeline, sources
@@ -61,22 +61,51 @@ LOOP_SECONDS = 5.0  # isolated-step seconds per loop protocol in a full run
 SETTLE_LIMIT_S = 30.0  # the most the loop waits for grain's read-ahead buffer to fill
 
 
-def dataset_root(ctx: Context, data_root: str | Path | None = None) -> Path:
-    """Where the AV-Digits build is read: `data_root` if given; in a smoke run a small build
-    under `ctx.out_dir/data` (built now if absent); else the prepared dataset at
-    `sources.data_root("")`, a DataError naming the prepare command if it is not there."""
-    if data_root is not None:
-        root = Path(data_root)
-    elif ctx.smoke:
-        root = ctx.out_dir / "data"
-        try:
-            sources.load_info(root, DATASET)
-        except DataError:
-            from mmjax.data.builders.avdigits import prepare_avdigits
+LOOP_PROTOCOLS = {
+    "loop_py": "as mmjax.train.loop.train: next -> put_batch -> async step dispatch -> "
+    "MetricsLog.push (fetches the previous step's metrics: <= 2 steps in flight); "
+    "wall ended by blocking on the final state; after grain's read-ahead buffer filled",
+    "blocking": "next -> put_batch -> step -> block_until_ready(metrics) every step "
+    "(no overlap of loading with the step); after grain's read-ahead buffer filled",
+}
 
-            prepare_avdigits(root, small=True, progress=False)
+
+def _batch(ctx: Context) -> int:
+    return 8 if ctx.smoke else 64
+
+
+def _worker_settings(ctx: Context) -> tuple[int, ...]:
+    return (0,) if ctx.smoke else (0, 2)
+
+
+def plan(ctx: Context, data_root: str | Path | None = None) -> list[Planned]:
+    """The step, the loader per worker setting and the loop per protocol. A full run without
+    the prepared dataset raises the DataError `run` would; a smoke run builds its own."""
+    root = _root(ctx, data_root)
+    if ctx.smoke:
+        note = f"small AV-Digits under {root} (built first if absent)"
     else:
-        root = sources.data_root("")
+        _check(root)
+        note = f"AV-Digits at {root}"
+    batch = _batch(ctx)
+    return [
+        Planned(SUITE, MODEL, "step", batch, note=note),
+        *(
+            Planned(SUITE, MODEL, "loader", batch, note=f"workers={w}")
+            for w in _worker_settings(ctx)
+        ),
+        *(Planned(SUITE, MODEL, "loop", batch, note=name) for name in LOOP_PROTOCOLS),
+    ]
+
+
+def _root(ctx: Context, data_root: str | Path | None) -> Path:
+    if data_root is not None:
+        return Path(data_root)
+    return ctx.out_dir / "data" if ctx.smoke else sources.data_root("")
+
+
+def _check(root: Path) -> None:
+    """A DataError naming the prepare command if `root` holds no usable AV-Digits build."""
     try:
         sources.load_info(root, DATASET)
     except DataError as err:
@@ -84,6 +113,21 @@ def dataset_root(ctx: Context, data_root: str | Path | None = None) -> Path:
             f"the pipeline benchmark reads the prepared AV-Digits dataset under {root}, which is "
             f"not usable ({err}); prepare it with `{PREPARE_COMMAND}`"
         ) from None
+
+
+def dataset_root(ctx: Context, data_root: str | Path | None = None) -> Path:
+    """Where the AV-Digits build is read: `data_root` if given; in a smoke run a small build
+    under `ctx.out_dir/data` (built now if absent); else the prepared dataset at
+    `sources.data_root("")`, a DataError naming the prepare command if it is not there."""
+    root = _root(ctx, data_root)
+    if data_root is None and ctx.smoke:
+        try:
+            sources.load_info(root, DATASET)
+        except DataError:
+            from mmjax.data.builders.avdigits import prepare_avdigits
+
+            prepare_avdigits(root, small=True, progress=False)
+    _check(root)
     return root
 
 
@@ -211,7 +255,7 @@ def _loop_steps(ctx: Context, step_s: float) -> int:
 
 def run(ctx: Context, data_root: str | Path | None = None) -> None:
     """Loader, step and loop records for `avdigits_late` (batch 64; 8 in a smoke run)."""
-    batch = 8 if ctx.smoke else 64
+    batch = _batch(ctx)
     loader_batches = 4 if ctx.smoke else 40
     root = dataset_root(ctx, data_root)
     info = sources.load_info(root, DATASET)
@@ -232,10 +276,9 @@ def run(ctx: Context, data_root: str | Path | None = None) -> None:
     }
 
     # (a) the loader alone, the model idle.
-    worker_settings = (0,) if ctx.smoke else (0, 2)
     loaders = []
     first = None
-    for workers in worker_settings:
+    for workers in _worker_settings(ctx):
         fields, got = _time_loader(_experiment(root, batch, workers), mesh, loader_batches)
         loaders.append(fields)
         first = got if first is None else first
@@ -300,15 +343,8 @@ def run(ctx: Context, data_root: str | Path | None = None) -> None:
 
     # (c) the real loop, workers=0: loop.py's overlap, then blocking on every step.
     loader_rate = loaders[0]["samples_per_s"]
-    protocols = {
-        "loop_py": "as mmjax.train.loop.train: next -> put_batch -> async step dispatch -> "
-        "MetricsLog.push (fetches the previous step's metrics: <= 2 steps in flight); "
-        "wall ended by blocking on the final state; after grain's read-ahead buffer filled",
-        "blocking": "next -> put_batch -> step -> block_until_ready(metrics) every step "
-        "(no overlap of loading with the step); after grain's read-ahead buffer filled",
-    }
     try:
-        for name, protocol in protocols.items():
+        for name, protocol in LOOP_PROTOCOLS.items():
             log = MetricsLog(log_path, every=10**9)
             fields, state = _time_loop(
                 iterator, train_step, state, mesh, loop_steps, log, blocking=name == "blocking"

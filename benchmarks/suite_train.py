@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import inputs
-from benchmarks.harness import Context, timed
+from benchmarks.harness import Context, Planned, timed
 from mmjax.config import experiment_from
 from mmjax.models.zoo import _model
 from mmjax.parallel import data_mesh, put_batch
@@ -99,11 +99,32 @@ def _cast(tree, dtype: str):
     return jax.tree.map(cast, tree)
 
 
+def _mesh_sizes(case: Case) -> list[int]:
+    """Devices per mesh: one, and every device for a float32 case when there are several."""
+    return [1, jax.device_count()] if jax.device_count() > 1 and case.dtype == "float32" else [1]
+
+
+def _variant(case: Case) -> str:
+    return "train_step_mixed" if case.mixed else "train_step"
+
+
+def plan(ctx: Context) -> list[Planned]:
+    """Each case on each of its meshes."""
+    planned = []
+    for case in cases(ctx):
+        sizes = {"image": case.image, "text": case.text, "audio": case.audio}
+        shapes = ", ".join(f"{name} {size}" for name, size in sizes.items() if size)
+        state = ", float32 state" if case.mixed else ""
+        planned += [
+            Planned("train", case.name, _variant(case), case.batch, case.dtype, note)
+            for note in (f"data={n}, {shapes}{state}" for n in _mesh_sizes(case))
+        ]
+    return planned
+
+
 def run(ctx: Context) -> None:
     for case in cases(ctx):
-        meshes = [data_mesh(jax.devices()[:1])]
-        if jax.device_count() > 1 and case.dtype == "float32":
-            meshes.append(data_mesh())
+        meshes = [data_mesh(jax.devices()[:size]) for size in _mesh_sizes(case)]
         exp = experiment_from(
             {"model": case.section, "train": {"batch_size": case.batch, "steps": 1000}}
         )
@@ -123,7 +144,7 @@ def run(ctx: Context) -> None:
                 "train",
                 model=case.name,
                 modality="+".join(exp.model.modalities),
-                variant="train_step_mixed" if case.mixed else "train_step",
+                variant=_variant(case),
                 batch=case.batch,
                 shapes={k: list(v.shape) for k, v in host.items()},
                 dtype=case.dtype,

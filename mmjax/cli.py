@@ -386,7 +386,11 @@ def _bench(args: argparse.Namespace) -> None:
         raise MmjaxError(f"unknown suite {unknown[0]!r}; suites: {', '.join(harness.SUITES)}")
     out = Path(args.out) if args.out else root / "benchmarks" / "results"
     ctx = harness.Context(smoke=args.smoke, out_dir=out)
-    harness.run(list(args.suite) or list(harness.SUITES), ctx)
+    suites = list(args.suite) or list(harness.SUITES)
+    if args.dry_run:
+        harness.dry_run(suites, ctx)
+        return
+    harness.run(suites, ctx)
     table, figure = report.write(ctx.results_path)
     print(f"{len(ctx.records)} measurements appended to {ctx.results_path}")
     print(f"table: {table}\nplot: {figure or 'none (nothing measured here is charted)'}")
@@ -670,6 +674,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("suite", nargs="*", help="suites to run (default: all)")
     bench.add_argument("--smoke", action="store_true", help="every suite at tiny sizes")
     bench.add_argument("--out", help="results folder (default benchmarks/results)")
+    bench.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what each suite will measure, with a time estimate; measure nothing",
+    )
     bench.set_defaults(run=_bench)
 
     exp = commands.add_parser(

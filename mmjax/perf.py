@@ -34,32 +34,41 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Dense (no sparsity) peak FLOP/s per chip, by dtype. Sources: vendor data sheets, as
-# tabulated by Levanter's DEVICE_AVAILABLE_FLOPS (reference/performance-anchors.md 0).
-# float32 on NVIDIA is TF32 (XLA's default matmul precision); on TPU the default precision
-# runs float32 matmuls as single bfloat16 passes, so float32 uses the bfloat16 peak.
-_PEAKS: tuple[tuple[str, dict[str, float]], ...] = (
-    ("H100 PCIe", {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12}),
-    ("H100", {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12}),
-    ("H200", {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12}),
-    ("A100", {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12}),
-    ("TPU v4", {"bfloat16": 275e12, "float32": 275e12}),
-    ("TPU v5 lite", {"bfloat16": 197e12, "float32": 197e12}),
-    ("TPU v5e", {"bfloat16": 197e12, "float32": 197e12}),
-    ("TPU v5p", {"bfloat16": 459e12, "float32": 459e12}),
-    ("TPU v5", {"bfloat16": 459e12, "float32": 459e12}),
-    ("TPU v6 lite", {"bfloat16": 918e12, "float32": 918e12}),
-    ("TPU v6e", {"bfloat16": 918e12, "float32": 918e12}),
-)
+# Dense (no sparsity) peak FLOP/s per chip, by dtype, from the vendors' data sheets (NVIDIA's
+# figures "with sparsity" halved; the v4i, which has none, as JAX's Pallas TPU info gives it,
+# jax.experimental.pallas.tpu). float32 on NVIDIA is TF32 (XLA's default matmul precision);
+# on TPU the default precision runs float32 matmuls as single bfloat16 passes, so float32 uses
+# the bfloat16 peak. Keys are matched against `jax.Device.device_kind`, which spells the chips
+# "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H200", "NVIDIA A100-SXM4-80GB", "TPU v4",
+# "TPU v4 lite" (v4i), "TPU v5 lite" (v5e), "TPU v5" (v5p) and "TPU v6 lite" (v6e); the
+# marketing names ("TPU v5e", ...) are accepted too. See `table_peak` for the matching rule.
+_PEAKS: dict[str, dict[str, float]] = {
+    "H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12},
+    "H100 PCIe": {"bfloat16": 756e12, "float16": 756e12, "float32": 378e12},
+    "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 494e12},
+    "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 156e12},
+    "TPU v4": {"bfloat16": 275e12, "float32": 275e12},
+    "TPU v4 lite": {"bfloat16": 137e12, "float32": 137e12},
+    "TPU v5 lite": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v5e": {"bfloat16": 197e12, "float32": 197e12},
+    "TPU v5": {"bfloat16": 459e12, "float32": 459e12},
+    "TPU v5p": {"bfloat16": 459e12, "float32": 459e12},
+    "TPU v6 lite": {"bfloat16": 918e12, "float32": 918e12},
+    "TPU v6e": {"bfloat16": 918e12, "float32": 918e12},
+}
 
 
 def table_peak(device_kind: str, dtype: str) -> float | None:
     """Peak FLOP/s of one chip of `device_kind` (jax.Device.device_kind) for `dtype`, or None
-    for a device the table does not know (every CPU: measure it with `matmul_peak`)."""
-    for key, peaks in _PEAKS:
-        if key.lower() in device_kind.lower():
-            return peaks.get(dtype)
-    return None
+    for a device the table does not know (every CPU: measure it with `matmul_peak`).
+
+    The longest key found in `device_kind` (case-insensitive) wins, so "TPU v5 lite" is a v5e,
+    not a v5p ("TPU v5"), and "NVIDIA H100 PCIe" is not an SXM H100."""
+    kind = device_kind.lower()
+    found = [key for key in _PEAKS if key.lower() in kind]
+    if not found:
+        return None
+    return _PEAKS[max(found, key=len)].get(dtype)
 
 
 @dataclasses.dataclass(frozen=True)

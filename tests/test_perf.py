@@ -81,11 +81,23 @@ def test_xla_cross_check_on_a_plain_matmul():
         ("TPU v5 lite", "bfloat16", 197e12),
         ("TPU v5p", "bfloat16", 459e12),
         ("TPU v6 lite", "bfloat16", 918e12),
+        ("TPU v6 Lite", "float32", 918e12),  # profilers capitalise it
+        ("TPU v5", "bfloat16", 459e12),  # how JAX spells a v5p
+        ("TPU v4 lite", "bfloat16", 137e12),
+        ("NVIDIA H200", "float32", 494e12),
         ("cpu", "float32", None),
+        ("NVIDIA H200", "int8", None),
     ],
 )
 def test_peak_table(kind, dtype, peak):
     assert perf.table_peak(kind, dtype) == peak
+
+
+def test_every_peak_table_key_finds_its_own_row():
+    """No key is shadowed by a shorter one it contains ("TPU v5" in "TPU v5 lite")."""
+    for key, peaks in perf._PEAKS.items():
+        for kind in (key, f"NVIDIA {key}", key.upper()):
+            assert {d: perf.table_peak(kind, d) for d in peaks} == peaks, kind
 
 
 def test_stats_and_mfu():
