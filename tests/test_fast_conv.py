@@ -1,5 +1,8 @@
-"""layers.same_conv: the CPU fast paths (depthwise as shifted slices, tiny maps as patches
-times a matrix) equal `nnx.Conv` itself, values and gradients."""
+"""layers.same_conv and layers.max_pool: the CPU fast paths (depthwise as shifted slices, tiny
+maps as patches times a matrix, max_pool's cheaper gradient) equal the GPU/TPU branches, run
+on CPU inside `backend.accelerator_paths()`, in values and gradients."""
+
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +10,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mmjax.models.backend import accelerator_paths, cpu_fast_paths
 from mmjax.models.layers import max_pool, same_conv
+
+# Both branches sum the same float32 products (at most 245 here) in different orders, which
+# moves a sum by about sqrt(n) ulps of its terms: 32 eps of an array's largest magnitude.
+# Measured: at most 2.7 eps (the depthwise 5x5 kernel's gradient).
+TOLERANCE = 32 * float(jnp.finfo(jnp.float32).eps)
 
 
 def _conv(c_in: int, c_out: int, kernel: int, stride: int, groups: int = 1) -> nnx.Conv:
@@ -23,47 +32,86 @@ def _conv(c_in: int, c_out: int, kernel: int, stride: int, groups: int = 1) -> n
     )
 
 
-def _check(conv: nnx.Conv, x: jax.Array) -> None:
-    np.testing.assert_allclose(same_conv(conv, x), conv(x), rtol=1e-5, atol=1e-5)
-    weights = jax.random.normal(jax.random.key(2), conv(x).shape)
+def _primitives(jaxpr: jax.extend.core.Jaxpr) -> set[str]:
+    names = set()
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for inner in jax.extend.core.jaxprs_in_params(eqn.params):
+            names |= _primitives(inner)
+    return names
+
+
+def _branches(
+    f: Callable[..., jax.Array], args: Sequence, seed: int
+) -> dict[str, tuple[list[np.ndarray], set[str]]]:
+    """{"cpu": ..., "accelerator": ...}: f's output and its gradient with respect to every
+    argument (for a random cotangent), and the primitives of that program, per branch."""
+
+    def program(*args):
+        out, vjp = jax.vjp(f, *args)
+        cotangent = jax.random.normal(jax.random.key(seed), out.shape, out.dtype)
+        return out, vjp(cotangent)
+
+    def run() -> tuple[list[np.ndarray], set[str]]:
+        traced = jax.jit(program).trace(*args)
+        values = [np.asarray(x) for x in jax.tree.leaves(traced.lower().compile()(*args))]
+        return values, _primitives(traced.jaxpr.jaxpr)
+
+    cpu = run()
+    with accelerator_paths():
+        return {"cpu": cpu, "accelerator": run()}
+
+
+def _check_conv(conv: nnx.Conv, x: jax.Array) -> None:
     graphdef, state = nnx.split(conv)
-
-    def loss(state, x, fast):
-        module = nnx.merge(graphdef, state)
-        return jnp.sum((same_conv(module, x) if fast else module(x)) * weights)
-
-    fast = jax.grad(loss, argnums=(0, 1))(state, x, True)
-    plain = jax.grad(loss, argnums=(0, 1))(state, x, False)
-    for got, want in zip(jax.tree.leaves(fast), jax.tree.leaves(plain)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    runs = _branches(lambda state, x: same_conv(nnx.merge(graphdef, state), x), (state, x), 2)
+    (cpu, cpu_ops), (accelerator, accelerator_ops) = runs["cpu"], runs["accelerator"]
+    assert "dot_general" not in accelerator_ops  # `conv(x)` itself: one convolution
+    assert "conv_general_dilated" in accelerator_ops and cpu_ops != accelerator_ops
+    for got, want in zip(cpu, accelerator, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE * np.max(np.abs(want)))
 
 
 @pytest.mark.parametrize(("kernel", "stride", "size"), [(3, 2, 8), (5, 1, 7)])
 def test_depthwise_equals_grouped_conv(kernel, stride, size):
     x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 6))
-    _check(_conv(6, 6, kernel, stride, groups=6), x)
+    _check_conv(_conv(6, 6, kernel, stride, groups=6), x)
 
 
 @pytest.mark.parametrize(("kernel", "stride", "size"), [(3, 1, 2), (3, 2, 1), (7, 2, 4)])
 def test_tiny_map_equals_direct_conv(kernel, stride, size):
     x = jax.random.normal(jax.random.key(1), (2, size, size, 5))
-    _check(_conv(5, 4, kernel, stride), x)
+    _check_conv(_conv(5, 4, kernel, stride), x)
 
 
 @pytest.mark.parametrize(
     ("window", "stride", "padding", "shape"),
     [(2, 2, "VALID", (2, 9, 6, 3)), (3, 2, "SAME", (2, 7, 8, 3))],
 )
-def test_max_pool_equals_nnx_max_pool(window, stride, padding, shape):
+def test_max_pool_equals_select_and_scatter(window, stride, padding, shape):
     x = jax.random.normal(jax.random.key(3), shape)  # no ties: the gradients agree exactly
-    want = nnx.max_pool(x, (window, window), (stride, stride), padding=padding)
-    np.testing.assert_array_equal(max_pool(x, window, stride, padding=padding), want)
-    weights = jax.random.normal(jax.random.key(4), want.shape)
-    grads = [
-        jax.grad(lambda x, pool=pool: jnp.sum(pool(x) * weights))(x)
-        for pool in (
-            lambda x: max_pool(x, window, stride, padding=padding),
-            lambda x: nnx.max_pool(x, (window, window), (stride, stride), padding=padding),
-        )
-    ]
-    np.testing.assert_array_equal(*grads)
+    runs = _branches(lambda x: max_pool(x, window, stride, padding=padding), (x,), 4)
+    (cpu, cpu_ops), (accelerator, accelerator_ops) = runs["cpu"], runs["accelerator"]
+    assert "select_and_scatter_add" in accelerator_ops  # XLA's own gradient
+    assert "select_and_scatter_add" not in cpu_ops
+    for got, want in zip(cpu, accelerator, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_accelerator_paths_are_traced_apart():
+    """The switch is part of jit's cache key: a jitted function is traced once per branch."""
+    branches = []
+
+    @jax.jit
+    def pooled(x: jax.Array) -> jax.Array:
+        branches.append(cpu_fast_paths())
+        return max_pool(x, 2, 2)
+
+    x = jnp.ones((1, 4, 4, 1))
+    pooled(x)
+    with accelerator_paths():
+        pooled(x)
+        with accelerator_paths(False):
+            pooled(x)
+    pooled(x)
+    assert branches == [True, False]

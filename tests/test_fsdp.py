@@ -1,6 +1,8 @@
 """FSDP: the parameter-sharding rule, the `data x fsdp` mesh, and a sharded run that equals the
 replicated one step for step and checkpoints into any layout."""
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -18,6 +20,8 @@ from tests.batches import avdigits_batches
 
 BATCH = 8
 STEPS = 3
+COLLECTIVE = re.compile(r"\b(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)")
+LOG_MEL_OP = re.compile(r'op_name="[^"]*[(/]log_mel[)/]')  # mel_spectrogram's named scope
 
 
 @pytest.mark.parametrize(
@@ -128,3 +132,21 @@ def test_fsdp_checkpoint_restores_replicated(experiment, runs, tmp_path):
     assert all(x.sharding.is_fully_replicated and x.sharding.mesh == mesh for x in leaves)
     for a, b in zip(_values(restored), _values(state), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_log_mel_computes_only_its_own_rows(experiment):
+    """XLA splits an FFT only over its transformed axis: on a batch split over devices the
+    log-mel's FFT was all-gathered and every device transformed the whole batch. In the
+    compiled step no op of the log-mel is a collective and none has the global batch's rows."""
+    mesh = data_mesh(fsdp=2)
+    graphdef, state = abstract_state(experiment)
+    step = make_train_step(graphdef, state_shardings(state, mesh, experiment.parallel), mesh)
+    batch = next(avdigits_batches(1, BATCH, 2000))
+    shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+    hlo = step.lower(state, shapes).compile().as_text()
+    ops = [line.strip() for line in hlo.splitlines() if LOG_MEL_OP.search(line)]
+    assert ops, "no op of the log-mel (named scope log_mel) in the compiled step"
+    assert not [op for op in ops if COLLECTIVE.search(op)]
+    # Only the batch axis can be 8 here (frames 26, n_fft 256, bins 129, mels 40): 2 rows each.
+    rows = {int(n) for op in ops for n in re.findall(r"= f32\[(\d+),", op)}
+    assert BATCH not in rows and BATCH // mesh.size in rows, rows

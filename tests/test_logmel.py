@@ -17,6 +17,7 @@ from mmjax.models.logmel import (
     log_mel_spectrogram,
     mel_filterbank,
     mel_spectrogram,
+    power_spectrum,
 )
 
 CLIP = "/usr/share/asterisk/sounds/en/digits/7.wav"  # a person saying "seven", 8 kHz 16-bit PCM
@@ -79,6 +80,17 @@ def test_mel_spectrogram_matches_librosa_on_real_clip(cfg: LogMelConfig) -> None
     scale = np.max(np.abs(expected))
     assert _max_relative_error(actual, expected) <= TOLERANCE
     np.testing.assert_allclose(actual, expected, rtol=TOLERANCE, atol=TOLERANCE * scale)
+
+
+@pytest.mark.parametrize("n_fft", [256, 400, 511])
+def test_power_spectrum_by_matmul_equals_fft(n_fft: int) -> None:
+    """The DFT as a matmul (several devices) equals the FFT (one device) to float32 rounding:
+    both sum n_fft products per bin, so 1e-5 of the largest bin covers their roundings."""
+    frames = jnp.asarray(np.random.default_rng(2).normal(size=(2, 3, n_fft)).astype(np.float32))
+    fft = np.asarray(power_spectrum(frames, by_matmul=False))
+    matmul = np.asarray(power_spectrum(frames, by_matmul=True))
+    assert fft.shape == matmul.shape == (2, 3, n_fft // 2 + 1)
+    np.testing.assert_allclose(matmul, fft, rtol=0, atol=1e-5 * np.max(fft))
 
 
 def test_jit_matches_eager_with_expected_shape() -> None:

@@ -23,6 +23,7 @@ import einops
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.nnx.nn.dtypes import promote_dtype
 
 from mmjax.errors import ConfigError
 from mmjax.models.layers import MLP, Features
@@ -106,14 +107,20 @@ class LowRankFusion(nnx.Module):
 
     def __init__(self, dims: dict[str, int], cfg: Config, *, rngs: nnx.Rngs):
         self.modalities = tuple(sorted(dims))
+        # As on flax's layers: `dtype` (None: the inputs' and factors' promoted dtype) is the
+        # compute dtype, which `train.compute_dtype` sets (train/step.py: _compute_in).
+        self.dtype: jnp.dtype | None = None
+        self.param_dtype = jnp.float32
         init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal", in_axis=1, out_axis=2)
         self.factors = nnx.Dict(
             {
-                m: nnx.Param(init(rngs.params(), (cfg.rank, dims[m] + 1, cfg.hidden)))
+                m: nnx.Param(
+                    init(rngs.params(), (cfg.rank, dims[m] + 1, cfg.hidden), self.param_dtype)
+                )
                 for m in self.modalities
             }
         )
-        self.bias = nnx.Param(jnp.zeros((cfg.hidden,)))
+        self.bias = nnx.Param(jnp.zeros((cfg.hidden,), self.param_dtype))
         self.dim = cfg.hidden
 
     def __call__(
@@ -123,9 +130,11 @@ class LowRankFusion(nnx.Module):
         for m in self.modalities:
             _, z = _present_pooled(features, modality_mask, m)
             v = jnp.concatenate([z, jnp.ones_like(z[:, :1])], axis=-1)  # missing: [0, ..., 0, 1]
-            factor = einops.einsum(v, self.factors[m][...], "b i, r i o -> b r o")
+            v, weights = promote_dtype((v, self.factors[m][...]), dtype=self.dtype)
+            factor = einops.einsum(v, weights, "b i, r i o -> b r o")
             product = factor if product is None else product * factor
-        return product.sum(axis=1) + self.bias[...]
+        product, bias = promote_dtype((product, self.bias[...]), dtype=self.dtype)
+        return product.sum(axis=1) + bias
 
 
 class _MI(nnx.Module):
@@ -133,15 +142,18 @@ class _MI(nnx.Module):
     f(x, z) = zᵀ W x + zᵀ U + V x + b with W a full [D_z, D_x, out] tensor."""
 
     def __init__(self, x_dim: int, z_dim: int, out: int, *, rngs: nnx.Rngs):
+        self.dtype: jnp.dtype | None = None  # the compute dtype, as in LowRankFusion
+        self.param_dtype = jnp.float32
         init = nnx.initializers.variance_scaling(
             1.0, "fan_in", "normal", in_axis=(0, 1), out_axis=2
         )
-        self.w = nnx.Param(init(rngs.params(), (z_dim, x_dim, out)))
+        self.w = nnx.Param(init(rngs.params(), (z_dim, x_dim, out), self.param_dtype))
         self.u = nnx.Linear(z_dim, out, use_bias=False, rngs=rngs)
         self.v = nnx.Linear(x_dim, out, rngs=rngs)  # its bias is b
 
     def __call__(self, x: jax.Array, z: jax.Array) -> jax.Array:
-        bilinear = einops.einsum(z, self.w[...], x, "b i, i j o, b j -> b o")
+        zc, w, xc = promote_dtype((z, self.w[...], x), dtype=self.dtype)
+        bilinear = einops.einsum(zc, w, xc, "b i, i j o, b j -> b o")
         return bilinear + self.u(z) + self.v(x)
 
 

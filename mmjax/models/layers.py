@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmjax.models.backend import cpu_fast_paths
+
 
 class Features(NamedTuple):
     """An encoder's output: token features for attention fusions, pooled ones for vector fusions.
@@ -89,12 +91,12 @@ def same_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     on small images) as patches times a matrix, since XLA:CPU's direct convolution is ~30x
     slower there; a depthwise conv as a sum of shifted, strided slices times the per-channel
     weights, since XLA:CPU's grouped convolution runs at ~2 % of its matmul peak. Other
-    convolutions, and every conv on GPU/TPU, go to `conv` itself. The results equal
-    `conv(x)` to float rounding (tests/test_fast_conv.py)."""
+    convolutions, and every conv on GPU/TPU or inside `backend.accelerator_paths()`, go to
+    `conv` itself. The results equal `conv(x)` to float rounding (tests/test_fast_conv.py)."""
     kernel = conv.kernel[...]
     (kh, kw), (sh, sw) = conv.kernel_size, conv.strides or (1, 1)
-    cpu = jax.default_backend() == "cpu"
-    if not cpu or conv.padding != "SAME" or conv.use_bias or conv.kernel_dilation not in (1, None):
+    plain = conv.padding != "SAME" or conv.use_bias or conv.kernel_dilation not in (1, None)
+    if plain or not cpu_fast_paths():
         return conv(x)
     (h_lo, h_hi), (w_lo, w_hi) = (
         _same_padding(x.shape[1], kh, sh),
@@ -127,8 +129,9 @@ def max_pool(x: jax.Array, window: int, stride: int, *, padding: str = "VALID") 
     cheaper gradient on CPU (benchmarks/NOTES.md): XLA's select-and-scatter, the usual
     gradient, runs 3-10x slower there than this one, which stacks the window's strided
     slices, picks the first maximum of each (as select-and-scatter does) and sends the
-    output's gradient to it. GPU/TPU keep XLA's own gradient."""
-    if jax.default_backend() != "cpu":
+    output's gradient to it. GPU/TPU, and CPU inside `backend.accelerator_paths()`, keep
+    XLA's own gradient."""
+    if not cpu_fast_paths():
         return nnx.max_pool(x, (window, window), (stride, stride), padding=padding)
     return _max_pool(x, window, stride, padding)
 
