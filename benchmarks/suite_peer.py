@@ -1,7 +1,7 @@
 """peer: mmjax against the same architectures in PyTorch (benchmarks/peer_torch.py), eager and
 `torch.compile`, in the same process on the same batch.
 
-Protocol (reference/performance-anchors.md 4): the three implementations are timed in
+Protocol: the three implementations are timed in
 interleaved rounds (mmjax, eager, compiled, mmjax, ...). A round times a few calls of each
 and takes their median; the ratio mmjax / torch is formed per round, and the record gives
 the median over rounds with its interquartile range. Co-tenant load then hits both sides of

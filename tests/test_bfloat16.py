@@ -1,4 +1,7 @@
-"""bfloat16 mode (`train.compute_dtype`): a fusion head's matmuls run in bfloat16."""
+"""bfloat16: a fusion head's matmuls run in bfloat16 (`train.compute_dtype`), and the train
+suite's all-bfloat16 state traces without lossy casts."""
+
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -7,9 +10,12 @@ import pytest
 from flax import nnx
 
 import mmjax.models  # noqa: F401  (registration)
+from mmjax.config import experiment_from
 from mmjax.models.layers import Features
-from mmjax.registry import FUSIONS
-from mmjax.train.step import _cast_floats, _compute_in
+from mmjax.parallel import data_mesh, put_batch
+from mmjax.registry import FUSIONS, MODELS
+from mmjax.train.state import init_state, state_shardings
+from mmjax.train.step import _cast_floats, _compute_in, make_train_step
 
 DIMS = {"audio": 5, "image": 7}
 
@@ -43,10 +49,11 @@ def float32_matmuls(head: nnx.Module, features: dict[str, Features], masks: dict
     ]
 
 
-@pytest.mark.parametrize("name", ["low_rank_fusion", "multiplicative"])
+@pytest.mark.parametrize("name", FUSIONS.names())
 def test_head_computes_in_bfloat16(name):
-    """The heads that multiply their own parameter tensors (not through flax layers) follow
-    the compute dtype too, even on float32 features (an encoder may end in float32)."""
+    """Every head's matmuls follow the compute dtype, those that multiply their own parameter
+    tensors (not through flax layers) too, even on float32 features (an encoder may end in
+    float32)."""
     cls = FUSIONS.get(name)
     head = cls(DIMS, cls.Config(), rngs=nnx.Rngs(0))
     rng = np.random.default_rng(0)
@@ -60,3 +67,23 @@ def test_head_computes_in_bfloat16(name):
     }
     masks = {m: jnp.array([True, True, False]) for m in DIMS}
     assert float32_matmuls(head, features, masks) == []
+
+
+def test_train_suite_bfloat16_state_updates_batch_statistics_without_a_lossy_cast():
+    """The train suite's pure-bfloat16 case keeps BatchNorm statistics float32: flax computes
+    their update in float32, and writing it into a bfloat16 copy is JAX's FutureWarning
+    "scatter inputs have incompatible types" (an error in a future JAX). Tracing is enough."""
+    from benchmarks import inputs, suite_train
+
+    small = inputs.smoke_section(MODELS.get("avdigits_late")())
+    case = suite_train.Case("avdigits_late", small, 4, image=8, audio=2000, dtype="bfloat16")
+    exp = experiment_from({"model": case.section, "train": {"batch_size": 4, "steps": 10}})
+    mesh = data_mesh(jax.devices()[:1])
+    graphdef, state = init_state(exp, mesh)
+    state = suite_train._cast(state, "bfloat16")
+    host = suite_train.host_batch(case, exp.model.num_classes)
+    batch = put_batch(suite_train._cast(host, "bfloat16"), mesh)
+    step = make_train_step(graphdef, state_shardings(state, mesh), mesh)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        step.lower(state, batch)
