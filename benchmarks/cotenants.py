@@ -1,0 +1,53 @@
+"""How much of the machine other processes took while a measurement ran (Linux `/proc`).
+
+On a shared 2-core machine a co-tenant hits the two frameworks unequally: PyTorch's OpenMP
+threads meet at a barrier after every parallel region, so one busy core stalls every small
+matmul of an LSTM step, while XLA's thread pool degrades more gently. Measured here during a
+test run beside the peer suite: the BiLSTM train step took 53x its quiet time in PyTorch and
+3.3x in mmjax. A ratio from such a round says nothing about either framework, so the peer
+suite times each round under a `CpuWatch` and keeps the quiet rounds.
+"""
+
+import os
+import time
+from pathlib import Path
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _machine_busy_ticks() -> int | None:
+    """Busy CPU ticks of the whole machine since boot (user, nice, system, irq, softirq and
+    the hypervisor's steal), or None without /proc."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return user + nice + system + irq + softirq + steal
+
+
+def _own_ticks() -> int:
+    """CPU ticks this process (all its threads) has used."""
+    times = os.times()
+    return round((times.user + times.system) * _TICKS)
+
+
+class CpuWatch:
+    """`with CpuWatch() as w: ...` -> `w.others`: the share of the machine's CPU time (0-1)
+    used by other processes during the block; None where /proc is unavailable."""
+
+    def __init__(self) -> None:
+        self.others: float | None = None
+
+    def __enter__(self) -> "CpuWatch":
+        self._busy, self._own = _machine_busy_ticks(), _own_ticks()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy = _machine_busy_ticks()
+        if busy is None or self._busy is None:
+            return
+        capacity = (time.perf_counter() - self._started) * _TICKS * (os.cpu_count() or 1)
+        others = (busy - self._busy) - (_own_ticks() - self._own)
+        self.others = min(1.0, max(0.0, others / max(capacity, 1e-9)))
