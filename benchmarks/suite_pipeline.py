@@ -18,11 +18,13 @@ in one process, on the real AV-Digits dataset and the real mmjax pipeline
   with `workers=0` too) is full and the process is idle: the steady state of a long run, not
   the loop's first seconds, in which the loader fills that buffer on the same cores. Two
   protocols (fields `protocol_name`, `protocol`): `loop_py` does what
-  `mmjax.train.loop.train` does (next -> put_batch -> async dispatch of the step ->
-  `MetricsLog.push`, which fetches the previous step's metrics, so the loader overlaps the
-  device's step and at most two steps are in flight); `blocking` blocks on every step's
-  metrics before the next `next()` (no overlap). `data_wait_fraction` is the time spent in
-  `next()` plus `put_batch` over the loop's wall time (ended by blocking on the final state).
+  `mmjax.train.loop.train` does (`mmjax.train.prefetch`: a thread reads and places batch
+  n + 1 while step n runs; then async dispatch of the step -> `MetricsLog.push`, which
+  fetches the previous step's metrics, so at most two steps are in flight); `no_prefetch` is
+  that loop without its prefetch stage (next -> put_batch -> dispatch); `blocking` blocks on
+  every step's metrics before the next `next()` (no overlap). `data_wait_fraction` is the
+  time the loop spent getting its next placed batch over its wall time (ended by blocking on
+  the final state).
 
 `loader_over_step` (on the loader and loop records) is the loader's samples/s over the
 step's; `loop_step_over_step` is a loop step's wall time over the isolated step's (above 1
@@ -48,6 +50,7 @@ from mmjax.experiments import avdigits_config
 from mmjax.models import validate_batch
 from mmjax.parallel import check_batch_size, data_mesh, put_batch
 from mmjax.train.metrics import MetricsLog
+from mmjax.train.prefetch import prefetch_batches
 from mmjax.train.state import init_state, state_shardings
 from mmjax.train.step import make_train_step
 
@@ -62,9 +65,12 @@ SETTLE_LIMIT_S = 30.0  # the most the loop waits for grain's read-ahead buffer t
 
 
 LOOP_PROTOCOLS = {
-    "loop_py": "as mmjax.train.loop.train: next -> put_batch -> async step dispatch -> "
-    "MetricsLog.push (fetches the previous step's metrics: <= 2 steps in flight); "
-    "wall ended by blocking on the final state; after grain's read-ahead buffer filled",
+    "loop_py": "as mmjax.train.loop.train: a prefetch thread reads and places (put_batch) "
+    "batch n+1 while step n runs -> next(prefetch) -> async step dispatch -> MetricsLog.push "
+    "(fetches the previous step's metrics: <= 2 steps in flight); wall ended by blocking on "
+    "the final state; after grain's read-ahead buffer filled",
+    "no_prefetch": "the loop before its prefetch stage: next -> put_batch -> async step "
+    "dispatch -> MetricsLog.push; after grain's read-ahead buffer filled",
     "blocking": "next -> put_batch -> step -> block_until_ready(metrics) every step "
     "(no overlap of loading with the step); after grain's read-ahead buffer filled",
 }
@@ -199,33 +205,45 @@ def _time_loop(
     mesh: jax.sharding.Mesh,
     steps: int,
     log: MetricsLog,
-    *,
-    blocking: bool,
+    protocol: str,
 ) -> tuple[dict[str, float], Any]:
-    """`steps` steps of the training loop; (wait and wall figures, the final state)."""
+    """`steps` steps of the training loop under `protocol` (LOOP_PROTOCOLS); (wait and wall
+    figures, the final state). The wait is the time the loop spent getting its next placed
+    batch: in next(prefetch) with the prefetch stage, in next(iterator) + put_batch without."""
     waits, puts = [], []
+    prefetcher = None
+    if protocol == "loop_py":
+        prefetcher = prefetch_batches([iterator], lambda host: put_batch(host[0], mesh))
     started = time.perf_counter()
-    for step in range(steps):
-        began = time.perf_counter()
-        batch = next(iterator)
-        loaded = time.perf_counter()
-        placed = put_batch(batch, mesh)
-        placed_at = time.perf_counter()
-        state, metrics = train_step(state, placed)
-        if blocking:
-            jax.block_until_ready(metrics)
-        else:
-            log.push(step + 1, metrics)
-        waits.append(loaded - began)
-        puts.append(placed_at - loaded)
-    log.flush()
-    jax.block_until_ready(state)
-    wall = time.perf_counter() - started
+    try:
+        for step in range(steps):
+            began = time.perf_counter()
+            if prefetcher is not None:
+                placed = next(prefetcher).placed
+                loaded = placed_at = time.perf_counter()
+            else:
+                batch = next(iterator)
+                loaded = time.perf_counter()
+                placed = put_batch(batch, mesh)
+                placed_at = time.perf_counter()
+            state, metrics = train_step(state, placed)
+            if protocol == "blocking":
+                jax.block_until_ready(metrics)
+            else:
+                log.push(step + 1, metrics)
+            waits.append(loaded - began)
+            puts.append(placed_at - loaded)
+        log.flush()
+        jax.block_until_ready(state)
+        wall = time.perf_counter() - started
+    finally:
+        if prefetcher is not None:
+            prefetcher.close()
     wait = sum(waits) + sum(puts)
     return {
         "wall_s": round(wall, 4),
         "next_wait_s": round(sum(waits), 4),
-        "put_wait_s": round(sum(puts), 4),
+        "put_wait_s": round(sum(puts), 4) if prefetcher is None else None,
         "data_wait_fraction": wait / wall,
         "next_ms_p50": round(perf.Stats(tuple(waits)).percentile_ms(50), 4),
         "next_ms_p90": round(perf.Stats(tuple(waits)).percentile_ms(90), 4),
@@ -346,9 +364,7 @@ def run(ctx: Context, data_root: str | Path | None = None) -> None:
     try:
         for name, protocol in LOOP_PROTOCOLS.items():
             log = MetricsLog(log_path, every=10**9)
-            fields, state = _time_loop(
-                iterator, train_step, state, mesh, loop_steps, log, blocking=name == "blocking"
-            )
+            fields, state = _time_loop(iterator, train_step, state, mesh, loop_steps, log, name)
             samples_per_s = batch * loop_steps / fields["wall_s"]
             slowdown = fields["loop_step_ms"] / (1000 * stats.median)
             ctx.record(

@@ -59,12 +59,14 @@ def test_pipeline_suite_smoke(tmp_path, avdigits_root):
     _positive(loader, "loader_and_put_samples_per_s", "step_samples_per_s")
     assert isinstance(loader["meets_loader_target"], bool)
     loops = {r["protocol_name"]: r for r in variants["loop"]}
-    assert sorted(loops) == ["blocking", "loop_py"]
-    for loop in loops.values():
+    assert sorted(loops) == ["blocking", "loop_py", "no_prefetch"]
+    for name, loop in loops.items():
         _positive(loop, "wall_s", "loop_step_ms", "samples_per_s", "loader_over_step", "steps")
         _fraction(loop, "data_wait_fraction")
-        assert loop["next_wait_s"] >= 0 and loop["put_wait_s"] >= 0
-        assert loop["next_wait_s"] + loop["put_wait_s"] <= loop["wall_s"]
+        put = loop["put_wait_s"]
+        assert (put is None) == (name == "loop_py")  # the prefetch thread places the batches
+        assert loop["next_wait_s"] >= 0 and (put or 0) >= 0
+        assert loop["next_wait_s"] + (put or 0) <= loop["wall_s"]
         assert isinstance(loop["meets_data_wait_target"], bool)
     assert not (tmp_path / "pipeline_metrics.jsonl").exists()
 
