@@ -18,6 +18,7 @@ from mmjax.models.layers import (
     sinusoidal_positions,
 )
 from mmjax.models.logmel import LogMelConfig, log_mel_spectrogram, mel_spectrogram
+from mmjax.models.recurrent import run_rnn
 from mmjax.registry import ENCODERS
 
 
@@ -71,7 +72,7 @@ class CNNLSTM(nnx.Module):
         x = _log_mel_features(x, self.mel)[..., None]  # [B, T, F, 1]
         for block in self.blocks:
             x = max_pool(block(x, train=train), 2, 2)
-        tokens = self.lstm(rearrange(x, "b t f c -> b t (f c)"))
+        tokens = run_rnn(self.lstm, rearrange(x, "b t f c -> b t (f c)"))
         return features_from_tokens(tokens)
 
 
@@ -311,7 +312,7 @@ class SpeakerLSTM(nnx.Module):
             raise InputError(f"audio: expected a waveform [B, S] or mels [B, T, F], got {x.shape}")
         h = mel_spectrogram(x, self.mel) if x.ndim == 2 else x
         for layer in self.lstm:
-            h = layer(h)
+            h = run_rnn(layer, h)
         tokens = jax.nn.relu(self.linear(h))
         last = tokens[:, -1]
         pooled = last / jnp.maximum(jnp.linalg.norm(last, axis=-1, keepdims=True), 1e-12)

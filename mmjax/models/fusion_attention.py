@@ -22,6 +22,7 @@ from mmjax.models.layers import (
     masked_mean,
     sinusoidal_positions,
 )
+from mmjax.models.recurrent import run_rnn
 from mmjax.registry import FUSIONS
 
 
@@ -104,7 +105,7 @@ class CNNRNN(nnx.Module):
        being the modality's presence; a missing modality is all zeros.
     3. A 2-D conv with kernel (`kernel` steps, M modalities), no modality padding, mixes every
        modality at each step and its neighbours -> [B, steps, width] -> GELU -> dropout.
-    4. An LSTM (`nnx.RNN`, a scan) runs over the steps; its outputs are mean pooled over the
+    4. An LSTM (`models/recurrent.py`) runs over the steps; its outputs are mean pooled over the
        steps where any modality is present (zeros when none is).
 
     Deviations from the paper: none (a generic baseline, not from one paper).
@@ -142,7 +143,7 @@ class CNNRNN(nnx.Module):
         x = jnp.stack(stacked, axis=2)  # [B, steps, M, width + 1]
         x = rearrange(self.conv(x), "b s 1 c -> b s c")
         x = self.dropout(nnx.gelu(x), deterministic=not train)
-        return masked_mean(self.lstm(x), jnp.any(jnp.stack(step_masks, axis=-1), axis=-1))
+        return masked_mean(run_rnn(self.lstm, x), jnp.any(jnp.stack(step_masks, axis=-1), axis=-1))
 
 
 @FUSIONS.register("mult")

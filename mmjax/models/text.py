@@ -20,6 +20,7 @@ from flax import nnx
 from mmjax.batch_keys import attention_key
 from mmjax.errors import ConfigError, DataError, InputError
 from mmjax.models.layers import Features, features_from_tokens
+from mmjax.models.recurrent import run_bidirectional
 from mmjax.registry import ENCODERS
 
 # ----------------------------------------------------------------------------------------------
@@ -170,8 +171,9 @@ class BiRNNText(nnx.Module):
     """Token embedding -> bidirectional RNN of `cell`; padding (the attention mask's False
     positions, else id 0) is masked out.
 
-    Subclasses pick the recurrent cell and the registered name; the padded steps are excluded
-    from each direction's recurrence via ``seq_lengths`` and from the pooled mean.
+    Subclasses pick the recurrent cell (flax's, run by `models/recurrent.py`) and the
+    registered name; the backward direction reads each row reversed within its length, so
+    padding never enters a real step's state, and the pooled mean skips the padded steps.
     """
 
     modality = "text"
@@ -202,7 +204,7 @@ class BiRNNText(nnx.Module):
         embedded = self.embed(x)
         if self.freeze:
             embedded = jax.lax.stop_gradient(embedded)
-        tokens = self.rnn(embedded, seq_lengths=lengths)
+        tokens = run_bidirectional(self.rnn, embedded, lengths)
         return features_from_tokens(tokens, mask)
 
 

@@ -14,6 +14,7 @@ from mmjax.models.layers import (
     features_from_tokens,
     sinusoidal_positions,
 )
+from mmjax.models.recurrent import run_rnn
 from mmjax.registry import ENCODERS
 
 TEMPORAL_MODELS = ("mean", "lstm", "transformer")
@@ -97,7 +98,7 @@ class FrameVideo(nnx.Module):
         tokens = rearrange(frames, "(b t) d -> b t d", b=b)
         mask = jnp.ones(tokens.shape[:2], bool)
         if self.lstm is not None:
-            tokens = self.lstm(tokens)
+            tokens = run_rnn(self.lstm, tokens)
         if self.proj is not None:
             tokens = self.proj(tokens) + sinusoidal_positions(tokens.shape[1], self.dim)
             for block in self.blocks:

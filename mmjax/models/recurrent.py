@@ -1,0 +1,213 @@
+"""LSTM and GRU layers as mmjax runs them: flax's cells' parameters, a faster program.
+
+`nnx.RNN` calls its cell once per time step, so every step multiplies its input by the
+input weights, and the backward pass (JAX's transpose of the scan) adds into the weight
+gradients inside the loop, one small matmul per step. Here:
+
+- the input projection of all steps is one matmul before the loop (`[T * B, F] @ [F, G]`);
+- the loop does only the recurrent product `h @ W_h` and the gate arithmetic; both directions
+  of a bidirectional layer step in the same loop (two independent matmuls per iteration);
+- the backward pass is written by hand (`jax.custom_vjp`): the loop computes only the gate
+  gradients and `dh @ W_h^T`; the input and recurrent weight gradients are one matmul each
+  after it.
+
+The parameters stay in flax's `OptimizedLSTMCell` / `GRUCell` (held by `nnx.RNN` /
+`nnx.Bidirectional`), with their paths and initialisers, so checkpoints, pretrained imports and
+the PyTorch mirrors are unchanged; only the cells' `__call__` is bypassed. Values equal
+`nnx.RNN`'s to float32 rounding (tests/test_recurrent.py).
+
+Layouts: inputs [B, T, F] batch-major as the encoders hold them; inside, time-major
+[T, B, ...]; gates i, f, g, o (LSTM) and r, z, n (GRU) in flax's order.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.nnx.nn.dtypes import promote_dtype
+from flax.nnx.nn.recurrent import flip_sequences
+
+Arrays = tuple[jax.Array, ...]
+
+# ----------------------------------------------------------------------------------------------
+# The recurrences: projs (one [T, B, G] per direction, input projection and bias included) and
+# recurrent kernels (one [H, G] per direction) -> hidden states, one [T, B, H] per direction.
+
+
+def _lstm_step(c: jax.Array, h: jax.Array, p: jax.Array, w_h: jax.Array):
+    z = p + h @ w_h
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    c = f * c + i * g
+    return c, o * jnp.tanh(c), jnp.concatenate([i, f, g, o], axis=-1)
+
+
+def _lstm_forward(projs: Arrays, w_hs: Arrays, unroll: int):
+    def step(carry, ps):
+        out = [_lstm_step(c, h, p, w) for (c, h), p, w in zip(carry, ps, w_hs, strict=True)]
+        return tuple((c, h) for c, h, _ in out), tuple(out)
+
+    zeros = tuple(
+        (jnp.zeros(p.shape[1:2] + w.shape[:1], p.dtype),) * 2
+        for p, w in zip(projs, w_hs, strict=True)
+    )
+    _, per_step = jax.lax.scan(step, zeros, projs, unroll=unroll)
+    hs = tuple(h for _, h, _ in per_step)
+    return hs, per_step
+
+
+def _shifted(x: jax.Array) -> jax.Array:
+    """x [T, ...] -> the value before each step: [0, x_0, ..., x_{T-2}]."""
+    return jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]], axis=0)
+
+
+def _lstm_backward(per_step, w_hs: Arrays, dhs: Arrays, unroll: int):
+    def step(carry, xs):
+        new_carry, dzs = [], []
+        for (dh_next, dc_next), (dh_out, c, c_prev, acts), w in zip(carry, xs, w_hs, strict=True):
+            i, f, g, o = jnp.split(acts, 4, axis=-1)
+            dh = dh_out + dh_next
+            tanh_c = jnp.tanh(c)
+            dc = dc_next + dh * o * (1 - tanh_c * tanh_c)
+            dz = jnp.concatenate(
+                [
+                    dc * g * i * (1 - i),
+                    dc * c_prev * f * (1 - f),
+                    dc * i * (1 - g * g),
+                    dh * tanh_c * o * (1 - o),
+                ],
+                axis=-1,
+            )
+            new_carry.append((dz @ w.T, dc * f))
+            dzs.append(dz)
+        return tuple(new_carry), tuple(dzs)
+
+    xs = tuple((dh, c, _shifted(c), acts) for dh, (c, _, acts) in zip(dhs, per_step, strict=True))
+    zeros = tuple((jnp.zeros_like(dh[0]),) * 2 for dh in dhs)
+    _, dzs = jax.lax.scan(step, zeros, xs, reverse=True, unroll=unroll)
+    dw_hs = tuple(
+        jnp.einsum("tbh,tbg->hg", _shifted(h), dz)
+        for (_, h, _), dz in zip(per_step, dzs, strict=True)
+    )
+    return dzs, dw_hs
+
+
+def _gru_step(h: jax.Array, p: jax.Array, w_h: jax.Array):
+    a = h @ w_h
+    p_r, p_z, p_n = jnp.split(p, 3, axis=-1)
+    a_r, a_z, a_n = jnp.split(a, 3, axis=-1)
+    r, z = jax.nn.sigmoid(p_r + a_r), jax.nn.sigmoid(p_z + a_z)
+    n = jnp.tanh(p_n + r * a_n)
+    return (1 - z) * n + z * h, jnp.concatenate([r, z, n, a_n], axis=-1)
+
+
+def _gru_forward(projs: Arrays, w_hs: Arrays, unroll: int):
+    def step(carry, ps):
+        out = [_gru_step(h, p, w) for h, p, w in zip(carry, ps, w_hs, strict=True)]
+        return tuple(h for h, _ in out), tuple(out)
+
+    zeros = tuple(
+        jnp.zeros(p.shape[1:2] + w.shape[:1], p.dtype) for p, w in zip(projs, w_hs, strict=True)
+    )
+    _, per_step = jax.lax.scan(step, zeros, projs, unroll=unroll)
+    return tuple(h for h, _ in per_step), per_step
+
+
+def _gru_backward(per_step, w_hs: Arrays, dhs: Arrays, unroll: int):
+    def step(carry, xs):
+        new_carry, dps = [], []
+        for dh_next, (dh_out, h_prev, saved), w in zip(carry, xs, w_hs, strict=True):
+            r, z, n, a_n = jnp.split(saved, 4, axis=-1)
+            dh = dh_out + dh_next
+            dn = dh * (1 - z) * (1 - n * n)
+            dr = dn * a_n * r * (1 - r)
+            dz = dh * (h_prev - n) * z * (1 - z)
+            da = jnp.concatenate([dr, dz, dn * r], axis=-1)  # d(h_prev @ w_h)
+            new_carry.append(dh * z + da @ w.T)
+            dps.append((jnp.concatenate([dr, dz, dn], axis=-1), da))
+        return tuple(new_carry), tuple(dps)
+
+    xs = tuple((dh, _shifted(h), saved) for dh, (h, saved) in zip(dhs, per_step, strict=True))
+    zeros = tuple(jnp.zeros_like(dh[0]) for dh in dhs)
+    _, grads = jax.lax.scan(step, zeros, xs, reverse=True, unroll=unroll)
+    dprojs = tuple(dp for dp, _ in grads)
+    dw_hs = tuple(
+        jnp.einsum("tbh,tbg->hg", _shifted(h), da)
+        for (h, _), (_, da) in zip(per_step, grads, strict=True)
+    )
+    return dprojs, dw_hs
+
+
+def _recurrence(forward, backward):
+    """A custom-VJP recurrence from its forward (-> hs, residuals) and backward rules."""
+
+    def run(projs: Arrays, w_hs: Arrays, unroll: int) -> Arrays:
+        return forward(projs, w_hs, unroll)[0]
+
+    def fwd(projs, w_hs, unroll):
+        hs, per_step = forward(projs, w_hs, unroll)
+        return hs, (per_step, w_hs)
+
+    def bwd(unroll, residuals, dhs):
+        per_step, w_hs = residuals
+        return backward(per_step, w_hs, dhs, unroll)
+
+    recurrence = jax.custom_vjp(run, nondiff_argnums=(2,))
+    recurrence.defvjp(fwd, bwd)
+    return recurrence
+
+
+_lstm = _recurrence(_lstm_forward, _lstm_backward)
+_gru = _recurrence(_gru_forward, _gru_backward)
+
+# ----------------------------------------------------------------------------------------------
+# Layers over flax's cells
+
+
+def _cell_weights(cell: nnx.RNNCellBase) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(input kernel [F, G], bias [G], recurrent kernel [H, G]) of an OptimizedLSTMCell (its
+    bias sits on dense_h) or a GRUCell (on dense_i), in the cell's compute dtype."""
+    if isinstance(cell, nnx.OptimizedLSTMCell):
+        bias = cell.dense_h.bias[...]
+    elif isinstance(cell, nnx.GRUCell):
+        bias = cell.dense_i.bias[...]
+    else:
+        raise TypeError(f"mmjax.models.recurrent runs LSTM and GRU cells, not {type(cell)}")
+    w_in, bias, w_h = cell.dense_i.kernel[...], bias, cell.dense_h.kernel[...]
+    return promote_dtype((w_in, bias, w_h), dtype=cell.dense_i.dtype)
+
+
+def _run(cells: Sequence[nnx.RNNCellBase], xs: Sequence[jax.Array], unroll: int) -> Arrays:
+    """Each cell over its own input [B, T, F], all in one loop -> one [B, T, H] per cell."""
+    if len({type(c) for c in cells}) != 1:
+        raise TypeError("the directions of a layer must use the same kind of cell")
+    projs, w_hs = [], []
+    for cell, x in zip(cells, xs, strict=True):
+        w_in, bias, w_h = _cell_weights(cell)
+        x = jnp.swapaxes(x, 0, 1).astype(w_in.dtype)  # [T, B, F]
+        projs.append(x @ w_in + bias)
+        w_hs.append(w_h)
+    recurrence = _lstm if isinstance(cells[0], nnx.OptimizedLSTMCell) else _gru
+    hs = recurrence(tuple(projs), tuple(w_hs), unroll)
+    return tuple(jnp.swapaxes(h, 0, 1) for h in hs)
+
+
+def run_rnn(rnn: nnx.RNN, x: jax.Array, *, unroll: int = 1) -> jax.Array:
+    """`rnn(x)` for an nnx.RNN over an LSTM or GRU cell, zero initial state:
+    x [B, T, F] -> outputs [B, T, H]."""
+    return _run([rnn.cell], [x], unroll)[0]
+
+
+def run_bidirectional(
+    layer: nnx.Bidirectional, x: jax.Array, lengths: jax.Array, *, unroll: int = 1
+) -> jax.Array:
+    """`layer(x, seq_lengths=lengths)` for an nnx.Bidirectional of LSTM or GRU cells:
+    x [B, T, F] with each row's real steps first (lengths [B]) -> [B, T, 2H], the forward
+    outputs then the backward ones. The backward direction reads each row reversed within its
+    length, as flax's does; outputs past a row's length are not meaningful (mask them)."""
+    reversed_x = flip_sequences(x, lengths, num_batch_dims=1, time_major=False)
+    cells = [layer.forward_rnn.cell, layer.backward_rnn.cell]
+    forward, backward = _run(cells, [x, reversed_x], unroll)
+    backward = flip_sequences(backward, lengths, num_batch_dims=1, time_major=False)
+    return jnp.concatenate([forward, backward], axis=-1)
