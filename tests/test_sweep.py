@@ -49,7 +49,11 @@ def assert_same_run(copy_dir, single_dir):
     evaluation."""
     (step, state), (single_step, single_state) = _params(copy_dir), _params(single_dir)
     assert step == single_step == STEPS
-    assert _max_difference(state, single_state) < 1e-5
+    # Float rounding, through Adam: its update m / sqrt(v) is O(1) even for a gradient that
+    # is all rounding, so a vmapped and a plain program may part by ~lr per step. Measured:
+    # 4.1e-5 for the lr 0.004 copy with the log-mel's DFT as a matmul (several devices). A
+    # copy given the other learning rate (0.001) would part by ~3e-3 per step.
+    assert _max_difference(state, single_state) < 1e-4
     rows, single_rows = _rows(copy_dir), _rows(single_dir)
     assert [r["step"] for r in rows] == [r["step"] for r in single_rows] == [3, 6]
     for row, single_row in zip(rows, single_rows, strict=True):
