@@ -124,7 +124,11 @@ def test_peer_suite_records(tmp_path):
             assert 0 < low <= r[f"ratio_vs_{peer}"] <= high
     (train,) = (r for r in rows if r["variant"] == "train_step")
     assert train["target_vs_eager"] == 0.8 and train["target_vs_compile"] == 1.0
-    assert isinstance(train["meets_target_vs_eager"], bool)
+    # judged only when enough rounds were quiet (CI's other worker may keep the machine busy)
+    quiet = train["ratio_from"] == "quiet rounds"
+    assert 0 <= train["quiet_rounds"] <= train["rounds"] == len(train["cotenant_share"])
+    assert quiet == (train["quiet_rounds"] >= 2)  # a smoke run's 2 rounds
+    assert isinstance(train["meets_target_vs_eager"], bool if quiet else type(None))
 
 
 def test_the_chart_shows_what_was_measured_and_nothing_empty(tmp_path):
