@@ -123,23 +123,26 @@ class ConvBNReLU(nn.Module):
         return F.relu(self.norm(self.conv(x)))
 
 
-class LSTM(nn.Module):
-    """One-layer LSTM with flax `OptimizedLSTMCell`'s parameters: input weights (no bias),
-    recurrent weights and one bias, gates in the order i, f, g, o (torch's order too).
-
-    Runs PyTorch's fused `torch.lstm` kernel (what `nn.LSTM` calls); `nn.LSTM` itself would
-    carry two biases per layer where flax has one, so the second is a zero buffer here.
+class FusedRNN(nn.Module):
+    """One-layer recurrent layer with a flax cell's parameters: input weights, recurrent
+    weights and one bias (`flax_bias` names the flax layer that holds it), `gates` blocks of
+    `hidden` rows each in flax's gate order, which is torch's too. Subclasses run PyTorch's
+    fused kernel (`_fused`), whose second bias is a zero buffer here.
     x [B, T, in] -> outputs [B, T, hidden], zero initial state.
     """
+
+    gates: int
+    flax_bias: str
 
     def __init__(self, in_features: int, hidden: int):
         super().__init__()
         self.hidden = hidden
+        rows = self.gates * hidden
         bound = 1.0 / math.sqrt(hidden)
-        self.weight_ih = nn.Parameter(torch.empty(4 * hidden, in_features).uniform_(-bound, bound))
-        self.weight_hh = nn.Parameter(torch.empty(4 * hidden, hidden).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.zeros(4 * hidden))
-        self.register_buffer("zero_bias", torch.zeros(4 * hidden), persistent=False)
+        self.weight_ih = nn.Parameter(torch.empty(rows, in_features).uniform_(-bound, bound))
+        self.weight_hh = nn.Parameter(torch.empty(rows, hidden).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.zeros(rows))
+        self.register_buffer("zero_bias", torch.zeros(rows), persistent=False)
 
     # Under torch.compile the fused kernel runs as is (a graph break), as Dynamo treats nn.LSTM
     # by default. Traced, Inductor unrolls the recurrence: for text_bilstm (B=32, 2 CPU cores)
@@ -149,8 +152,31 @@ class LSTM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h0 = x.new_zeros(1, x.shape[0], self.hidden)
         weights = [self.weight_ih, self.weight_hh, self.bias, self.zero_bias]
-        out, _, _ = torch.lstm(x, (h0, h0), weights, True, 1, 0.0, self.training, False, True)
-        return out
+        return self._fused(x, h0, weights)
+
+    def _fused(self, x: torch.Tensor, h0: torch.Tensor, weights: list) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LSTM(FusedRNN):
+    """flax `OptimizedLSTMCell`: input weights without a bias, recurrent weights with one,
+    gates i, f, g, o. Runs `torch.lstm` (what `nn.LSTM` calls)."""
+
+    gates, flax_bias = 4, "cell.dense_h.bias"
+
+    def _fused(self, x: torch.Tensor, h0: torch.Tensor, weights: list) -> torch.Tensor:
+        return torch.lstm(x, (h0, h0), weights, True, 1, 0.0, self.training, False, True)[0]
+
+
+class GRU(FusedRNN):
+    """flax `GRUCell`: input weights with a bias, recurrent weights without one, gates r, z, n,
+    n = tanh(W_in x + b_in + r * W_hn h) and h' = (1 - z) n + z h, which is `torch.gru` with
+    its recurrent bias at zero."""
+
+    gates, flax_bias = 3, "cell.dense_i.bias"
+
+    def _fused(self, x: torch.Tensor, h0: torch.Tensor, weights: list) -> torch.Tensor:
+        return torch.gru(x, h0, weights, True, 1, 0.0, self.training, False, True)[0]
 
 
 class MLP(nn.Module):
@@ -253,32 +279,6 @@ class CNNLSTM(nn.Module):
         # mmjax flattens "b t f c -> b t (f c)": channels fastest
         tokens = self.lstm(x.permute(0, 2, 3, 1).flatten(2))
         return tokens, tokens.mean(1)
-
-
-class GRU(nn.Module):
-    """One-layer GRU with flax `GRUCell`'s parameters: input weights with a bias, recurrent
-    weights without one, gates r, z, n (torch's order too), n = tanh(W_in x + b_in + r * W_hn h)
-    and h' = (1 - z) n + z h, which is torch's GRU with its recurrent bias at zero (a buffer).
-
-    Runs PyTorch's fused `torch.gru` kernel, kept out of `torch.compile` as the LSTM is.
-    x [B, T, in] -> outputs [B, T, hidden], zero initial state.
-    """
-
-    def __init__(self, in_features: int, hidden: int):
-        super().__init__()
-        self.hidden = hidden
-        bound = 1.0 / math.sqrt(hidden)
-        self.weight_ih = nn.Parameter(torch.empty(3 * hidden, in_features).uniform_(-bound, bound))
-        self.weight_hh = nn.Parameter(torch.empty(3 * hidden, hidden).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.zeros(3 * hidden))
-        self.register_buffer("zero_bias", torch.zeros(3 * hidden), persistent=False)
-
-    @torch.compiler.disable
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h0 = x.new_zeros(1, x.shape[0], self.hidden)
-        weights = [self.weight_ih, self.weight_hh, self.bias, self.zero_bias]
-        out, _ = torch.gru(x, h0, weights, True, 1, 0.0, self.training, False, True)
-        return out
 
 
 class BiRNNText(nn.Module):
@@ -515,17 +515,11 @@ def _flax_params(module: nn.Module) -> dict[str, tuple[torch.Tensor, Callable]]:
         return {"scale": (module.weight, same), "bias": (module.bias, same)}
     if isinstance(module, nn.Embedding):
         return {"embedding": (module.weight, same)}
-    if isinstance(module, LSTM):
+    if isinstance(module, FusedRNN):
         return {
-            "cell.dense_i.kernel": (module.weight_ih, lambda t: t.T),  # [4H, in] -> [in, 4H]
+            "cell.dense_i.kernel": (module.weight_ih, lambda t: t.T),  # [G*H, in] -> [in, G*H]
             "cell.dense_h.kernel": (module.weight_hh, lambda t: t.T),
-            "cell.dense_h.bias": (module.bias, same),
-        }
-    if isinstance(module, GRU):
-        return {
-            "cell.dense_i.kernel": (module.weight_ih, lambda t: t.T),  # [3H, in] -> [in, 3H]
-            "cell.dense_i.bias": (module.bias, same),
-            "cell.dense_h.kernel": (module.weight_hh, lambda t: t.T),
+            module.flax_bias: (module.bias, same),
         }
     return {}
 
