@@ -27,6 +27,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from mmjax.errors import CheckpointError
+from mmjax.train.prefetch import IteratorPosition
 
 CORRUPT_SUFFIX = ".corrupt"
 
@@ -41,12 +42,13 @@ class _ReadOnlyNotice(logging.Filter):
 
 logging.getLogger("absl").addFilter(_ReadOnlyNotice())
 ITERATOR_ITEM = "data_iter"
-# One data iterator, or a sweep's, one per copy (items data_iter_0, data_iter_1, ...). Saves
-# also take an iterator's position (`prefetch.IteratorPosition`) in its place.
-Iterators = grain.DatasetIterator | Sequence[grain.DatasetIterator] | None
+# One data iterator, or a sweep's, one per copy (items data_iter_0, data_iter_1, ...); a save
+# takes the position the prefetch stage recorded after the last consumed batch in its place.
+Iterator = grain.DatasetIterator | IteratorPosition
+Iterators = Iterator | Sequence[Iterator] | None
 
 
-def _iterator_items(data_iter: Iterators) -> dict[str, grain.DatasetIterator]:
+def _iterator_items(data_iter: Iterators) -> dict[str, Iterator]:
     if data_iter is None:
         return {}
     if isinstance(data_iter, Sequence):
