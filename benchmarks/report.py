@@ -154,9 +154,15 @@ def _tab20(i: int) -> Any:
     return colormaps["tab20"](i % 20)
 
 
+BUSY = "all rounds (machine busy)"  # suite_peer's `ratio_from` when too few rounds were quiet
+
+
 def _peer_panel(ax: Any, rows: list[dict[str, Any]]) -> None:
-    """mmjax's time over PyTorch's (eager and torch.compile) per model and variant."""
+    """mmjax's time over PyTorch's (eager and torch.compile) per model and variant. A ratio
+    measured on a busy machine is drawn faint and hatched, and its label says so."""
+    busy = [r.get("ratio_from") == BUSY for r in rows]
     labels = [f"{r['model']} {r['variant']}" for r in rows]
+    labels = [label + " (busy)" * b for label, b in zip(labels, busy, strict=True)]
     y = list(range(len(rows)))
     for k, key in enumerate(PEER_RATIOS):
         medians = [r[key] for r in rows]
@@ -164,7 +170,10 @@ def _peer_panel(ax: Any, rows: list[dict[str, Any]]) -> None:
         whiskers = [[m - lo for m, (lo, _) in zip(medians, iqr, strict=True)],
                     [hi - m for m, (_, hi) in zip(medians, iqr, strict=True)]]  # fmt: skip
         offsets = [v + (k - 0.5) * 0.4 for v in y]
-        ax.barh(offsets, medians, 0.4, xerr=whiskers, label=key.replace("ratio_vs_", "/ "))
+        bars = ax.barh(offsets, medians, 0.4, xerr=whiskers, label=key.replace("ratio_vs_", "/ "))
+        for bar, is_busy in zip(bars, busy, strict=True):
+            if is_busy:
+                bar.set(alpha=0.3, hatch="//")
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_yticks(y, labels, fontsize=7)
     ax.set(xlabel="mmjax time / PyTorch time (< 1: mmjax faster)", title="peer (median, IQR)")

@@ -7,14 +7,17 @@ runs an exported model where only jax and numpy are installed: no flax, no model
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
 # `mmjax.train` is the training function. Its subpackage (empty, cheap) is imported now, so that
 # no later `import mmjax.train.<module>` rebinds the name, and the name is then freed for
 # `__getattr__` to give the function.
 import mmjax.train  # noqa: F401
+from mmjax.host_heap import retain_freed_memory
 
 del train  # noqa: F821
+
+__version__ = "0.1.0"
+
+retain_freed_memory()  # XLA's freed buffers stay in the process (mmjax/host_heap.py)
 
 
 def __getattr__(name: str) -> Any:

@@ -142,3 +142,20 @@ def test_the_chart_shows_what_was_measured_and_nothing_empty(tmp_path):
     checkpoint_only = [{"suite": "checkpoint", "variant": "save", "device_kind": "cpu"}]
     assert not report.plot(checkpoint_only, tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_the_chart_marks_ratios_from_a_busy_machine():
+    from matplotlib.container import BarContainer
+    from matplotlib.figure import Figure
+
+    peer = {"suite": "peer", "variant": "train_step", "ratio_vs_eager": 0.9}
+    peer |= {"ratio_vs_compile": 1.2}
+    rows = [peer | {"model": "bilstm", "ratio_from": "quiet rounds"}]
+    rows += [peer | {"model": "image_cnn", "ratio_from": report.BUSY}]
+    ax = Figure().subplots()
+    report._peer_panel(ax, rows)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["bilstm train_step", "image_cnn train_step (busy)"]
+    bars = [bar for bars in ax.containers if isinstance(bars, BarContainer) for bar in bars]
+    faint = {(bar.get_alpha(), bar.get_hatch()) for bar in bars}
+    assert faint == {(None, None), (0.3, "//")} and len(bars) == 4
