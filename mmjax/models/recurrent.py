@@ -43,7 +43,7 @@ def _lstm_step(c: jax.Array, h: jax.Array, p: jax.Array, w_h: jax.Array):
     return c, o * jnp.tanh(c), jnp.concatenate([i, f, g, o], axis=-1)
 
 
-def _lstm_forward(projs: Arrays, w_hs: Arrays, unroll: int):
+def _lstm_forward(projs: Arrays, w_hs: Arrays):
     def step(carry, ps):
         out = [_lstm_step(c, h, p, w) for (c, h), p, w in zip(carry, ps, w_hs, strict=True)]
         return tuple((c, h) for c, h, _ in out), tuple(out)
@@ -52,7 +52,7 @@ def _lstm_forward(projs: Arrays, w_hs: Arrays, unroll: int):
         (jnp.zeros(p.shape[1:2] + w.shape[:1], p.dtype),) * 2
         for p, w in zip(projs, w_hs, strict=True)
     )
-    _, per_step = jax.lax.scan(step, zeros, projs, unroll=unroll)
+    _, per_step = jax.lax.scan(step, zeros, projs)
     hs = tuple(h for _, h, _ in per_step)
     return hs, per_step
 
@@ -62,7 +62,7 @@ def _shifted(x: jax.Array) -> jax.Array:
     return jnp.concatenate([jnp.zeros_like(x[:1]), x[:-1]], axis=0)
 
 
-def _lstm_backward(per_step, w_hs: Arrays, dhs: Arrays, unroll: int):
+def _lstm_backward(per_step, w_hs: Arrays, dhs: Arrays):
     def step(carry, xs):
         new_carry, dzs = [], []
         for (dh_next, dc_next), (dh_out, c, c_prev, acts), w in zip(carry, xs, w_hs, strict=True):
@@ -85,7 +85,7 @@ def _lstm_backward(per_step, w_hs: Arrays, dhs: Arrays, unroll: int):
 
     xs = tuple((dh, c, _shifted(c), acts) for dh, (c, _, acts) in zip(dhs, per_step, strict=True))
     zeros = tuple((jnp.zeros_like(dh[0]),) * 2 for dh in dhs)
-    _, dzs = jax.lax.scan(step, zeros, xs, reverse=True, unroll=unroll)
+    _, dzs = jax.lax.scan(step, zeros, xs, reverse=True)
     dw_hs = tuple(
         jnp.einsum("tbh,tbg->hg", _shifted(h), dz)
         for (_, h, _), dz in zip(per_step, dzs, strict=True)
@@ -102,7 +102,7 @@ def _gru_step(h: jax.Array, p: jax.Array, w_h: jax.Array):
     return (1 - z) * n + z * h, jnp.concatenate([r, z, n, a_n], axis=-1)
 
 
-def _gru_forward(projs: Arrays, w_hs: Arrays, unroll: int):
+def _gru_forward(projs: Arrays, w_hs: Arrays):
     def step(carry, ps):
         out = [_gru_step(h, p, w) for h, p, w in zip(carry, ps, w_hs, strict=True)]
         return tuple(h for h, _ in out), tuple(out)
@@ -110,11 +110,11 @@ def _gru_forward(projs: Arrays, w_hs: Arrays, unroll: int):
     zeros = tuple(
         jnp.zeros(p.shape[1:2] + w.shape[:1], p.dtype) for p, w in zip(projs, w_hs, strict=True)
     )
-    _, per_step = jax.lax.scan(step, zeros, projs, unroll=unroll)
+    _, per_step = jax.lax.scan(step, zeros, projs)
     return tuple(h for h, _ in per_step), per_step
 
 
-def _gru_backward(per_step, w_hs: Arrays, dhs: Arrays, unroll: int):
+def _gru_backward(per_step, w_hs: Arrays, dhs: Arrays):
     def step(carry, xs):
         new_carry, dps = [], []
         for dh_next, (dh_out, h_prev, saved), w in zip(carry, xs, w_hs, strict=True):
@@ -128,13 +128,14 @@ def _gru_backward(per_step, w_hs: Arrays, dhs: Arrays, unroll: int):
             dps.append((jnp.concatenate([dr, dz, dn], axis=-1), da))
         return tuple(new_carry), tuple(dps)
 
-    xs = tuple((dh, _shifted(h), saved) for dh, (h, saved) in zip(dhs, per_step, strict=True))
+    h_prevs = tuple(_shifted(h) for h, _ in per_step)
+    xs = tuple(zip(dhs, h_prevs, (saved for _, saved in per_step), strict=True))
     zeros = tuple(jnp.zeros_like(dh[0]) for dh in dhs)
-    _, grads = jax.lax.scan(step, zeros, xs, reverse=True, unroll=unroll)
+    _, grads = jax.lax.scan(step, zeros, xs, reverse=True)
     dprojs = tuple(dp for dp, _ in grads)
     dw_hs = tuple(
-        jnp.einsum("tbh,tbg->hg", _shifted(h), da)
-        for (h, _), (_, da) in zip(per_step, grads, strict=True)
+        jnp.einsum("tbh,tbg->hg", h_prev, da)
+        for h_prev, (_, da) in zip(h_prevs, grads, strict=True)
     )
     return dprojs, dw_hs
 
@@ -142,18 +143,18 @@ def _gru_backward(per_step, w_hs: Arrays, dhs: Arrays, unroll: int):
 def _recurrence(forward, backward):
     """A custom-VJP recurrence from its forward (-> hs, residuals) and backward rules."""
 
-    def run(projs: Arrays, w_hs: Arrays, unroll: int) -> Arrays:
-        return forward(projs, w_hs, unroll)[0]
+    def run(projs: Arrays, w_hs: Arrays) -> Arrays:
+        return forward(projs, w_hs)[0]
 
-    def fwd(projs, w_hs, unroll):
-        hs, per_step = forward(projs, w_hs, unroll)
+    def fwd(projs, w_hs):
+        hs, per_step = forward(projs, w_hs)
         return hs, (per_step, w_hs)
 
-    def bwd(unroll, residuals, dhs):
+    def bwd(residuals, dhs):
         per_step, w_hs = residuals
-        return backward(per_step, w_hs, dhs, unroll)
+        return backward(per_step, w_hs, dhs)
 
-    recurrence = jax.custom_vjp(run, nondiff_argnums=(2,))
+    recurrence = jax.custom_vjp(run)
     recurrence.defvjp(fwd, bwd)
     return recurrence
 
@@ -178,7 +179,7 @@ def _cell_weights(cell: nnx.RNNCellBase) -> tuple[jax.Array, jax.Array, jax.Arra
     return promote_dtype((w_in, bias, w_h), dtype=cell.dense_i.dtype)
 
 
-def _run(cells: Sequence[nnx.RNNCellBase], xs: Sequence[jax.Array], unroll: int) -> Arrays:
+def _run(cells: Sequence[nnx.RNNCellBase], xs: Sequence[jax.Array]) -> Arrays:
     """Each cell over its own input [B, T, F], all in one loop -> one [B, T, H] per cell."""
     if len({type(c) for c in cells}) != 1:
         raise TypeError("the directions of a layer must use the same kind of cell")
@@ -189,25 +190,23 @@ def _run(cells: Sequence[nnx.RNNCellBase], xs: Sequence[jax.Array], unroll: int)
         projs.append(x @ w_in + bias)
         w_hs.append(w_h)
     recurrence = _lstm if isinstance(cells[0], nnx.OptimizedLSTMCell) else _gru
-    hs = recurrence(tuple(projs), tuple(w_hs), unroll)
+    hs = recurrence(tuple(projs), tuple(w_hs))
     return tuple(jnp.swapaxes(h, 0, 1) for h in hs)
 
 
-def run_rnn(rnn: nnx.RNN, x: jax.Array, *, unroll: int = 1) -> jax.Array:
+def run_rnn(rnn: nnx.RNN, x: jax.Array) -> jax.Array:
     """`rnn(x)` for an nnx.RNN over an LSTM or GRU cell, zero initial state:
     x [B, T, F] -> outputs [B, T, H]."""
-    return _run([rnn.cell], [x], unroll)[0]
+    return _run([rnn.cell], [x])[0]
 
 
-def run_bidirectional(
-    layer: nnx.Bidirectional, x: jax.Array, lengths: jax.Array, *, unroll: int = 1
-) -> jax.Array:
+def run_bidirectional(layer: nnx.Bidirectional, x: jax.Array, lengths: jax.Array) -> jax.Array:
     """`layer(x, seq_lengths=lengths)` for an nnx.Bidirectional of LSTM or GRU cells:
     x [B, T, F] with each row's real steps first (lengths [B]) -> [B, T, 2H], the forward
     outputs then the backward ones. The backward direction reads each row reversed within its
     length, as flax's does; outputs past a row's length are not meaningful (mask them)."""
     reversed_x = flip_sequences(x, lengths, num_batch_dims=1, time_major=False)
     cells = [layer.forward_rnn.cell, layer.backward_rnn.cell]
-    forward, backward = _run(cells, [x, reversed_x], unroll)
+    forward, backward = _run(cells, [x, reversed_x])
     backward = flip_sequences(backward, lengths, num_batch_dims=1, time_major=False)
     return jnp.concatenate([forward, backward], axis=-1)
