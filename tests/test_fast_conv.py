@@ -1,5 +1,5 @@
-"""layers.same_conv and layers.max_pool: the CPU fast paths (depthwise as shifted slices, tiny
-maps as patches times a matrix, max_pool's cheaper gradient) equal the GPU/TPU branches, run
+"""layers.same_conv and layers.max_pool: the CPU fast paths (depthwise and single-input-channel
+convs as shifted slices, tiny maps as patches times a matrix, max_pool's cheaper gradient) equal the GPU/TPU branches, run
 on CPU inside `backend.accelerator_paths()`, in values and gradients."""
 
 from collections.abc import Callable, Sequence
@@ -76,6 +76,12 @@ def _check_conv(conv: nnx.Conv, x: jax.Array) -> None:
 def test_depthwise_equals_grouped_conv(kernel, stride, size):
     x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 6))
     _check_conv(_conv(6, 6, kernel, stride, groups=6), x)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "size"), [(3, 2, 9)])
+def test_single_input_channel_equals_direct_conv(kernel, stride, size):
+    x = jax.random.normal(jax.random.key(2), (2, size, size + 3, 1))
+    _check_conv(_conv(1, 5, kernel, stride), x)
 
 
 @pytest.mark.parametrize(("kernel", "stride", "size"), [(3, 1, 2), (3, 2, 1), (7, 2, 4)])
