@@ -9,6 +9,7 @@ from einops import rearrange
 from flax import nnx
 
 from mmjax.errors import ConfigError, InputError
+from mmjax.models.batch_norm import batch_norm
 from mmjax.models.layers import (
     ConvBNReLU,
     Features,
@@ -124,7 +125,7 @@ class UpBlock(nnx.Module):
         x = self.conv(x)
         if self.norm is None:
             return x
-        return nnx.relu(self.norm(x, use_running_average=not train))
+        return nnx.relu(batch_norm(self.norm, x, train=train))
 
 
 @ENCODERS.register("conv_autoencoder")

@@ -16,6 +16,7 @@ from einops import rearrange
 from flax import nnx
 
 from mmjax.errors import ConfigError
+from mmjax.models.batch_norm import batch_norm
 from mmjax.models.layers import (
     ConvBNReLU,
     Features,
@@ -302,7 +303,7 @@ class TFConvBN(nnx.Module):
         self.act = act
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = self.norm(same_conv(self.conv, x), use_running_average=not train)
+        x = batch_norm(self.norm, same_conv(self.conv, x), train=train)
         return jax.nn.relu6(x) if self.act else x
 
 

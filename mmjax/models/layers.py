@@ -11,6 +11,7 @@ from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
 from mmjax.models.backend import cpu_fast_paths
+from mmjax.models.batch_norm import batch_norm
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -77,7 +78,7 @@ class ConvBNReLU(nnx.Module):
         self.relu = relu
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = self.norm(same_conv(self.conv, x), use_running_average=not train)
+        x = batch_norm(self.norm, same_conv(self.conv, x), train=train)
         return nnx.relu(x) if self.relu else x
 
 
