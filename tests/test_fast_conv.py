@@ -1,6 +1,7 @@
 """layers.same_conv and layers.max_pool: the CPU fast paths (depthwise and single-input-channel
-convs as shifted slices, tiny maps as patches times a matrix, max_pool's cheaper gradient) equal the GPU/TPU branches, run
-on CPU inside `backend.accelerator_paths()`, in values and gradients."""
+convs as shifted slices, tiny maps as patches times a matrix, max_pool's cheaper gradient)
+equal the GPU/TPU branches, run on CPU inside `backend.accelerator_paths()`, in values and
+gradients; ConvBNReLU.pooled equals pooling after the ReLU."""
 
 from collections.abc import Callable, Sequence
 
@@ -11,7 +12,7 @@ import pytest
 from flax import nnx
 
 from mmjax.models.backend import accelerator_paths, cpu_fast_paths
-from mmjax.models.layers import max_pool, same_conv
+from mmjax.models.layers import ConvBNReLU, max_pool, same_conv
 
 # Both branches sum the same float32 products (at most 245 here) in different orders, which
 # moves a sum by about sqrt(n) ulps of its terms: 32 eps of an array's largest magnitude.
@@ -102,6 +103,30 @@ def test_max_pool_equals_select_and_scatter(window, stride, padding, shape):
     assert "select_and_scatter_add" not in cpu_ops
     for got, want in zip(cpu, accelerator, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_pooled_block_equals_pooling_after_relu():
+    """ConvBNReLU.pooled puts the ReLU after the pooling: the same values and gradients, also
+    where a whole window is negative (a zero output, no gradient) on either branch."""
+    graphdef, state = nnx.split(ConvBNReLU(3, 4, rngs=nnx.Rngs(5)))
+    x = jax.random.normal(jax.random.key(6), (2, 8, 7, 3))
+    window, stride, padding = 3, 2, "SAME"
+
+    def outputs(pooled: bool):
+        def f(state, x):
+            block = nnx.merge(graphdef, state)
+            if pooled:
+                return block.pooled(x, window, stride, train=True, padding=padding)
+            return max_pool(block(x, train=True), window, stride, padding=padding)
+
+        return _branches(f, (state, x), 7)
+
+    reordered, plain = outputs(True), outputs(False)
+    for branch, (got, _) in reordered.items():
+        want = plain[branch][0]
+        assert np.sum(want[0] == 0) > 0  # some windows were all negative
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=0, atol=TOLERANCE * np.max(np.abs(w)))
 
 
 def test_accelerator_paths_are_traced_apart():

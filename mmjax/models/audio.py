@@ -15,7 +15,6 @@ from mmjax.models.layers import (
     Features,
     TransformerBlock,
     features_from_tokens,
-    max_pool,
     sinusoidal_positions,
 )
 from mmjax.models.logmel import LogMelConfig, log_mel_spectrogram, mel_spectrogram
@@ -72,7 +71,7 @@ class CNNLSTM(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool) -> Features:
         x = _log_mel_features(x, self.mel)[..., None]  # [B, T, F, 1]
         for block in self.blocks:
-            x = max_pool(block(x, train=train), 2, 2)
+            x = block.pooled(x, 2, 2, train=train)
         tokens = run_rnn(self.lstm, rearrange(x, "b t f c -> b t (f c)"))
         return features_from_tokens(tokens)
 

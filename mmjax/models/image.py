@@ -22,7 +22,6 @@ from mmjax.models.layers import (
     Features,
     TransformerBlock,
     features_from_tokens,
-    max_pool,
     same_conv,
     sinusoidal_positions,
 )
@@ -55,10 +54,11 @@ class SmallCNN(nnx.Module):
         self.dim = cfg.dim
 
     def __call__(self, x: jax.Array, *, train: bool) -> Features:
-        for block in self.blocks:
-            x = block(x, train=train)
+        for block in self.blocks:  # stride-1 convs: the map keeps its size until pooled
             if min(x.shape[1:3]) >= 4:
-                x = max_pool(x, 2, 2)
+                x = block.pooled(x, 2, 2, train=train)
+            else:
+                x = block(x, train=train)
         return _grid_features(self.proj(x))
 
 
@@ -95,11 +95,14 @@ class VGG(nnx.Module):
         self.dim = c_in
 
     def __call__(self, x: jax.Array, *, train: bool) -> Features:
-        for stage in self.stages:
-            for layer in stage:
+        for stage in self.stages:  # stride-1 convs: the map keeps its size until pooled
+            *layers, last = stage
+            for layer in layers:
                 x = layer(x, train=train)
             if min(x.shape[1:3]) >= 2:
-                x = max_pool(x, 2, 2)
+                x = last.pooled(x, 2, 2, train=train)
+            else:
+                x = last(x, train=train)
         return _grid_features(x)
 
 
@@ -215,9 +218,10 @@ class ResNet(nnx.Module):
         self.dim = c_in
 
     def __call__(self, x: jax.Array, *, train: bool) -> Features:
-        x = self.stem(x, train=train)
         if self.pool_stem:
-            x = max_pool(x, 3, 2, padding="SAME")
+            x = self.stem.pooled(x, 3, 2, train=train, padding="SAME")
+        else:
+            x = self.stem(x, train=train)
         for block in self.blocks:
             x = block(x, train=train)
         return _grid_features(x)

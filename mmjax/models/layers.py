@@ -81,6 +81,20 @@ class ConvBNReLU(nnx.Module):
         x = batch_norm(self.norm, same_conv(self.conv, x), train=train)
         return nnx.relu(x) if self.relu else x
 
+    def pooled(
+        self, x: jax.Array, window: int, stride: int, *, train: bool, padding: str = "VALID"
+    ) -> jax.Array:
+        """`max_pool(self(x), window, stride, padding=padding)`, with the ReLU after the pooling:
+        max commutes with ReLU, so values and gradients are the same, and the ReLU and its
+        gradient run over the pooled map (a quarter of the elements at 2 x 2)."""
+        x = max_pool(
+            batch_norm(self.norm, same_conv(self.conv, x), train=train),
+            window,
+            stride,
+            padding=padding,
+        )
+        return nnx.relu(x) if self.relu else x
+
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """XLA's (and TensorFlow's) "SAME" padding of one spatial axis: (low, high)."""
