@@ -1,6 +1,7 @@
 """TensorBoard event files in WORKDIR/tb/, written with tensorboardX (no TensorFlow needed)."""
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,22 @@ import jax
 from mmjax.train.metrics import NOT_CURVES
 
 TB_DIR = "tb"
+
+
+def _summary_writer_class() -> type:
+    """tensorboardX's SummaryWriter, imported without PyTorch: its writer module imports torch
+    when it can, only to accept torch tensors, which mmjax never passes, and that import took
+    1.3 of the 1.33 s `import tensorboardX` costs every training process. A torch the process
+    already imported is left alone; one imported later is unaffected."""
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # `import torch` raises ImportError while this is set
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if blocked:
+            del sys.modules["torch"]
+    return SummaryWriter
 
 
 class TensorBoardLog:
@@ -25,9 +42,7 @@ class TensorBoardLog:
         self._writer = None
         if jax.process_index() != 0:
             return
-        from tensorboardX import SummaryWriter
-
-        self._writer = SummaryWriter(
+        self._writer = _summary_writer_class()(
             str(Path(workdir) / TB_DIR), purge_step=resumed_at + 1, flush_secs=30
         )
         if not resumed_at:
