@@ -9,7 +9,6 @@ from math import gcd
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from mmjax.errors import InputError
 
@@ -60,6 +59,8 @@ def to_model_rate(wave: np.ndarray, sr: int, target_sr: int = 8000) -> np.ndarra
     wave = np.asarray(wave, np.float32)
     if sr == target_sr:
         return wave
+    from scipy.signal import resample_poly  # 0.66 s to import: not at every CLI start-up
+
     g = gcd(sr, target_sr)
     return resample_poly(wave, target_sr // g, sr // g).astype(np.float32)
 
