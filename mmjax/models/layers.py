@@ -78,8 +78,11 @@ class ConvBNReLU(nnx.Module):
         self.relu = relu
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = batch_norm(self.norm, same_conv(self.conv, x), train=train)
+        x = self._normalised(x, train=train)
         return nnx.relu(x) if self.relu else x
+
+    def _normalised(self, x: jax.Array, *, train: bool) -> jax.Array:
+        return batch_norm(self.norm, same_conv(self.conv, x), train=train)
 
     def pooled(
         self, x: jax.Array, window: int, stride: int, *, train: bool, padding: str = "VALID"
@@ -87,12 +90,7 @@ class ConvBNReLU(nnx.Module):
         """`max_pool(self(x), window, stride, padding=padding)`, with the ReLU after the pooling:
         max commutes with ReLU, so values and gradients are the same, and the ReLU and its
         gradient run over the pooled map (a quarter of the elements at 2 x 2)."""
-        x = max_pool(
-            batch_norm(self.norm, same_conv(self.conv, x), train=train),
-            window,
-            stride,
-            padding=padding,
-        )
+        x = max_pool(self._normalised(x, train=train), window, stride, padding=padding)
         return nnx.relu(x) if self.relu else x
 
 
