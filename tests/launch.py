@@ -43,6 +43,12 @@ def preempted_step(stderr: str) -> int:
     return int(stderr.split("preempted (SIGTERM) at step ")[1].split(":")[0])
 
 
+def _with_device_count(xla_flags: str, devices: int) -> str:
+    """`xla_flags` (this process's, so a child compiles as it does) with `devices` CPU devices."""
+    kept = [f for f in xla_flags.split() if not f.startswith("--xla_force_host_platform_device")]
+    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+
+
 def start_train(
     workdir: Path,
     args: list[str],
@@ -54,7 +60,7 @@ def start_train(
     """`python -m mmjax.cli COMMAND --workdir WORKDIR ARGS` on `devices` fake CPU devices."""
     child_env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": _with_device_count(os.environ.get("XLA_FLAGS", ""), devices),
         "JAX_PLATFORMS": "cpu",
         **(env or {}),
     }
