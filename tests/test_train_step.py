@@ -10,7 +10,12 @@ from flax import nnx
 from mmjax.config import experiment_from
 from mmjax.parallel import data_mesh, put_batch
 from mmjax.registry import MODELS
-from mmjax.train.state import init_state, state_shardings
+from mmjax.train.state import (
+    build_model_and_optimizer,
+    init_compiler_options,
+    init_state,
+    state_shardings,
+)
 from mmjax.train.step import make_train_step
 from tests.batches import avdigits_batches
 
@@ -39,6 +44,25 @@ def test_sharded_step_equals_single_device(experiment):
         if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
             a, b = jax.random.key_data(a), jax.random.key_data(b)
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_init_program_equals_the_default_compile_bit_for_bit(experiment):
+    """The init program's cheaper compile (`init_compiler_options`, used by `init_state`)
+    builds exactly the values XLA's default level does (the test session compiles at level 1
+    everywhere, tests/conftest.py, so the default is asked for by name)."""
+    assert init_compiler_options() == {"xla_backend_optimization_level": 1}
+    mesh = data_mesh(jax.devices()[:1])
+    _, state = init_state(experiment, mesh)
+    default = jax.jit(
+        lambda seed: nnx.split(build_model_and_optimizer(experiment, seed))[1],
+        compiler_options={"xla_backend_optimization_level": 3},
+    )(experiment.train.seed)
+    a, b = jax.tree.leaves(nnx.to_pure_dict(state)), jax.tree.leaves(nnx.to_pure_dict(default))
+    assert len(a) == len(b) > 20
+    for x, y in zip(a, b):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_batch_is_sharded_and_params_replicated(experiment):

@@ -41,6 +41,14 @@ def state_shardings(
     return fsdp_shardings(state, mesh, parallel.fsdp_min_size)
 
 
+def init_compiler_options() -> dict[str, int] | None:
+    """XLA options for the init program, which runs once per run: on the CPU, the LLVM
+    backend at level 1 instead of 3. Its values are bit-identical (tests/test_train_step.py)
+    and it compiles in about half the time (resnet18_bilstm_late 7.9 -> 3.8 s, avdigits_audio
+    2.3 -> 1.0 s). Other backends keep their defaults."""
+    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+
+
 def state_initializer(
     exp: ExperimentConfig, mesh: jax.sharding.Mesh
 ) -> tuple[nnx.GraphDef, Callable[[int], nnx.State]]:
@@ -51,6 +59,7 @@ def state_initializer(
     init = jax.jit(
         lambda seed: nnx.split(build_model_and_optimizer(exp, seed))[1],
         out_shardings=state_shardings(abstract, mesh, exp.parallel),
+        compiler_options=init_compiler_options(),
     )
     return graphdef, lambda seed: init(jnp.asarray(seed, jnp.int32))
 
