@@ -24,19 +24,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.errors import ConfigError
-from mmjax.models.layers import MLP, Features, masked_mean
+from mmjax.models.layers import MLP, Features, masked_mean, present_pooled
 from mmjax.registry import FUSIONS
 
 # Finite stand-in for -inf: exp(_NEG - max) is exactly 0 in float32, and no inf - inf = NaN.
 _NEG = -1e30
-
-
-def _present_pooled(
-    features: dict[str, Features], modality_mask: dict[str, jax.Array], m: str
-) -> tuple[jax.Array, jax.Array]:
-    """(present [B, 1] bool, pooled [B, D_m] with zeros where modality m is missing)."""
-    present = modality_mask[m][:, None]
-    return present, jnp.where(present, features[m].pooled, 0.0)
 
 
 def _masked_softmax(logits: jax.Array, mask: jax.Array) -> jax.Array:
@@ -73,7 +65,7 @@ class GMU(nnx.Module):
     def __call__(
         self, features: dict[str, Features], modality_mask: dict[str, jax.Array], *, train: bool
     ) -> jax.Array:
-        zs = [_present_pooled(features, modality_mask, m)[1] for m in self.modalities]
+        zs = [present_pooled(features, modality_mask, m)[1] for m in self.modalities]
         hs = jnp.stack([jnp.tanh(self.proj[m](z)) for m, z in zip(self.modalities, zs)], axis=1)
         logits = self.gate(jnp.concatenate(zs, axis=-1))
         present = jnp.stack([modality_mask[m] for m in self.modalities], axis=1)[:, None, :]
@@ -181,11 +173,11 @@ class FiLM(nnx.Module):
         self, features: dict[str, Features], modality_mask: dict[str, jax.Array], *, train: bool
     ) -> jax.Array:
         first, *rest = self.modalities
-        present, z = _present_pooled(features, modality_mask, first)
+        present, z = present_pooled(features, modality_mask, first)
         x = jnp.where(present, z, self.null[...])
         gamma, beta = jnp.ones_like(x), jnp.zeros_like(x)
         for m in rest:
-            present, z = _present_pooled(features, modality_mask, m)
+            present, z = present_pooled(features, modality_mask, m)
             delta, shift = jnp.split(jnp.where(present, self.film[m](z), 0.0), 2, axis=-1)
             gamma, beta = gamma + delta, beta + shift
         return nnx.gelu(self.mlp(gamma * x + beta, train=train))
@@ -219,7 +211,7 @@ class AttentionSum(nnx.Module):
     ) -> jax.Array:
         vectors = []
         for m in self.modalities:
-            present, z = _present_pooled(features, modality_mask, m)
+            present, z = present_pooled(features, modality_mask, m)
             vectors.append(jnp.where(present, self.proj[m](z), 0.0))
         x = jnp.stack(vectors, axis=1)  # [B, M, D]
         logits = self.score(jnp.tanh(self.score_hidden(x)))[..., 0]
@@ -258,7 +250,7 @@ class DeepSets(nnx.Module):
         self, features: dict[str, Features], modality_mask: dict[str, jax.Array], *, train: bool
     ) -> jax.Array:
         x = jnp.stack(
-            [self.proj[m](_present_pooled(features, modality_mask, m)[1]) for m in self.modalities],
+            [self.proj[m](present_pooled(features, modality_mask, m)[1]) for m in self.modalities],
             axis=1,
         )  # [B, M, D]
         present = jnp.stack([modality_mask[m] for m in self.modalities], axis=1)

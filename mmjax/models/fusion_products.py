@@ -26,19 +26,11 @@ from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
 from mmjax.errors import ConfigError
-from mmjax.models.layers import MLP, Features
+from mmjax.models.layers import MLP, Features, present_pooled
 from mmjax.registry import FUSIONS
 
 # Keeps the signed square root and the L2 norm differentiable (and finite) at zero.
 _EPS = 1e-6
-
-
-def _present_pooled(
-    features: dict[str, Features], modality_mask: dict[str, jax.Array], m: str
-) -> tuple[jax.Array, jax.Array]:
-    """(present [B, 1] bool, pooled [B, D_m] with zeros where modality m is missing)."""
-    present = modality_mask[m][:, None]
-    return present, jnp.where(present, features[m].pooled, 0.0)
 
 
 @FUSIONS.register("tensor_fusion")
@@ -77,7 +69,7 @@ class TensorFusion(nnx.Module):
     ) -> jax.Array:
         fused = None
         for m in self.modalities:
-            present, z = _present_pooled(features, modality_mask, m)
+            present, z = present_pooled(features, modality_mask, m)
             z = jnp.where(present, self.proj[m](z), 0.0)
             v = jnp.concatenate([jnp.ones_like(z[:, :1]), z], axis=-1)  # missing: [1, 0, ..., 0]
             if fused is None:
@@ -128,7 +120,7 @@ class LowRankFusion(nnx.Module):
     ) -> jax.Array:
         product = None
         for m in self.modalities:
-            _, z = _present_pooled(features, modality_mask, m)
+            _, z = present_pooled(features, modality_mask, m)
             v = jnp.concatenate([z, jnp.ones_like(z[:, :1])], axis=-1)  # missing: [0, ..., 0, 1]
             v, weights = promote_dtype((v, self.factors[m][...]), dtype=self.dtype)
             factor = einops.einsum(v, weights, "b i, r i o -> b r o")
@@ -194,11 +186,11 @@ class Multiplicative(nnx.Module):
         self, features: dict[str, Features], modality_mask: dict[str, jax.Array], *, train: bool
     ) -> jax.Array:
         first, *rest = self.modalities
-        present, h = _present_pooled(features, modality_mask, first)
+        present, h = present_pooled(features, modality_mask, first)
         if self.proj is not None:
             h = jnp.where(present, self.proj(h), 0.0)  # missing: 0, as without the projection
         for m in rest:
-            h = self.steps[m](h, _present_pooled(features, modality_mask, m)[1])
+            h = self.steps[m](h, present_pooled(features, modality_mask, m)[1])
         return h
 
 
@@ -233,7 +225,7 @@ class BilinearMFB(nnx.Module):
     ) -> jax.Array:
         joint, any_present = None, None
         for m in self.modalities:
-            present, z = _present_pooled(features, modality_mask, m)
+            present, z = present_pooled(features, modality_mask, m)
             p = jnp.where(present, self.proj[m](z), 1.0)  # missing: left out of the product
             joint = p if joint is None else joint * p
             any_present = present if any_present is None else any_present | present

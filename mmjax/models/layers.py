@@ -41,6 +41,14 @@ def features_from_tokens(tokens: jax.Array, token_mask: jax.Array | None = None)
     return Features(tokens, token_mask, masked_mean(tokens, token_mask))
 
 
+def present_pooled(
+    features: dict[str, Features], modality_mask: dict[str, jax.Array], m: str
+) -> tuple[jax.Array, jax.Array]:
+    """(present [B, 1] bool, pooled [B, D_m] with zeros where modality m is missing)."""
+    present = modality_mask[m][:, None]
+    return present, jnp.where(present, features[m].pooled, 0.0)
+
+
 class MLP(nnx.Module):
     """Linear -> GELU -> dropout, repeated; the last layer is linear only. x [..., D_in]."""
 
