@@ -18,6 +18,7 @@ from mmjax.train.state import build_model_and_optimizer, state_shardings
 from mmjax.train.step import make_train_step
 from tests.batches import avdigits_batches
 from tests.test_train_loop import _params, tiny_config
+from tests.trees import assert_same_leaves
 
 
 def reference_coefficients(logits: dict, labels, present: dict, alpha: float) -> dict:
@@ -133,10 +134,7 @@ def test_balanced_run_resumes_exactly(avdigits_root, tmp_path, method):
     assert (resumed["started_at_step"], resumed["steps_this_call"]) == (3, resumed["steps"] - 3)
     assert resumed["accuracy"] == straight["accuracy"]
     a, b = _params(tmp_path / "straight")[1], _params(tmp_path / "resumed")[1]
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x, y = jax.random.key_data(x), jax.random.key_data(y)
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert_same_leaves(a, b)
     if method == "grad_blend":
         rows = [json.loads(r) for r in (tmp_path / "straight" / "metrics.jsonl").open()]
         rows = [r for r in rows if "loss_weight_fused" in r]  # not the checkpoint's flush at 3

@@ -20,6 +20,7 @@ from mmjax.errors import CheckpointError
 from mmjax.parallel import data_mesh
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.workdir import restore_trained
+from tests.trees import assert_same_leaves
 
 # A failed read or write leaves orbax coroutines and event-loop callbacks that fail when
 # garbage-collected; pytest reports them as unraisable. They are orbax's, not these tests'.
@@ -59,13 +60,6 @@ def _kernel(state: nnx.State) -> np.ndarray:
 def _largest_file(path: Path) -> Path:
     """The array data of a state item (OCDBT keeps it in one file per write)."""
     return max((p for p in path.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
-
-
-def _assert_same_leaves(a, b) -> None:
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x, y = jax.random.key_data(x), jax.random.key_data(y)
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _listing(directory: Path) -> list[str]:
@@ -257,7 +251,7 @@ def test_train_resumes_past_a_corrupt_checkpoint(avdigits_root, tmp_path):
     assert _listing(checkpoints) == ["10", "10.corrupt", "15", "20"]
     # Resumed from step 5 with step 5's data iterator, the run saved the same step 10 again.
     reader = ocp.StandardCheckpointer()
-    _assert_same_leaves(
+    assert_same_leaves(
         reader.restore(checkpoints / "10" / "state"), reader.restore(tmp_path / "state_10")
     )
 
@@ -266,4 +260,4 @@ def test_train_resumes_past_a_corrupt_checkpoint(avdigits_root, tmp_path):
     with pytest.warns(UserWarning, match=r"step 20 at .* nothing moved\) and fell back to step 15"):
         step, _, state = restore_trained(tmp_path, experiment_from(cfg.to_dict()), data_mesh())
     assert step == 15 and _listing(checkpoints) == before
-    _assert_same_leaves(nnx.to_pure_dict(state), reader.restore(checkpoints / "15" / "state"))
+    assert_same_leaves(nnx.to_pure_dict(state), reader.restore(checkpoints / "15" / "state"))

@@ -4,7 +4,6 @@ import io
 import json
 import os
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -16,6 +15,7 @@ from mmjax.config import set_value
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.run_lock import LOCK_FILE, workdir_lock
 from tests.tensorboard_events import assert_tensorboard_equals_metrics
+from tests.trees import assert_same_leaves
 
 
 def tiny_config(avdigits_root, model: str = "late", steps: int = 20):
@@ -106,12 +106,7 @@ def test_resume_matches_uninterrupted_run(avdigits_root, trained, tmp_path):
     step_a, state_a = _params(workdir)
     step_b, state_b = _params(tmp_path)
     assert step_a == step_b == 20
-    leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
-    assert len(leaves_a) == len(leaves_b)
-    for a, b in zip(leaves_a, leaves_b):
-        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a, b = jax.random.key_data(a), jax.random.key_data(b)
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_same_leaves(state_a, state_b)
     assert resumed["accuracy"] == pytest.approx(
         json.loads((workdir / "results.json").read_text())["accuracy"]
     )
