@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mmjax.models.recurrent import run_bidirectional, run_rnn
+from mmjax.models.recurrent import _lstm_gates, run_bidirectional, run_rnn
 
 CELLS = {"lstm": nnx.OptimizedLSTMCell, "gru": nnx.GRUCell}
 B, T, F, H = 3, 7, 5, 4
@@ -86,3 +86,18 @@ def test_other_cells_are_refused():
     rnn = nnx.RNN(nnx.SimpleCell(F, H, rngs=nnx.Rngs(0)))
     with pytest.raises(TypeError, match="LSTM and GRU"):
         run_rnn(rnn, _inputs()[0])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_lstm_gates_match_the_four_activations_to_saturation(dtype):
+    """The one-pass gates (tanh through 2 sigmoid(2x) - 1) against sigmoid / tanh per block,
+    from 0 to far past saturation, where a wrong sign or scale would show first."""
+    z = jnp.stack([jnp.linspace(-60.0, 60.0, 40), jnp.linspace(-1e-3, 1e-3, 40), jnp.zeros(40)])
+    z = z.astype(dtype)  # [3, 4H], H = 10
+    i, f, g, o = jnp.split(z.astype(jnp.float32), 4, axis=-1)
+    expected = jnp.concatenate(
+        [jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)], axis=-1
+    )
+    got = _lstm_gates(z)
+    assert got.dtype == jnp.float32 and bool(jnp.isfinite(got).all())
+    np.testing.assert_allclose(got, expected, rtol=0, atol=2e-7)

@@ -9,7 +9,9 @@ gradients inside the loop, one small matmul per step. Here:
   of a bidirectional layer step in the same loop (two independent matmuls per iteration);
 - the backward pass is written by hand (`jax.custom_vjp`): the loop computes only the gate
   gradients and `dh @ W_h^T`; the input and recurrent weight gradients are one matmul each
-  after it.
+  after it;
+- an LSTM step's four gate activations are one elementwise pass over [B, 4H] (`_lstm_gates`),
+  and so are its four gate gradients, rather than four passes and a concatenate.
 
 The parameters stay in flax's `OptimizedLSTMCell` / `GRUCell` (held by `nnx.RNN` /
 `nnx.Bidirectional`), with their paths and initialisers, so checkpoints, pretrained imports and
