@@ -157,6 +157,7 @@ def _weight_gradients(
     """(dW_in [F, G], dW_h [H, G]) from the inputs x [T, B, F], the states before each step
     h_prev [T, B, H], and the gradients of the input and recurrent products dproj, d_rec
     [T, B, G]. When the two are one array (the LSTM's), one matmul over [x, h_prev]."""
+
     def flat(a: jax.Array) -> jax.Array:  # [T * B, ...]
         return a.reshape(-1, a.shape[-1])
 
