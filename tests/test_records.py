@@ -61,3 +61,16 @@ def test_a_member_shorter_than_its_header_is_a_corrupt_record():
         archive.writestr("audio.npy", member[:-8])  # a valid zip, one value short
     with pytest.raises(DataError, match="corrupt record"):
         decode_record(buffer.getvalue())
+
+
+def test_a_changed_byte_in_a_stored_member_is_a_corrupt_record():
+    """The fast reader slices np.savez's uncompressed members out of the archive itself; it
+    keeps ZipFile.read's CRC-32 check, so a flipped bit in an array's data is caught."""
+    data = encode_record({"audio": np.arange(100, dtype=np.float32)})
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        (member,) = archive.infolist()
+        assert records._stored_member(data, member) == archive.read(member)
+    position = data.index(np.float32(42).tobytes())
+    corrupted = data[:position] + bytes([data[position] ^ 1]) + data[position + 1 :]
+    with pytest.raises(DataError, match="corrupt record.*CRC"):
+        decode_record(corrupted)
