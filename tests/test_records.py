@@ -72,5 +72,5 @@ def test_a_changed_byte_in_a_stored_member_is_a_corrupt_record():
         assert records._stored_member(data, member) == archive.read(member)
     position = data.index(np.float32(42).tobytes())
     corrupted = data[:position] + bytes([data[position] ^ 1]) + data[position + 1 :]
-    with pytest.raises(DataError, match="corrupt record.*CRC"):
+    with pytest.raises(DataError, match=r"corrupt record.*CRC"):
         decode_record(corrupted)
