@@ -32,6 +32,11 @@ from flax.nnx.nn.recurrent import flip_sequences
 
 Arrays = tuple[jax.Array, ...]
 
+# Steps per iteration of the recurrences' loops. On the CPU a loop iteration costs a fixed
+# overhead beside its small matmuls: at 4, the BiLSTM train step (T = 32) took 27.5-28.1
+# against 28.9-29.3 ms, the BiGRU's 27.3 against 27.7; 8 was no faster and compiled longer.
+_UNROLL = 4
+
 # ----------------------------------------------------------------------------------------------
 # The recurrences: projs (one [T, B, G] per direction, input projection and bias included) and
 # recurrent kernels (one [H, G] per direction) -> hidden states, one [T, B, H] per direction.
@@ -72,7 +77,7 @@ def _lstm_forward(projs: Arrays, w_hs: Arrays):
         (jnp.zeros(p.shape[1:2] + w.shape[:1], p.dtype),) * 2
         for p, w in zip(projs, w_hs, strict=True)
     )
-    _, per_step = jax.lax.scan(step, zeros, projs)
+    _, per_step = jax.lax.scan(step, zeros, projs, unroll=_UNROLL)
     hs = tuple(h for _, h, _ in per_step)
     return hs, per_step
 
@@ -102,7 +107,7 @@ def _lstm_backward(per_step, w_hs: Arrays, dhs: Arrays):
 
     xs = tuple((dh, c, _shifted(c), acts) for dh, (c, _, acts) in zip(dhs, per_step, strict=True))
     zeros = tuple((jnp.zeros_like(dh[0]),) * 2 for dh in dhs)
-    _, dzs = jax.lax.scan(step, zeros, xs, reverse=True)
+    _, dzs = jax.lax.scan(step, zeros, xs, reverse=True, unroll=_UNROLL)
     terms = tuple((_shifted(h), dz) for (_, h, _), dz in zip(per_step, dzs, strict=True))
     return dzs, terms
 
@@ -124,7 +129,7 @@ def _gru_forward(projs: Arrays, w_hs: Arrays):
     zeros = tuple(
         jnp.zeros(p.shape[1:2] + w.shape[:1], p.dtype) for p, w in zip(projs, w_hs, strict=True)
     )
-    _, per_step = jax.lax.scan(step, zeros, projs)
+    _, per_step = jax.lax.scan(step, zeros, projs, unroll=_UNROLL)
     return tuple(h for h, _ in per_step), per_step
 
 
@@ -145,7 +150,7 @@ def _gru_backward(per_step, w_hs: Arrays, dhs: Arrays):
     h_prevs = tuple(_shifted(h) for h, _ in per_step)
     xs = tuple(zip(dhs, h_prevs, (saved for _, saved in per_step), strict=True))
     zeros = tuple(jnp.zeros_like(dh[0]) for dh in dhs)
-    _, grads = jax.lax.scan(step, zeros, xs, reverse=True)
+    _, grads = jax.lax.scan(step, zeros, xs, reverse=True, unroll=_UNROLL)
     dprojs = tuple(dp for dp, _ in grads)
     terms = tuple((h_prev, da) for h_prev, (_, da) in zip(h_prevs, grads, strict=True))
     return dprojs, terms
