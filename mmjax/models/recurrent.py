@@ -62,10 +62,10 @@ def _lstm_gates(z: jax.Array) -> jax.Array:
 
 
 def _lstm_step(c: jax.Array, h: jax.Array, p: jax.Array, w_h: jax.Array):
-    acts = _lstm_gates(p + h @ w_h)
-    i, f, g, o = jnp.split(acts.astype(c.dtype), 4, axis=-1)
+    acts = _lstm_gates(p + h @ w_h).astype(c.dtype)
+    i, f, g, o = jnp.split(acts, 4, axis=-1)
     c = f * c + i * g
-    return c, o * jnp.tanh(c), acts.astype(c.dtype)
+    return c, o * jnp.tanh(c), acts
 
 
 def _lstm_forward(projs: Arrays, w_hs: Arrays):
