@@ -14,12 +14,12 @@ in one process, on the real AV-Digits dataset and the real mmjax pipeline
   reused every call (state carried, blocked on each call).
 - `variant="loop"`: `steps` steps of the real loop with `workers=0` (about 5 s of isolated
   steps, 20 to 100; 8 in a smoke run), on one iterator, after one warm-up step and after
-  waiting (`settle_s`) until grain's read-ahead buffer (16 threads, 500 batches by default,
-  with `workers=0` too) is full and the process is idle: the steady state of a long run, not
-  the loop's first seconds, in which the loader fills that buffer on the same cores. Two
-  protocols (fields `protocol_name`, `protocol`): `loop_py` does what
-  `mmjax.train.loop.train` does (`mmjax.train.prefetch`: a thread reads and places batch
-  n + 1 while step n runs; then async dispatch of the step -> `MetricsLog.push`, which
+  waiting (`settle_s`) until grain's read-ahead buffer (`pipeline.READ_AHEAD`: 2 threads, 4
+  batches, with `workers=0` too) is full and the process is idle: the steady state of a long
+  run, not the loop's first seconds, in which the loader fills that buffer on the same cores.
+  Three protocols (fields `protocol_name`, `protocol`): `loop_py` does what
+  `mmjax.train.loop.train` does (`mmjax.train.prefetch`: a thread keeps the next two batches
+  read and placed, starting on each replacement once a step is dispatched; `MetricsLog.push`
   fetches the previous step's metrics, so at most two steps are in flight); `no_prefetch` is
   that loop without its prefetch stage (next -> put_batch -> dispatch); `blocking` blocks on
   every step's metrics before the next `next()` (no overlap). `data_wait_fraction` is the
@@ -66,7 +66,8 @@ SETTLE_LIMIT_S = 30.0  # the most the loop waits for grain's read-ahead buffer t
 
 LOOP_PROTOCOLS = {
     "loop_py": "as mmjax.train.loop.train: a prefetch thread reads and places (put_batch) "
-    "batch n+1 while step n runs -> next(prefetch) -> async step dispatch -> MetricsLog.push "
+    "batch n+1 while step n runs -> take(prefetch) -> async step dispatch -> refill (the "
+    "thread starts on the next batch only now) -> MetricsLog.push "
     "(fetches the previous step's metrics: <= 2 steps in flight); wall ended by blocking on "
     "the final state; after grain's read-ahead buffer filled",
     "no_prefetch": "the loop before its prefetch stage: next -> put_batch -> async step "
@@ -209,7 +210,7 @@ def _time_loop(
 ) -> tuple[dict[str, float], Any]:
     """`steps` steps of the training loop under `protocol` (LOOP_PROTOCOLS); (wait and wall
     figures, the final state). The wait is the time the loop spent getting its next placed
-    batch: in next(prefetch) with the prefetch stage, in next(iterator) + put_batch without."""
+    batch: in take + refill with the prefetch stage, in next(iterator) + put_batch without."""
     waits, puts = [], []
     prefetcher = None
     if protocol == "loop_py":
@@ -219,7 +220,7 @@ def _time_loop(
         for step in range(steps):
             began = time.perf_counter()
             if prefetcher is not None:
-                placed = next(prefetcher).placed
+                placed = prefetcher.take().placed
                 loaded = placed_at = time.perf_counter()
             else:
                 batch = next(iterator)
@@ -227,11 +228,16 @@ def _time_loop(
                 placed = put_batch(batch, mesh)
                 placed_at = time.perf_counter()
             state, metrics = train_step(state, placed)
+            refill_s = 0.0
+            if prefetcher is not None:
+                refilling = time.perf_counter()
+                prefetcher.refill()
+                refill_s = time.perf_counter() - refilling
             if protocol == "blocking":
                 jax.block_until_ready(metrics)
             else:
                 log.push(step + 1, metrics)
-            waits.append(loaded - began)
+            waits.append(loaded - began + refill_s)
             puts.append(placed_at - loaded)
         log.flush()
         jax.block_until_ready(state)

@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+from collections.abc import Callable
 
 import grain
 import jax
@@ -33,20 +34,49 @@ def test_batches_are_placed_in_order_with_the_position_after_each():
     np.testing.assert_array_equal(next(resumed)["x"][:, 0, 0], [2, 3])
 
 
-def test_reads_at_most_depth_ahead_and_close_stops_the_thread():
-    produced = []
+def _counting_producer() -> tuple[list[int], Callable[[], int]]:
+    produced: list[int] = []
 
-    def produce():
+    def produce() -> int:
         produced.append(len(produced))
         return produced[-1]
 
+    return produced, produce
+
+
+def _settled_count(produced: list[int], expected: int) -> int:
+    """len(produced) once it reached `expected` (or 5 s passed) and then stayed 0.2 s."""
+    deadline = time.monotonic() + 5
+    while len(produced) < expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    return len(produced)
+
+
+def test_reads_at_most_depth_ahead_and_close_stops_the_thread():
+    produced, produce = _counting_producer()
     prefetcher = Prefetcher(produce, depth=2)
-    time.sleep(0.3)
-    # two queued, and one more produced while waiting for room
-    assert len(produced) <= 3
+    assert _settled_count(produced, 2) == 2
     assert next(prefetcher) == 0
+    assert _settled_count(produced, 3) == 3  # next lets the thread replace it at once
     prefetcher.close()
     assert not any(t.name == "mmjax-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_take_holds_the_thread_back_until_refill():
+    produced, produce = _counting_producer()
+    with Prefetcher(produce, depth=2) as prefetcher:
+        assert _settled_count(produced, 2) == 2
+        assert prefetcher.take() == 0
+        assert _settled_count(produced, 3) == 2  # not replaced while the step is dispatched
+        prefetcher.refill()
+        assert _settled_count(produced, 3) == 3
+
+
+def test_take_without_refill_never_stalls():
+    _, produce = _counting_producer()
+    with Prefetcher(produce, depth=2) as prefetcher:
+        assert [prefetcher.take() for _ in range(7)] == list(range(7))
 
 
 def test_a_producer_error_is_raised_by_next_in_order():

@@ -291,7 +291,7 @@ def _train_locked(
             batches = prefetch_batches([data_iter], lambda host: put_batch(host[0], mesh))
             while step < last:
                 waiting = time.perf_counter()
-                fetched = next(batches)
+                fetched = batches.take()
                 pace.waited(time.perf_counter() - waiting)
                 position = fetched.positions[0]  # what a checkpoint at this step saves
                 if step == first_step:
@@ -302,6 +302,7 @@ def _train_locked(
                         sample_shapes=shapes,
                     )
                 state, metrics = train_step(state, fetched.placed)
+                batches.refill()  # the next batch is read and placed while this step runs
                 step += 1
                 if probe is not None and step % exp.train.utilisation_every == 0:
                     metrics = {**metrics, **probe(state)}

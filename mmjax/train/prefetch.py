@@ -4,6 +4,13 @@ A background thread takes the next host batch from each data iterator, places it
 caller's `place` (`put_batch`), and keeps up to `depth` such batches ready. The training loop
 then waits only when the input side is slower than the step.
 
+When the thread starts on a batch matters as much: its reading and placing are Python, and
+while it runs, the loop's own Python (taking the batch, dispatching the step) waits for the
+GIL, in slices of CPython's 5 ms switch interval. So the training loop takes a batch with
+`take` and calls `refill` once its step is dispatched: the thread then works while the loop
+blocks on the device. On 2 cores this cut the loop's wait for data from 2.5-3.6 % of its wall
+time to 0.8-1.0 % (benchmarks/NOTES.md, sixth session).
+
 Reading ahead moves the data iterators past the batches the steps have consumed, so a
 checkpoint must not save the iterators themselves: each `Prefetched` carries the iterators'
 positions captured right after its own batches were read, and the loop saves those. A resumed
@@ -55,59 +62,67 @@ class _Failed:
 class Prefetcher:
     """Iterates over `produce()`'s results, computed up to `depth` ahead on a daemon thread.
 
-    An exception in `produce` (a corrupt record, a bad batch) is raised by the `next` call that
-    would have returned its result, with its own traceback. `close` stops the thread; a
-    `produce` call in progress finishes first.
+    `next` takes a result and lets the thread start on another at once. `take` takes one
+    without: the thread starts on its replacement at the next `refill` (or at the next `take`
+    that finds nothing ready, so a loop that never calls `refill` still never stalls).
+
+    An exception in `produce` (a corrupt record, a bad batch) is raised by the call that would
+    have returned its result, with its own traceback. `close` stops the thread; a `produce`
+    call in progress finishes first.
     """
 
     def __init__(self, produce: Callable[[], Any], depth: int = 2):
         if depth < 1:
             raise ValueError(f"prefetch depth must be >= 1, got {depth}")
         self._produce = produce
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        # results queued + being produced + taken but not refilled + permits == depth
+        self._permits = threading.Semaphore(depth)
+        self._owed = 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._failed: _Failed | None = None
         self._thread = threading.Thread(target=self._run, name="mmjax-prefetch", daemon=True)
         self._thread.start()
 
-    def _offer(self, item: Any) -> bool:
-        """Queue `item`, waiting for room; False if closed meanwhile."""
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=_POLL_S)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def _run(self) -> None:
         while not self._stop.is_set():
+            if not self._permits.acquire(timeout=_POLL_S):
+                continue
             try:
                 item = self._produce()
             except BaseException as err:  # StopIteration included: the consumer re-raises it
-                self._offer(_Failed(err))
+                self._queue.put(_Failed(err))
                 return
-            if not self._offer(item):
-                return
+            self._queue.put(item)
 
     def __iter__(self) -> Iterator[Any]:
         return self
 
     def __next__(self) -> Any:
+        item = self.take()
+        self.refill()
+        return item
+
+    def take(self) -> Any:
+        """The next result; the thread starts on its replacement at `refill`."""
         if self._failed is None:
+            if self._queue.empty():
+                self.refill()
             item = self._queue.get()
             if not isinstance(item, _Failed):
+                self._owed += 1
                 return item
             self._failed = item
         raise self._failed.error
 
+    def refill(self) -> None:
+        """Let the thread replace every result taken since the last refill."""
+        if self._owed:
+            self._permits.release(self._owed)
+            self._owed = 0
+
     def close(self) -> None:
         self._stop.set()
-        while True:  # unblock a producer waiting for room
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
         self._thread.join(timeout=10 * _POLL_S)
 
     def __enter__(self) -> "Prefetcher":

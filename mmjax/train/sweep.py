@@ -311,7 +311,7 @@ def _sweep_locked(
             prefetched = prefetch_batches(iterators, place)
             while step < last:
                 waiting = time.perf_counter()
-                fetched = next(prefetched)
+                fetched = prefetched.take()
                 for pace in paces:
                     pace.waited(time.perf_counter() - waiting)
                 if step == first_step:
@@ -323,6 +323,7 @@ def _sweep_locked(
                             sample_shapes=shapes,
                         )
                 state, metrics = train_step(state, fetched.placed, traced)
+                prefetched.refill()  # the next batches are read and placed while this step runs
                 step += 1
                 log.push(step, metrics)
                 _check_copies(log, plan, checkpointer)
