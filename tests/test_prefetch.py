@@ -44,9 +44,9 @@ def _counting_producer() -> tuple[list[int], Callable[[], int]]:
     return produced, produce
 
 
-def _settled_count(produced: list[int], expected: int) -> int:
-    """len(produced) once it reached `expected` (or 5 s passed) and then stayed 0.2 s."""
-    deadline = time.monotonic() + 5
+def _settled_count(produced: list[int], expected: int, limit_s: float = 5.0) -> int:
+    """len(produced) once it reached `expected` (or `limit_s` passed) and then stayed 0.2 s."""
+    deadline = time.monotonic() + limit_s
     while len(produced) < expected and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
@@ -68,7 +68,8 @@ def test_take_holds_the_thread_back_until_refill():
     with Prefetcher(produce, depth=2) as prefetcher:
         assert _settled_count(produced, 2) == 2
         assert prefetcher.take() == 0
-        assert _settled_count(produced, 3) == 2  # not replaced while the step is dispatched
+        # not replaced while the step is dispatched
+        assert _settled_count(produced, 3, limit_s=0.3) == 2
         prefetcher.refill()
         assert _settled_count(produced, 3) == 3
 
