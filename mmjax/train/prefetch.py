@@ -9,7 +9,7 @@ while it runs, the loop's own Python (taking the batch, dispatching the step) wa
 GIL, in slices of CPython's 5 ms switch interval. So the training loop takes a batch with
 `take` and calls `refill` once its step is dispatched: the thread then works while the loop
 blocks on the device. On 2 cores this cut the loop's wait for data from 2.5-3.6 % of its wall
-time to 0.8-1.0 % (benchmarks/NOTES.md, sixth session).
+time to 0.8-1.3 % (benchmarks/NOTES.md, sixth session).
 
 Reading ahead moves the data iterators past the batches the steps have consumed, so a
 checkpoint must not save the iterators themselves: each `Prefetched` carries the iterators'
