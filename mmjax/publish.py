@@ -33,6 +33,7 @@ from mmjax.predict import Predictor
 from mmjax.pretrained import CATALOG
 from mmjax.pretrained.catalog import entry as catalog_entry
 from mmjax.pretrained.load import place_encoder
+from mmjax.train.checkpoint import tree_handler
 from mmjax.train.workdir import read_experiment, restore_trained
 
 PUBLISHED_DIR = Path(__file__).parent / "published"
@@ -115,9 +116,9 @@ def save_pretrained(
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(staging / "weights", nnx.to_pure_dict(nnx.state(model, _stored(exp.model))))
-    checkpointer.wait_until_finished()
+    weights = nnx.to_pure_dict(nnx.state(model, _stored(exp.model)))
+    with ocp.Checkpointer(tree_handler()) as checkpointer:
+        checkpointer.save(staging / "weights", args=ocp.args.PyTreeSave(weights))
     extra = dict(card or {})
     record = {
         "name": target.name,

@@ -12,7 +12,6 @@ from tensorboardX import SummaryWriter
 
 import mmjax
 from mmjax.config import set_value
-from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.run_lock import LOCK_FILE, workdir_lock
 from tests.tensorboard_events import assert_tensorboard_equals_metrics
 from tests.trees import assert_same_leaves
@@ -27,14 +26,11 @@ def tiny_config(avdigits_root, model: str = "late", steps: int = 20):
 
 
 def _params(workdir):
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=5)
-    try:
-        step = checkpointer.latest_step()
-        restored = checkpointer.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
-        )
-    finally:
-        checkpointer.close()
+    """The latest saved state, read with plain Orbax (no mmjax class, no target)."""
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    with ocp.CheckpointManager(workdir / "checkpoints", options=options) as manager:
+        step = manager.latest_step()
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     return step, restored["state"]
 
 

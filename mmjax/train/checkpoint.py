@@ -25,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
+from orbax.checkpoint._src.metadata.array_metadata_store import Store as ArrayMetadataStore
 
 from mmjax.errors import CheckpointError
 from mmjax.train.prefetch import IteratorPosition
@@ -46,6 +47,28 @@ ITERATOR_ITEM = "data_iter"
 # takes the position the prefetch stage recorded after the last consumed batch in its place.
 Iterator = grain.DatasetIterator | IteratorPosition
 Iterators = Iterator | Sequence[Iterator] | None
+
+
+def tree_handler() -> ocp.PyTreeCheckpointHandler:
+    """Orbax's pytree handler, with replicated arrays written replica-parallel only across
+    processes.
+
+    Orbax's own default on CPU and TPU splits every replicated array into one slice per
+    replica so that the hosts share its write. Within one process that shares nothing and
+    costs an eagerly compiled slice per distinct array shape at the first save of a run:
+    6.2 s for the ResNet-50 product-clips model on 4 CPU devices, 17.5 s against 0.2 s for
+    150 small arrays. The rest of the handler is orbax's default (its array metadata keeps
+    typed PRNG keys restorable)."""
+    arrays = ocp.type_handlers.ArrayHandler(
+        use_replica_parallel=jax.process_count() > 1, array_metadata_store=ArrayMetadataStore()
+    )
+    others = [
+        (kind, ocp.type_handlers.get_type_handler(kind))
+        for kind in ocp.type_handlers.supported_types()
+        if kind is not jax.Array
+    ]
+    registry = ocp.type_handlers.create_type_handler_registry((jax.Array, arrays), *others)
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
 def _iterator_items(data_iter: Iterators) -> dict[str, Iterator]:
@@ -112,7 +135,11 @@ class Checkpointer:
                 max_to_keep=keep, create=True, cleanup_tmp_directories=True
             )
         self.read_only = read_only
-        self.manager = ocp.CheckpointManager(directory, options=options)
+        handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+        state = tree_handler()
+        handlers.add("state", ocp.args.PyTreeSave, state)
+        handlers.add("state", ocp.args.PyTreeRestore, state)
+        self.manager = ocp.CheckpointManager(directory, options=options, handler_registry=handlers)
         self._pending: int | None = None  # the step of a save still being written
 
     @property
@@ -134,7 +161,7 @@ class Checkpointer:
         CheckpointError here, at the next save, or at `close`."""
         self._finish_pending()
         items = {
-            "state": ocp.args.StandardSave(nnx.to_pure_dict(state)),
+            "state": ocp.args.PyTreeSave(nnx.to_pure_dict(state)),
             "config": ocp.args.JsonSave(config),
             "metrics": ocp.args.JsonSave(metrics),
         }
@@ -251,19 +278,15 @@ class Checkpointer:
         )
         if model_only:  # Orbax skips PLACEHOLDER leaves: the optimizer's moments stay on disk
             abstract[1] = jax.tree.map(lambda _: ocp.PLACEHOLDER, abstract[1])
-            restore_args = jax.tree.map(
-                lambda x: (
-                    x
-                    if x is ocp.PLACEHOLDER
-                    else ocp.ArrayRestoreArgs(
-                        sharding=x.sharding, global_shape=x.shape, dtype=x.dtype
-                    )
-                ),
-                abstract,
-            )
-            item = ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args)
-        else:
-            item = ocp.args.StandardRestore(abstract)
+        restore_args = jax.tree.map(
+            lambda x: (
+                x
+                if x is ocp.PLACEHOLDER
+                else ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype)
+            ),
+            abstract,
+        )
+        item = ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args)
         restored = self.manager.restore(step, args=ocp.args.Composite(state=item))["state"]
         for name, iterator in _iterator_items(data_iter).items():
             self._restore_iterator(step, name, iterator)
