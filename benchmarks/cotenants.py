@@ -27,21 +27,33 @@ def _machine_busy_ticks() -> int | None:
     return user + nice + system + irq + softirq + steal
 
 
-def _own_ticks() -> int:
-    """CPU ticks this process (all its threads) has used."""
+def _own_ticks(pids: tuple[int, ...]) -> int:
+    """CPU ticks this process (all its threads) and the processes `pids` have used."""
     times = os.times()
-    return round((times.user + times.system) * _TICKS)
+    return round((times.user + times.system) * _TICKS) + sum(map(_process_ticks, pids))
+
+
+def _process_ticks(pid: int) -> int:
+    """User and system ticks of process `pid` (0 once it is gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat.rsplit(")", 1)[1].split()  # after "pid (command)"
+    return int(fields[11]) + int(fields[12])  # utime, stime
 
 
 class CpuWatch:
-    """`with CpuWatch() as w: ...` -> `w.others`: the share of the machine's CPU time (0-1)
-    used by other processes during the block; None where /proc is unavailable."""
+    """`with CpuWatch(pids) as w: ...` -> `w.others`: the share of the machine's CPU time (0-1)
+    used during the block by processes other than this one and `pids` (the suite's own
+    workers); None where /proc is unavailable."""
 
-    def __init__(self) -> None:
+    def __init__(self, pids: tuple[int, ...] = ()) -> None:
         self.others: float | None = None
+        self._pids = pids
 
     def __enter__(self) -> "CpuWatch":
-        self._busy, self._own = _machine_busy_ticks(), _own_ticks()
+        self._busy, self._own = _machine_busy_ticks(), _own_ticks(self._pids)
         self._started = time.perf_counter()
         return self
 
@@ -50,5 +62,5 @@ class CpuWatch:
         if busy is None or self._busy is None:
             return
         capacity = (time.perf_counter() - self._started) * _TICKS * (os.cpu_count() or 1)
-        others = (busy - self._busy) - (_own_ticks() - self._own)
+        others = (busy - self._busy) - (_own_ticks(self._pids) - self._own)
         self.others = min(1.0, max(0.0, others / max(capacity, 1e-9)))

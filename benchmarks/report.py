@@ -112,7 +112,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
 
 
 THROUGHPUT_PANELS = (("extract", "forward"), ("fused", "forward"))
-PEER_RATIOS = ("ratio_vs_eager", "ratio_vs_compile")
+PEER_RATIOS = ("ratio_vs_eager", "ratio_vs_compile", "ratio_vs_eager_mmjax_heap")
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> bool:
@@ -164,13 +164,15 @@ def _peer_panel(ax: Any, rows: list[dict[str, Any]]) -> None:
     labels = [f"{r['model']} {r['variant']}" for r in rows]
     labels = [label + " (busy)" * b for label, b in zip(labels, busy, strict=True)]
     y = list(range(len(rows)))
-    for k, key in enumerate(PEER_RATIOS):
+    keys = [key for key in PEER_RATIOS if all(key in r for r in rows)]  # older runs: two
+    width = 0.8 / len(keys)
+    for k, key in enumerate(keys):
         medians = [r[key] for r in rows]
         iqr = [r.get(f"{key}_iqr") or [m, m] for r, m in zip(rows, medians, strict=True)]
         whiskers = [[m - lo for m, (lo, _) in zip(medians, iqr, strict=True)],
                     [hi - m for m, (_, hi) in zip(medians, iqr, strict=True)]]  # fmt: skip
-        offsets = [v + (k - 0.5) * 0.4 for v in y]
-        bars = ax.barh(offsets, medians, 0.4, xerr=whiskers, label=key.replace("ratio_vs_", "/ "))
+        offsets = [v + (k - (len(keys) - 1) / 2) * width for v in y]
+        bars = ax.barh(offsets, medians, width, xerr=whiskers, label=key.replace("ratio_vs_", "/ "))
         for bar, is_busy in zip(bars, busy, strict=True):
             if is_busy:
                 bar.set(alpha=0.3, hatch="//")

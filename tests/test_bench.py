@@ -118,8 +118,9 @@ def test_peer_suite_records(tmp_path):
     assert {r["variant"] for r in rows} == {"train_step", "forward"}
     for r in rows:
         assert r["mmjax_ms"] > 0 and r["eager_ms"] > 0 and r["compile_ms"] > 0
+        assert r["eager_mmjax_heap_ms"] > 0 and "target_vs_eager_mmjax_heap" not in r
         assert r["torch_threads"] >= 1 and r["rounds"] >= 2
-        for peer in ("eager", "compile"):
+        for peer in ("eager", "compile", "eager_mmjax_heap"):
             low, high = r[f"ratio_vs_{peer}_iqr"]
             assert 0 < low <= r[f"ratio_vs_{peer}"] <= high
     (train,) = (r for r in rows if r["variant"] == "train_step")
