@@ -144,7 +144,10 @@ class Worker:
             self._process.start()
         finally:
             for key, value in saved.items():
-                os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+                if value is None:
+                    del os.environ[key]
+                else:
+                    os.environ[key] = value
         child_end.close()
         self.info: dict[str, Any] = self._reply()
 

@@ -2,17 +2,17 @@
 `torch.compile`, on the same batch, each framework in a process of its own
 (benchmarks/peer_worker.py: in one process each slowed the other).
 
-Protocol: the three implementations are timed in interleaved rounds (mmjax, eager,
-compiled, mmjax, ...); while one process runs its calls, the other waits idle. A round times a
-few calls of each and takes their median; the ratio mmjax / torch is formed per round, and
-the record gives the median over rounds with its interquartile range. Interleaving does not
-make co-tenant load fair: it stalls PyTorch's OpenMP barriers far more than XLA's thread pool
-(benchmarks/cotenants.py), so each round also records the share of the CPU other processes
-(not the suite's two) took (`cotenant_share`), and the ratios come from the quiet rounds (at
-most 5 %; up to twice the rounds are run to find them) unless there are fewer than 3
-(`ratio_from` says which). Both frameworks use every core: XLA's CPU runtime does by default,
-and torch is set to `os.cpu_count()` threads (recorded). The train step is forward, backward,
-global-norm clipping and AdamW in both.
+Protocol: the implementations are timed in interleaved rounds (mmjax, eager, compiled, eager
+under mmjax's heap, mmjax, ...); while one process runs its calls, the others wait idle. A
+round times a few calls of each and takes their median; the ratio mmjax / torch is formed per
+round, and the record gives the median over rounds with its interquartile range.
+Interleaving does not make co-tenant load fair: it stalls PyTorch's OpenMP barriers far more
+than XLA's thread pool (benchmarks/cotenants.py), so each round also records the share of the
+CPU that processes other than the suite's own took (`cotenant_share`), and the ratios come
+from the quiet rounds (at most 5 %; up to twice the rounds are run to find them) unless there
+are fewer than 3 (`ratio_from` says which). Both frameworks use every core: XLA's CPU runtime
+does by default, and torch is set to `os.cpu_count()` threads (recorded). The train step is
+forward, backward, global-norm clipping and AdamW in both.
 
 PyTorch runs with glibc's malloc settings, as its users run it; the targets are judged against
 that. mmjax sets glibc's malloc on import (`mmjax/host_heap.py`), and that setting alone makes
