@@ -7,6 +7,9 @@ PyTorch ran under mmjax's malloc settings (`mmjax/host_heap.py`), which no PyTor
 A `Worker` builds one framework's implementations of a peer model in a spawned process (a
 fresh interpreter: nothing of the parent's frameworks is carried over) and times them on
 command, so that the suite interleaves rounds of processes that each run as their users run.
+The mmjax process imports torch (the peers' configs and batches live in `peer_torch`) but
+never runs it; imported alone, it did not change the image CNN's step (2.85-2.97 ms with it,
+2.88-2.94 ms without, processes alternating).
 
 A PyTorch process keeps glibc's own malloc settings, as PyTorch users have them: it starts
 with `MALLOC_ARENA_MAX` at glibc's default for 64-bit systems (8 per core), which makes

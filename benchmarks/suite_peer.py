@@ -85,7 +85,6 @@ def plan(ctx: Context) -> list[Planned]:
 
 
 def run(ctx: Context) -> None:
-    _require_torch()
     names, batch_size = _names_and_batch(ctx)
     rounds = 2 if ctx.smoke else 7
     peak, peak_source = ctx.peak("float32")
@@ -136,7 +135,7 @@ def _time_peer(
         }
         step_s = statistics.median(per_round["mmjax"])
         fields = {
-            f"{impl}_ms": 1000 * statistics.median(times) for impl, times in per_round.items()
+            f"{label}_ms": 1000 * statistics.median(times) for label, times in per_round.items()
         }
         fields["cotenant_share"] = [None if o is None else round(o, 3) for o in others]
         fields["quiet_rounds"] = len(quiet)
