@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 # XLA:CPU's LLVM backend at optimisation level 1 instead of its default 3. Compiling is most of
@@ -14,14 +15,17 @@ from pathlib import Path
 # by float32 rounding (2.4e-7 at most after 12 steps). XLA's HLO passes (fusion, sharding) do not
 # depend on this level. Level 0 runs slower (86.7 ms) and changes even the init values. Child
 # processes get the same flags (tests/launch.py); flags set by the caller come after, and win.
-# XLA:CPU's older fusion emitter instead of its MLIR fusion emitters (the default): the bench
-# smoke's ten programs compiled in 11.7 against 23.2 s, EfficientNet-Lite0's gradient in 8.9
-# against 13.0 s, and the suite's test time fell from 2,085 to 1,552 s (one run each). Mmjax
-# itself keeps XLA's default: the CNN-LSTM train step ran 51-53 against 47-50 ms without it.
+# Where jaxlib still has it (before 0.11, which removed the flag: the Python 3.12 pass runs
+# without it), XLA:CPU's older fusion emitter instead of its MLIR fusion emitters (the default):
+# the bench smoke's ten programs compiled in 11.7 against 23.2 s, EfficientNet-Lite0's gradient
+# in 8.9 against 13.0 s, and the suite's test time fell from 2,085 to 1,552 s (one run each).
+# Mmjax itself keeps XLA's default: the CNN-LSTM train step ran 51-53 against 47-50 ms with it.
 os.environ["XLA_FLAGS"] = " ".join(
     (
         "--xla_backend_optimization_level=1",
-        "--xla_cpu_use_fusion_emitters=false",
+        "--xla_cpu_use_fusion_emitters=false"
+        if tuple(int(n) for n in version("jaxlib").split(".")[:2]) < (0, 11)
+        else "",
         os.environ.get("XLA_FLAGS", ""),
         "--xla_force_host_platform_device_count=4",
     )
