@@ -7,9 +7,8 @@ PyTorch ran under mmjax's malloc settings (`mmjax/host_heap.py`), which no PyTor
 A `Worker` builds one framework's implementations of a peer model in a spawned process (a
 fresh interpreter: nothing of the parent's frameworks is carried over) and times them on
 command, so that the suite interleaves rounds of processes that each run as their users run.
-The mmjax process imports torch (the peers' configs and batches live in `peer_torch`) but
-never runs it; imported alone, it did not change the image CNN's step (2.85-2.97 ms with it,
-2.88-2.94 ms without, processes alternating).
+The mmjax process takes the peers' configs and batches from `peer_models`, so it never
+imports torch.
 
 A PyTorch process keeps glibc's own malloc settings, as PyTorch users have them: it starts
 with `MALLOC_ARENA_MAX` at glibc's default for 64-bit systems (8 per core), which makes
@@ -54,7 +53,7 @@ def _mmjax_calls(name: str, batch_size: int) -> tuple[Calls, dict[str, Any]]:
     import jax
     from flax import nnx
 
-    from benchmarks import peer_torch
+    from benchmarks import peer_models
     from mmjax import perf
     from mmjax.config import experiment_from
     from mmjax.parallel import data_mesh, put_batch
@@ -62,11 +61,11 @@ def _mmjax_calls(name: str, batch_size: int) -> tuple[Calls, dict[str, Any]]:
     from mmjax.train.step import make_train_step
 
     exp = experiment_from(
-        {"model": peer_torch.PEERS[name](), "train": {"batch_size": batch_size, "steps": 1000}}
+        {"model": peer_models.PEERS[name](), "train": {"batch_size": batch_size, "steps": 1000}}
     )
     mesh = data_mesh(jax.devices()[:1])
     graphdef, state = init_state(exp, mesh)
-    batch = put_batch(peer_torch.numpy_batch(name, batch_size), mesh)
+    batch = put_batch(peer_models.numpy_batch(name, batch_size), mesh)
     step = make_train_step(graphdef, state_shardings(state, mesh), mesh)
     flops = perf.matmul_flops(step, state, batch).flops
     compiled = perf.compile_timed(step, state, batch)
@@ -90,10 +89,10 @@ def _torch_calls(name: str, batch_size: int) -> tuple[Calls, dict[str, Any]]:
     every core."""
     import torch
 
-    from benchmarks import peer_torch
+    from benchmarks import peer_models, peer_torch
 
     torch.set_num_threads(os.cpu_count() or 1)
-    batch = peer_torch.torch_batch(peer_torch.numpy_batch(name, batch_size))
+    batch = peer_torch.torch_batch(peer_models.numpy_batch(name, batch_size))
     eager, to_compile = peer_torch.torch_model(name), peer_torch.torch_model(name)
     calls: Calls = {}
     for variant, build in (

@@ -28,6 +28,7 @@ import numpy as np
 
 from benchmarks.cotenants import CpuWatch
 from benchmarks.harness import Context, Planned
+from benchmarks.peer_models import PEERS
 from benchmarks.peer_worker import Worker
 from mmjax import perf
 from mmjax.errors import MmjaxError
@@ -72,10 +73,8 @@ def _rounds(
 def _names_and_batch(ctx: Context) -> tuple[tuple[str, ...], int]:
     """The peers to time and their batch size (a MmjaxError where PyTorch is missing)."""
     _require_torch()
-    from benchmarks import peer_torch
-
     # smoke: the model torch.compile compiles fastest (cold: ~15 s against ~35 for late_fusion)
-    return (("image_cnn",), 4) if ctx.smoke else (tuple(peer_torch.PEERS), 64)
+    return (("image_cnn",), 4) if ctx.smoke else (tuple(PEERS), 64)
 
 
 def plan(ctx: Context) -> list[Planned]:

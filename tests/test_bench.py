@@ -9,6 +9,9 @@ tests/test_peer_torch.py the PyTorch peers.)
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -130,6 +133,23 @@ def test_peer_suite_records(tmp_path):
     assert 0 <= train["quiet_rounds"] <= train["rounds"] == len(train["cotenant_share"])
     assert quiet == (train["quiet_rounds"] >= 2)  # a smoke run's 2 rounds
     assert isinstance(train["meets_target_vs_eager"], bool if quiet else type(None))
+
+
+def test_the_mmjax_peer_worker_never_loads_torch():
+    """The peer suite's mmjax process builds and runs its model without importing PyTorch."""
+    probe = (
+        "import sys; from benchmarks.peer_worker import _mmjax_calls; "
+        "calls, _ = _mmjax_calls('image_cnn', 2); calls['train_step']['mmjax'](); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split()[-1] == "False", out.stdout + out.stderr[-2000:]
 
 
 def test_the_chart_shows_what_was_measured_and_nothing_empty(tmp_path):

@@ -14,6 +14,7 @@ from flax import nnx  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for benchmarks/
 from benchmarks import peer_torch as pt  # noqa: E402
+from benchmarks.peer_models import INPUT_SHAPES, PEERS, numpy_batch  # noqa: E402
 from mmjax.config import OptimConfig, model_config_from  # noqa: E402
 from mmjax.models import build_model  # noqa: E402
 from mmjax.train.optim import make_optimizer  # noqa: E402
@@ -24,9 +25,9 @@ def _inputs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k != "label"}
 
 
-@pytest.mark.parametrize("name", sorted(pt.PEERS))
+@pytest.mark.parametrize("name", sorted(PEERS))
 def test_parameter_shapes_match_mmjax(name):
-    section = pt.PEERS[name]()
+    section = PEERS[name]()
     cfg = model_config_from(section)
     abstract = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
     expected = sorted(tuple(v.shape) for v in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
@@ -35,11 +36,11 @@ def test_parameter_shapes_match_mmjax(name):
     assert sum(p.numel() for p in model.parameters()) == sum(int(np.prod(s)) for s in expected)
 
 
-@pytest.mark.parametrize("name", sorted(pt.PEERS))
+@pytest.mark.parametrize("name", sorted(PEERS))
 def test_forward_and_train_step(name):
     torch.manual_seed(0)
-    batch = pt.numpy_batch(name, 4)
-    for m, shape in pt.INPUT_SHAPES[name].items():
+    batch = numpy_batch(name, 4)
+    for m, shape in INPUT_SHAPES[name].items():
         assert batch[m].shape == (4, *shape) and batch[f"{m}_mask"].all()
     model = pt.torch_model(name)
     tb = pt.torch_batch(batch)
@@ -76,16 +77,16 @@ def _random_mmjax_model(section: dict, seed: int = 0) -> nnx.Module:
     return nnx.merge(graphdef, state)
 
 
-@pytest.mark.parametrize("name", sorted(pt.PEERS))
+@pytest.mark.parametrize("name", sorted(PEERS))
 def test_eval_logits_match_mmjax(name):
     """With mmjax's values copied in, eval-mode logits agree: conv and Linear layouts,
     BatchNorm on running statistics, pooling, the log-mel front end, the LSTM gate order and
     its (f c) input order, the text BiLSTM's backward pass over each sequence reversed within
     its length, masked means and the late-concat fusion."""
-    jm = _random_mmjax_model(pt.PEERS[name]())
+    jm = _random_mmjax_model(PEERS[name]())
     model = pt.torch_model(name)
     pt.load_mmjax_weights(model, jm)
-    batch = pt.numpy_batch(name, 8, seed=3)
+    batch = numpy_batch(name, 8, seed=3)
     expected = np.asarray(nnx.jit(lambda m, x: m(x, train=False))(jm, _inputs(batch)))
     got = pt.torch_forward(model)(pt.torch_batch(batch)).numpy()
     assert np.abs(expected).max() > 0.1
@@ -96,12 +97,12 @@ def test_image_cnn_train_step_matches_mmjax():
     """One train step of each framework from the same weights: same loss (BatchNorm on batch
     statistics), same clipped gradients, same AdamW update and running means. Fusion dropout
     is 0 here so both compute the same function."""
-    section = pt.PEERS["image_cnn"]()
+    section = PEERS["image_cnn"]()
     section["fusion"]["dropout"] = 0.0
     jm = _random_mmjax_model(section)
     model = pt.MultimodalModel(section)
     pt.load_mmjax_weights(model, jm)
-    batch = pt.numpy_batch("image_cnn", 8, seed=5)
+    batch = numpy_batch("image_cnn", 8, seed=5)
 
     @nnx.jit
     def step(m, optimizer, batch):
