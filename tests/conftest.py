@@ -19,7 +19,8 @@ from pathlib import Path
 # without it), XLA:CPU's older fusion emitter instead of its MLIR fusion emitters (the default):
 # the bench smoke's ten programs compiled in 11.7 against 23.2 s, EfficientNet-Lite0's gradient
 # in 8.9 against 13.0 s, and the suite's test time fell from 2,085 to 1,552 s (one run each).
-# Mmjax itself keeps XLA's default: the CNN-LSTM train step ran 51-53 against 47-50 ms with it.
+# Mmjax itself keeps XLA's default, whose steps are as fast or faster (CNN-LSTM train step:
+# 47-52 ms with the default, 49-62 ms with the older emitter; benchmarks/NOTES.md).
 os.environ["XLA_FLAGS"] = " ".join(
     (
         "--xla_backend_optimization_level=1",
