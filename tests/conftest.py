@@ -15,10 +15,11 @@ from pathlib import Path
 # by float32 rounding (2.4e-7 at most after 12 steps). XLA's HLO passes (fusion, sharding) do not
 # depend on this level. Level 0 runs slower (86.7 ms) and changes even the init values. Child
 # processes get the same flags (tests/launch.py); flags set by the caller come after, and win.
-# Where jaxlib still has it (before 0.11, which removed the flag: the Python 3.12 pass runs
-# without it), XLA:CPU's older fusion emitter instead of its MLIR fusion emitters (the default):
-# the bench smoke's ten programs compiled in 11.7 against 23.2 s, EfficientNet-Lite0's gradient
-# in 8.9 against 13.0 s, and the suite's test time fell from 2,085 to 1,552 s (one run each).
+# Where jaxlib still has it (0.10; 0.11.2 and 0.12.1 have no such flag, so the Python 3.12
+# pass runs without it), XLA:CPU's older fusion emitter instead of its MLIR fusion emitters
+# (the default): the bench smoke's ten programs compiled in 11.7 against 23.2 s,
+# EfficientNet-Lite0's gradient in 8.9 against 13.0 s, and the suite's test time fell from
+# 2,085 to 1,552 s (one run each).
 # Mmjax itself keeps XLA's default, whose steps are as fast or faster (CNN-LSTM train step:
 # 47-52 ms with the default, 49-62 ms with the older emitter; benchmarks/NOTES.md).
 os.environ["XLA_FLAGS"] = " ".join(
