@@ -55,6 +55,7 @@ def _mmjax_calls(name: str, batch_size: int) -> tuple[Calls, dict[str, Any]]:
 
     from benchmarks import peer_models
     from mmjax import perf
+    from mmjax.compile_options import model_compiler_options
     from mmjax.config import experiment_from
     from mmjax.parallel import data_mesh, put_batch
     from mmjax.train.state import init_state, state_shardings
@@ -70,7 +71,10 @@ def _mmjax_calls(name: str, batch_size: int) -> tuple[Calls, dict[str, Any]]:
     flops = perf.matmul_flops(step, state, batch).flops
     compiled = perf.compile_timed(step, state, batch)
     inputs = {k: v for k, v in batch.items() if k != "label"}
-    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)[0](x, train=False))
+    forward = jax.jit(
+        lambda s, x: nnx.merge(graphdef, s)[0](x, train=False),
+        compiler_options=model_compiler_options(),
+    )
     holder = [state]
 
     def train() -> Any:

@@ -10,6 +10,7 @@ from flax import nnx
 
 from benchmarks import inputs
 from benchmarks.harness import Context, Planned, timed
+from mmjax.compile_options import model_compiler_options
 from mmjax.models.layers import jit_init
 from mmjax.registry import ENCODERS
 
@@ -25,7 +26,7 @@ def forward_program(encoder: nnx.Module):
     def forward(state, x):
         return nnx.merge(graphdef, state)(x, train=False).pooled
 
-    return jax.jit(forward), state
+    return jax.jit(forward, compiler_options=model_compiler_options()), state
 
 
 def _encoders(ctx: Context) -> tuple[str, ...]:

@@ -15,6 +15,7 @@ from flax import nnx
 
 from benchmarks import inputs
 from benchmarks.harness import Context, Planned, timed
+from mmjax.compile_options import model_compiler_options
 from mmjax.config import model_config_from
 from mmjax.models import build_model
 from mmjax.models.layers import jit_init
@@ -35,6 +36,11 @@ def avdigits_batch(batch: int, samples: int = 8000, seed: int = 0) -> dict[str, 
     }
 
 
+def _jitted(*functions: Callable) -> tuple[Callable, ...]:
+    """Each function jitted as mmjax jits its model programs."""
+    return tuple(jax.jit(f, compiler_options=model_compiler_options()) for f in functions)
+
+
 def model_programs(model: nnx.Module) -> tuple[Callable, Callable, nnx.State]:
     """(jitted forward(state, batch) -> logits, jitted grads(state, batch), state)."""
     graphdef, state = nnx.split(model)
@@ -48,7 +54,7 @@ def model_programs(model: nnx.Module) -> tuple[Callable, Callable, nnx.State]:
         differentiate = nnx.DiffState(0, model.trainable())
         return nnx.grad(lambda m: training_loss(m, batch)[0], argnums=differentiate)(model)
 
-    return jax.jit(forward), jax.jit(grads), state
+    return (*_jitted(forward, grads), state)
 
 
 def encoder_programs(encoder: nnx.Module) -> tuple[Callable, Callable, nnx.State]:
@@ -65,7 +71,7 @@ def encoder_programs(encoder: nnx.Module) -> tuple[Callable, Callable, nnx.State
 
         return nnx.grad(loss)(nnx.merge(graphdef, state))
 
-    return jax.jit(forward), jax.jit(grads), state
+    return (*_jitted(forward, grads), state)
 
 
 def _section(head: str, smoke: bool) -> dict:

@@ -1,6 +1,7 @@
 """`mmjax features extract`: run a model's frozen encoders once over a dataset and store their
 outputs, so training the rest of the model can skip them (see data/features_store.py)."""
 
+import functools
 import json
 import shutil
 import time
@@ -12,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from mmjax.batch_keys import attention_key, cached_keys
+from mmjax.compile_options import model_compiler_options
 from mmjax.config import ConfigDict, as_json_dict, experiment_from
 from mmjax.data import features_store, sources
 from mmjax.data.pipeline import EVAL_NOISE_SEED
@@ -93,7 +95,7 @@ def _encoder_fn(model: nnx.Module, modalities: tuple[str, ...]):
     as a (tokens, token_mask, pooled) tuple of host arrays} for each of `modalities`."""
     graphdef, state = nnx.split(model)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=model_compiler_options())
     def encode(state: nnx.State, batch: dict[str, jax.Array]) -> dict[str, tuple]:
         model = nnx.merge(graphdef, state)
         return {m: tuple(_encode_one(model.encoders[m], m, batch)) for m in modalities}

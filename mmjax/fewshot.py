@@ -12,7 +12,6 @@ vector while a model trains (`train.fewshot_every`).
 """
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from mmjax.compile_options import model_compiler_options
 from mmjax.config import ExperimentConfig
 from mmjax.data import pipeline
 from mmjax.errors import ConfigError
@@ -58,7 +58,6 @@ def probe_predict(probe: dict, x: np.ndarray) -> np.ndarray:
     return np.argmax(_design(x, probe["mean"], probe["std"]) @ probe["weights"], axis=1)
 
 
-@functools.partial(jax.jit, static_argnums=0)
 def _represent(graphdef: nnx.GraphDef, params: nnx.State, batch: dict) -> tuple[dict, dict]:
     model = nnx.merge(graphdef, params)
     features, masks = model.encode(batch, train=False)
@@ -73,12 +72,13 @@ def representations(
     labels [N]); "fused" is present everywhere."""
     exp = predictor.experiment
     data = dataclasses.replace(exp.data, root=data_root or exp.data.root)
+    represent = jax.jit(_represent, static_argnums=0, compiler_options=model_compiler_options())
     vectors, present, labels = [], [], []
     for batch, rows in pipeline.eval_batches(
         data, predictor.modalities, split, exp.train.eval_batch_size
     ):
         labels.append(batch.pop("label")[:rows])
-        out, masks = jax.device_get(_represent(predictor.graphdef, predictor.params, batch))
+        out, masks = jax.device_get(represent(predictor.graphdef, predictor.params, batch))
         vectors.append({k: v[:rows] for k, v in out.items()})
         present.append({m: masks[m][:rows] for m in masks} | {FUSED: np.ones(rows, bool)})
     if not labels:
@@ -189,7 +189,10 @@ def training_probe(
         return model.fusion(features, masks, train=False)
 
     represent = jax.jit(
-        fused, in_shardings=(shardings, batch_sharded(mesh)), out_shardings=replicated(mesh)
+        fused,
+        in_shardings=(shardings, batch_sharded(mesh)),
+        out_shardings=replicated(mesh),
+        compiler_options=model_compiler_options(),
     )
 
     def vectors(state: nnx.State, batches: list[ProbeBatch]) -> np.ndarray:

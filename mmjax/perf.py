@@ -151,7 +151,11 @@ class FlopCount:
 
 def matmul_flops(fn: Callable[..., Any], *args: Any) -> FlopCount:
     """Model FLOPs (dots and convolutions, 2 per multiply-add) of `fn(*args)`, counted from
-    its jaxpr by the formulas in this module's docstring; nothing is executed."""
+    its jaxpr by the formulas in this module's docstring; nothing is executed. A jitted `fn`
+    is traced through its Python function: JAX refuses to trace a jit that carries compiler
+    options (mmjax's model programs, `compile_options.py`) inside another trace."""
+    if hasattr(fn, "lower") and hasattr(fn, "__wrapped__"):  # a `jax.jit` function
+        fn = fn.__wrapped__
     closed = jax.make_jaxpr(fn)(*args)
     flops, exact = _jaxpr_flops(closed.jaxpr)
     return FlopCount(flops, exact)

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from mmjax.compile_options import model_compiler_options
 from mmjax.config import experiment_from
 from mmjax.data.inputs import prepare_inputs
 from mmjax.data.source import class_names
@@ -47,7 +48,8 @@ class Predictor:
         self.class_names = class_names(dataset)
         graphdef, params = nnx.split(model)
         self._forward = jax.jit(
-            lambda params, batch: jax.nn.softmax(nnx.merge(graphdef, params)(batch, train=False))
+            lambda params, batch: jax.nn.softmax(nnx.merge(graphdef, params)(batch, train=False)),
+            compiler_options=model_compiler_options(),
         )
         self.graphdef, self.params = graphdef, params  # the model, split
         self._eval_step: EvalStep | None = None  # compiled on the first `evaluate`

@@ -56,6 +56,14 @@ def test_backward_counts_both_gradient_products():
     assert perf.matmul_flops(both, w, x).flops == 3 * forward
 
 
+def test_counts_a_jit_that_carries_compiler_options():
+    """mmjax's model programs are jitted with compiler options, which JAX refuses to trace
+    inside make_jaxpr; the count goes through the jitted function's Python function."""
+    w, x = jnp.ones((16, 8)), jnp.ones((4, 16))
+    jitted = jax.jit(lambda w: x @ w, compiler_options={"xla_backend_optimization_level": 1})
+    assert perf.matmul_flops(jitted, w).flops == 2 * 4 * 16 * 8
+
+
 def test_while_loop_is_flagged_inexact():
     def loop(w):
         return jax.lax.while_loop(lambda c: c[1] < 3, lambda c: (c[0] @ w, c[1] + 1), (w, 0))[0]

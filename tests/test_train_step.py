@@ -7,15 +7,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mmjax.compile_options import init_compiler_options
 from mmjax.config import experiment_from
 from mmjax.parallel import data_mesh, put_batch
 from mmjax.registry import MODELS
-from mmjax.train.state import (
-    build_model_and_optimizer,
-    init_compiler_options,
-    init_state,
-    state_shardings,
-)
+from mmjax.train.state import build_model_and_optimizer, init_state, state_shardings
 from mmjax.train.step import make_train_step
 from tests.batches import avdigits_batches
 from tests.trees import assert_same_leaves

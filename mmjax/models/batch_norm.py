@@ -14,11 +14,14 @@ each is memory-bound on XLA:CPU. The gradient written out needs two per-channel 
 them). The CNN-LSTM train step drops from five passes to three per BatchNorm (about 3 ms
 of 50, benchmarks/NOTES.md). Statistics are computed as flax computes them (float32 or
 wider, E[x^2] - E[x]^2 clipped at zero), so values and running averages agree with
-`nnx.BatchNorm` to float rounding (tests/test_batch_norm.py). GPU/TPU, and CPU inside
-`backend.accelerator_paths()`, call `nnx.BatchNorm` itself.
+`nnx.BatchNorm` to float rounding (tests/test_batch_norm.py). BatchNorm followed by max
+pooling over non-overlapping windows pools first (`batch_norm_max_pool`): the CNN-LSTM's and
+the small CNNs' blocks. GPU/TPU, and CPU inside `backend.accelerator_paths()`, call
+`nnx.BatchNorm` itself.
 """
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -27,22 +30,52 @@ from flax import nnx
 from mmjax.models.backend import cpu_fast_paths
 
 
+def cpu_train_path(norm: nnx.BatchNorm, x: jax.Array, *, train: bool) -> bool:
+    """Whether `batch_norm` (and `batch_norm_max_pool`) take mmjax's own train-mode program
+    for `norm` on x, rather than calling `nnx.BatchNorm`: train mode on the CPU, statistics over
+    every axis but the last, one device's batch, flax's default statistics, scale and bias."""
+    return (
+        train
+        and cpu_fast_paths()
+        and norm.axis in (-1, x.ndim - 1)
+        and norm.axis_name is None
+        and norm.use_fast_variance
+        and norm.scale is not None
+        and norm.bias is not None
+    )
+
+
 def batch_norm(norm: nnx.BatchNorm, x: jax.Array, *, train: bool) -> jax.Array:
     """`norm(x, use_running_average=not train)` for x [..., C] normalised over every axis but
     the last; in train mode it updates `norm`'s running mean and variance as flax does."""
-    plain = (
-        not train
-        or not cpu_fast_paths()
-        or norm.axis not in (-1, x.ndim - 1)
-        or norm.axis_name is not None
-        or not norm.use_fast_variance
-        or norm.scale is None
-        or norm.bias is None
-    )
-    if plain:
+    if not cpu_train_path(norm, x, train=train):
         return norm(x, use_running_average=not train)
     x, scale, bias = norm.promote_dtype((x, norm.scale[...], norm.bias[...]), dtype=norm.dtype)
     y, mean, var = _normalise(x, scale, bias, norm.epsilon)
+    _update_running_statistics(norm, mean, var)
+    return y
+
+
+def batch_norm_max_pool(norm: nnx.BatchNorm, x: jax.Array, window: int) -> jax.Array:
+    """`max_pool(batch_norm(norm, x, train=True), window, window)` (VALID padding) for x
+    [B, H, W, C] where `cpu_train_path` holds: [B, H // window, W // window, C].
+
+    BatchNorm is a per-channel map y = (x - mean) * a + bias (a = scale * rstd), monotone in x,
+    so a window's largest y is the image of its largest x where a >= 0 and of its smallest x
+    where a < 0, to the bit (rounding is monotone too). Pooling x first and normalising the
+    pooled map saves the normalised map's passes over [B, H, W, C]; the gradient's sums run over
+    the pooled map, and the input gradient is one pass (`_normalise_max_pool_backward`).
+    Deviation: the gradient goes to the window's first largest (or smallest) x, which is the
+    first largest y as XLA's select-and-scatter picks it except where rounding makes two
+    different x give the same y, or where scale is exactly 0 (every y equal: the reference
+    picks the window's first element; only `scale`'s gradient differs then)."""
+    x, scale, bias = norm.promote_dtype((x, norm.scale[...], norm.bias[...]), dtype=norm.dtype)
+    y, mean, var = _normalise_max_pool(x, scale, bias, norm.epsilon, window)
+    _update_running_statistics(norm, mean, var)
+    return y
+
+
+def _update_running_statistics(norm: nnx.BatchNorm, mean: jax.Array, var: jax.Array) -> None:
     momentum = norm.momentum
     # `set_value`, not `norm.mean[...] = ...`: flax's indexed assignment probes the new value's
     # `.sharding`, and on a tracer JAX builds that error's message by walking every equation
@@ -50,7 +83,6 @@ def batch_norm(norm: nnx.BatchNorm, x: jax.Array, *, train: bool) -> jax.Array:
     # ResNet-50 clips model's train-step trace.
     norm.mean.set_value(jax.lax.stop_gradient(momentum * norm.mean[...] + (1 - momentum) * mean))
     norm.var.set_value(jax.lax.stop_gradient(momentum * norm.var[...] + (1 - momentum) * var))
-    return y
 
 
 def _statistics(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -95,3 +127,67 @@ def _normalise_backward(epsilon, residuals, cotangents):
 
 
 _normalise.defvjp(_normalise_forward, _normalise_backward)
+
+
+def _taps(x: jax.Array, window: int) -> list[jax.Array]:
+    """The elements of x [B, H, W, C] at each position of its VALID pooling windows, row-major
+    over the window: window^2 strided slices [B, H // window, W // window, C] (the rows and
+    columns VALID pooling leaves out are cut)."""
+    b, h, w, c = x.shape
+    rows, cols = h // window, w // window
+    grid = x[:, : rows * window, : cols * window].reshape(b, rows, window, cols, window, c)
+    return [grid[:, :, i, :, j] for i, j in itertools.product(range(window), range(window))]
+
+
+def _normalise_max_pool_forward(x, scale, bias, epsilon, window):
+    wide_dtype = jnp.promote_types(x.dtype, jnp.float32)
+    mean, var = _statistics(x)[1:]
+    rstd = jax.lax.rsqrt(var + epsilon)
+    a = rstd * scale
+    taps = _taps(x, window)
+    largest, smallest = functools.reduce(jnp.maximum, taps), functools.reduce(jnp.minimum, taps)
+    chosen = jnp.where(a >= 0, largest, smallest)
+    y = (chosen.astype(wide_dtype) - mean) * a + bias
+    out_dtype = jnp.result_type(x, scale, bias)
+    return (y.astype(out_dtype), mean, var), (x, chosen, mean, rstd, scale, bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _normalise_max_pool(
+    x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float, window: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """x [B, H, W, C] -> (the normalised, scaled and shifted map max-pooled over `window` x
+    `window` windows [B, H', W', C], batch mean [C], batch variance [C])."""
+    return _normalise_max_pool_forward(x, scale, bias, epsilon, window)[0]
+
+
+def _normalise_max_pool_backward(epsilon, window, residuals, cotangents):
+    """`_normalise_backward` with dy zero but at each window's chosen element: its sums run over
+    the pooled map, and dx = (a * g at the chosen elements) + b * (x - mean) + c in one pass."""
+    x, chosen, mean, rstd, scale, bias = residuals
+    g, dmean, dvar = cotangents
+    n = x.size // x.shape[-1]
+    g = g.astype(mean.dtype)
+    centred_chosen = chosen.astype(mean.dtype) - mean
+    sum_g, sum_g_centred = jnp.sum(g, (0, 1, 2)), jnp.sum(g * centred_chosen, (0, 1, 2))
+    a = scale * rstd
+    b = 2 * dvar / n - scale * rstd**3 * sum_g_centred / n
+    c = dmean / n - a * sum_g / n
+    # Each window's first element equal to the chosen one (row-major) gets a * g.
+    routed, taken = [], jnp.zeros(chosen.shape, bool)
+    for tap in _taps(x, window):
+        first = (tap == chosen) & ~taken
+        taken = taken | first
+        routed.append(jnp.where(first, a * g, 0.0))
+    batch, rows, cols, channels = g.shape
+    routed = jnp.stack(routed, axis=-2).reshape(batch, rows, cols, window, window, channels)
+    routed = routed.transpose(0, 1, 3, 2, 4, 5).reshape(batch, rows * window, cols * window, -1)
+    routed = jnp.pad(
+        routed, ((0, 0), (0, x.shape[1] - rows * window), (0, x.shape[2] - cols * window), (0, 0))
+    )
+    dx = routed + b * (x.astype(mean.dtype) - mean) + c
+    dscale, dbias = rstd * sum_g_centred, sum_g
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+_normalise_max_pool.defvjp(_normalise_max_pool_forward, _normalise_max_pool_backward)

@@ -11,7 +11,7 @@ from flax import nnx
 from flax.nnx.nn.dtypes import promote_dtype
 
 from mmjax.models.backend import cpu_fast_paths
-from mmjax.models.batch_norm import batch_norm
+from mmjax.models.batch_norm import batch_norm, batch_norm_max_pool, cpu_train_path
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -86,19 +86,22 @@ class ConvBNReLU(nnx.Module):
         self.relu = relu
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        x = self._normalised(x, train=train)
+        x = batch_norm(self.norm, same_conv(self.conv, x), train=train)
         return nnx.relu(x) if self.relu else x
-
-    def _normalised(self, x: jax.Array, *, train: bool) -> jax.Array:
-        return batch_norm(self.norm, same_conv(self.conv, x), train=train)
 
     def pooled(
         self, x: jax.Array, window: int, stride: int, *, train: bool, padding: str = "VALID"
     ) -> jax.Array:
         """`max_pool(self(x), window, stride, padding=padding)`, with the ReLU after the pooling:
         max commutes with ReLU, so values and gradients are the same, and the ReLU and its
-        gradient run over the pooled map (a quarter of the elements at 2 x 2)."""
-        x = max_pool(self._normalised(x, train=train), window, stride, padding=padding)
+        gradient run over the pooled map (a quarter of the elements at 2 x 2). Non-overlapping
+        windows in train mode on the CPU pool before BatchNorm normalises
+        (`batch_norm_max_pool`)."""
+        x = same_conv(self.conv, x)
+        if window == stride and padding == "VALID" and cpu_train_path(self.norm, x, train=train):
+            x = batch_norm_max_pool(self.norm, x, window)
+        else:
+            x = max_pool(batch_norm(self.norm, x, train=train), window, stride, padding=padding)
         return nnx.relu(x) if self.relu else x
 
 

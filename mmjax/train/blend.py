@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mmjax.compile_options import model_compiler_options
 from mmjax.config import ExperimentConfig
 from mmjax.errors import ConfigError
 from mmjax.parallel import batch_sharded, replicated
@@ -31,6 +32,7 @@ def _head_losses(
         losses,
         in_shardings=(shardings, batch_sharded(mesh), batch_sharded(mesh)),
         out_shardings=replicated(mesh),
+        compiler_options=model_compiler_options(),
     )
 
 

@@ -1,5 +1,6 @@
 """Cross-modal retrieval and zero-shot classification metrics for two-tower models."""
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +9,7 @@ import numpy as np
 from flax import nnx
 
 from mmjax.batch_keys import attention_key, presence_key
+from mmjax.compile_options import model_compiler_options
 from mmjax.config import ExperimentConfig, experiment_from
 from mmjax.data import pipeline, sources
 from mmjax.errors import ConfigError
@@ -28,7 +30,7 @@ def recall_at_k(similarity: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict[st
 def _embedder(model: nnx.Module):
     graphdef, state = nnx.split(model)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=model_compiler_options())
     def embed(state: nnx.State, batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
         model = nnx.merge(graphdef, state)
         features, _ = model.encode(batch, train=False)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mmjax.compile_options import init_compiler_options
 from mmjax.config import ExperimentConfig, ParallelConfig
 from mmjax.models import build_model
 from mmjax.parallel import fsdp_shardings
@@ -39,14 +40,6 @@ def state_shardings(
     replicated; all are replicated over `data`. The fsdp size is the mesh's, not
     `parallel.fsdp`, so a state can be laid out on any mesh (a single-device one for eval)."""
     return fsdp_shardings(state, mesh, parallel.fsdp_min_size)
-
-
-def init_compiler_options() -> dict[str, int] | None:
-    """XLA options for the init program, which runs once per run: on the CPU, the LLVM
-    backend at level 1 instead of 3. Its values are bit-identical (tests/test_train_step.py)
-    and it compiles in about half the time (resnet18_bilstm_late 7.9 -> 3.8 s, avdigits_audio
-    2.3 -> 1.0 s). Other backends keep their defaults."""
-    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
 
 
 def state_initializer(

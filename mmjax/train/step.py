@@ -14,6 +14,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from mmjax.compile_options import model_compiler_options
 from mmjax.config import COMPUTE_DTYPES
 from mmjax.errors import ConfigError
 from mmjax.parallel import batch_sharded, replicated
@@ -285,6 +286,7 @@ def make_train_step(
         in_shardings=(shardings, batch_sharded(mesh)),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
+        compiler_options=model_compiler_options(),
     )
 
 
@@ -317,4 +319,5 @@ def make_eval_step(
         eval_step,
         in_shardings=(shardings, batch_sharded(mesh), batch_sharded(mesh)),
         out_shardings=replicated(mesh),
+        compiler_options=model_compiler_options(),
     )

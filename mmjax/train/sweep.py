@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from mmjax.compile_options import model_compiler_options
 from mmjax.config import ConfigDict, ExperimentConfig, as_json_dict, experiment_from
 from mmjax.data import pipeline, sources
 from mmjax.data.source import class_names
@@ -134,6 +135,7 @@ def sweep_step(
         in_shardings=(shardings, batches, replicated(mesh)),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
+        compiler_options=model_compiler_options(),
     )
 
 
