@@ -129,13 +129,18 @@ def _normalise_backward(epsilon, residuals, cotangents):
 _normalise.defvjp(_normalise_forward, _normalise_backward)
 
 
-def _taps(x: jax.Array, window: int) -> list[jax.Array]:
-    """The elements of x [B, H, W, C] at each position of its VALID pooling windows, row-major
-    over the window: window^2 strided slices [B, H // window, W // window, C] (the rows and
-    columns VALID pooling leaves out are cut)."""
+def _window_grid(x: jax.Array, window: int) -> jax.Array:
+    """x [B, H, W, C] -> its VALID pooling windows [B, H', window, W', window, C] (H' = H //
+    window; the rows and columns VALID pooling leaves out are cut): a slice and a reshape."""
     b, h, w, c = x.shape
     rows, cols = h // window, w // window
-    grid = x[:, : rows * window, : cols * window].reshape(b, rows, window, cols, window, c)
+    return x[:, : rows * window, : cols * window].reshape(b, rows, window, cols, window, c)
+
+
+def _taps(grid: jax.Array) -> list[jax.Array]:
+    """The elements at each position of the windows of `_window_grid`, row-major over the
+    window: window^2 strided slices [B, H', W', C]."""
+    window = grid.shape[2]
     return [grid[:, :, i, :, j] for i, j in itertools.product(range(window), range(window))]
 
 
@@ -144,7 +149,7 @@ def _normalise_max_pool_forward(x, scale, bias, epsilon, window):
     mean, var = _statistics(x)[1:]
     rstd = jax.lax.rsqrt(var + epsilon)
     a = rstd * scale
-    taps = _taps(x, window)
+    taps = _taps(_window_grid(x, window))
     largest, smallest = functools.reduce(jnp.maximum, taps), functools.reduce(jnp.minimum, taps)
     chosen = jnp.where(a >= 0, largest, smallest)
     y = (chosen.astype(wide_dtype) - mean) * a + bias
@@ -173,19 +178,21 @@ def _normalise_max_pool_backward(epsilon, window, residuals, cotangents):
     a = scale * rstd
     b = 2 * dvar / n - scale * rstd**3 * sum_g_centred / n
     c = dmean / n - a * sum_g / n
-    # Each window's first element equal to the chosen one (row-major) gets a * g.
-    routed, taken = [], jnp.zeros(chosen.shape, bool)
-    for tap in _taps(x, window):
-        first = (tap == chosen) & ~taken
-        taken = taken | first
-        routed.append(jnp.where(first, a * g, 0.0))
-    batch, rows, cols, channels = g.shape
-    routed = jnp.stack(routed, axis=-2).reshape(batch, rows, cols, window, window, channels)
-    routed = routed.transpose(0, 1, 3, 2, 4, 5).reshape(batch, rows * window, cols * window, -1)
-    routed = jnp.pad(
-        routed, ((0, 0), (0, x.shape[1] - rows * window), (0, x.shape[2] - cols * window), (0, 0))
-    )
-    dx = routed + b * (x.astype(mean.dtype) - mean) + c
+    # Which element of each window gets a * g: the first (row-major) equal to the chosen one.
+    grid = _window_grid(x, window)
+    first = jnp.full(chosen.shape, window * window, jnp.int32)
+    for position, tap in reversed(list(enumerate(_taps(grid)))):
+        first = jnp.where(tap == chosen, position, first)
+    # dx over the windows, elementwise on the grid (per-window values broadcast over it)
+    order = jnp.arange(window * window).reshape(window, 1, window, 1)
+    routed = jnp.where(order == first[:, :, None, :, None], (a * g)[:, :, None, :, None], 0.0)
+    dx = routed + b * (grid.astype(mean.dtype) - mean) + c
+    batch, rows, _, cols, _, channels = grid.shape
+    dx = dx.reshape(batch, rows * window, cols * window, channels)
+    if dx.shape != x.shape:  # the rows and columns VALID pooling cut get the statistics' terms
+        rest = b * (x.astype(mean.dtype) - mean) + c
+        dx = jnp.concatenate([dx, rest[:, : rows * window, cols * window :]], axis=2)
+        dx = jnp.concatenate([dx, rest[:, rows * window :]], axis=1)
     dscale, dbias = rstd * sum_g_centred, sum_g
     return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
