@@ -145,14 +145,13 @@ def _taps(grid: jax.Array) -> list[jax.Array]:
 
 
 def _normalise_max_pool_forward(x, scale, bias, epsilon, window):
-    wide_dtype = jnp.promote_types(x.dtype, jnp.float32)
     mean, var = _statistics(x)[1:]
     rstd = jax.lax.rsqrt(var + epsilon)
     a = rstd * scale
     taps = _taps(_window_grid(x, window))
     largest, smallest = functools.reduce(jnp.maximum, taps), functools.reduce(jnp.minimum, taps)
     chosen = jnp.where(a >= 0, largest, smallest)
-    y = (chosen.astype(wide_dtype) - mean) * a + bias
+    y = (chosen.astype(mean.dtype) - mean) * a + bias
     out_dtype = jnp.result_type(x, scale, bias)
     return (y.astype(out_dtype), mean, var), (x, chosen, mean, rstd, scale, bias)
 
