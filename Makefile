@@ -2,6 +2,12 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export MMJAX_DATA ?= $(HOME)/.cache/mmjax
+# Python caches each module it compiles (__pycache__) even where the caller's environment says
+# not to: the suite starts hundreds of Python processes (pytest workers, `mmjax` and
+# `jax.distributed` children, data workers, benchmark peers), and without the cache each one
+# compiles every module it imports from source again (jax, flax, torch: `import mmjax, torch`
+# took 7.8 s each time with PYTHONDONTWRITEBYTECODE=1, 3.9 s from the cache).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: demo test test-py311 test-py312 lint format system-packages venv clean
 
