@@ -59,7 +59,7 @@ def _mmjax_calls(name: str, batch_size: int) -> tuple[Calls, dict[str, Any]]:
     from mmjax.config import experiment_from
     from mmjax.parallel import data_mesh, put_batch
     from mmjax.train.state import init_state, state_shardings
-    from mmjax.train.step import make_train_step
+    from mmjax.train.step import LeafTrainStep
 
     exp = experiment_from(
         {"model": peer_models.PEERS[name](), "train": {"batch_size": batch_size, "steps": 1000}}
@@ -67,15 +67,16 @@ def _mmjax_calls(name: str, batch_size: int) -> tuple[Calls, dict[str, Any]]:
     mesh = data_mesh(jax.devices()[:1])
     graphdef, state = init_state(exp, mesh)
     batch = put_batch(peer_models.numpy_batch(name, batch_size), mesh)
-    step = make_train_step(graphdef, state_shardings(state, mesh), mesh)
-    flops = perf.matmul_flops(step, state, batch).flops
-    compiled = perf.compile_timed(step, state, batch)
+    step = LeafTrainStep(graphdef, state_shardings(state, mesh), mesh)  # as the loop runs it
+    leaves = step.leaves(state)
+    flops = perf.matmul_flops(step.jitted, leaves, batch).flops
+    compiled = perf.compile_timed(step.jitted, leaves, batch)
     inputs = {k: v for k, v in batch.items() if k != "label"}
     forward = jax.jit(
-        lambda s, x: nnx.merge(graphdef, s)[0](x, train=False),
+        lambda leaves, x: nnx.merge(graphdef, step.state(leaves))[0](x, train=False),
         compiler_options=model_compiler_options(),
     )
-    holder = [state]
+    holder = [leaves]
 
     def train() -> Any:
         holder[0], metrics = compiled.executable(holder[0], batch)

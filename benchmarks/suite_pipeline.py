@@ -4,7 +4,7 @@ and the fraction of a training loop's wall time spent waiting for data.
 Training is input-bound when the loader cannot keep up with the step, so the suite measures,
 in one process, on the real AV-Digits dataset and the real mmjax pipeline
 (`mmjax.data.pipeline.train_dataset`, `mmjax.parallel.put_batch`,
-`mmjax.train.step.make_train_step` on `init_state`) with the demo model `avdigits_late`:
+`mmjax.train.step.LeafTrainStep` on `init_state`) with the demo model `avdigits_late`:
 
 - `variant="loader"`: the loader alone (model idle), per `data.workers` setting (0, and 2 in
   a full run): time per `next(iterator)` over N batches after one warm-up batch (whose time,
@@ -52,7 +52,7 @@ from mmjax.parallel import check_batch_size, data_mesh, put_batch
 from mmjax.train.metrics import MetricsLog
 from mmjax.train.prefetch import prefetch_batches
 from mmjax.train.state import init_state, state_shardings
-from mmjax.train.step import make_train_step
+from mmjax.train.step import LeafTrainStep
 
 SUITE = "pipeline"
 MODEL = "avdigits_late"
@@ -315,7 +315,8 @@ def run(ctx: Context, data_root: str | Path | None = None) -> None:
     try:
         loop_first = next(iterator)
         graphdef, state = init_state(exp, mesh)
-        train_step = make_train_step(graphdef, state_shardings(state, mesh), mesh)
+        train_step = LeafTrainStep(graphdef, state_shardings(state, mesh), mesh)  # the loop's
+        state = train_step.leaves(state)
         started = time.perf_counter()
         state, metrics = train_step(state, put_batch(loop_first, mesh))  # compiles
         jax.block_until_ready(metrics)

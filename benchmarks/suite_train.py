@@ -23,7 +23,7 @@ from mmjax.models.zoo import _model
 from mmjax.parallel import data_mesh, put_batch
 from mmjax.registry import MODELS
 from mmjax.train.state import init_state, state_shardings
-from mmjax.train.step import make_train_step
+from mmjax.train.step import LeafTrainStep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +141,7 @@ def run(ctx: Context) -> None:
             stored = "float32" if case.mixed else case.dtype
             state = _cast(state, stored)
             batch = put_batch(_cast(host, stored), mesh)
-            step = make_train_step(
+            step = LeafTrainStep(  # the program the training loop runs
                 graphdef,
                 state_shardings(state, mesh, exp.parallel),
                 mesh,
@@ -158,8 +158,8 @@ def run(ctx: Context) -> None:
                 mesh=f"data={mesh.size}",
                 **timed(
                     ctx,
-                    step,
-                    (state, batch),
+                    step.jitted,
+                    (step.leaves(state), batch),
                     batch=case.batch,
                     dtype=case.dtype,
                     devices=mesh.size,

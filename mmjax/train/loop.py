@@ -30,7 +30,7 @@ from mmjax.train.preemption import PreemptionWatch
 from mmjax.train.prefetch import prefetch_batches
 from mmjax.train.run_lock import workdir_lock
 from mmjax.train.state import init_state, state_shardings
-from mmjax.train.step import EvalStep, make_eval_step, make_train_step
+from mmjax.train.step import EvalStep, LeafTrainStep, make_eval_step
 from mmjax.train.tensorboard import TensorBoardLog
 from mmjax.train.utilisation import utilisation_probe
 from mmjax.train.warm_start import warm_start
@@ -262,7 +262,7 @@ def _train_locked(
             announce(workdir, step, exp.train.steps)
             source.check_model(nnx.merge(graphdef, state)[0])
             write_experiment(workdir, config, source.description())
-            train_step = make_train_step(
+            train_step = LeafTrainStep(
                 graphdef,
                 shardings,
                 mesh,
@@ -289,6 +289,8 @@ def _train_locked(
             first_step, preempted = step, False
             # Started after the resume put data_iter back where the checkpoint left it.
             batches = prefetch_batches([data_iter], lambda host: put_batch(host[0], mesh))
+            # The step runs on the state's leaves; `state` is rebuilt from them where needed.
+            leaves = train_step.leaves(state)
             while step < last:
                 waiting = time.perf_counter()
                 fetched = batches.take()
@@ -301,18 +303,20 @@ def _train_locked(
                         num_classes=exp.model.num_classes,
                         sample_shapes=shapes,
                     )
-                state, metrics = train_step(state, fetched.placed)
+                leaves, metrics = train_step(leaves, fetched.placed)
                 batches.refill()  # the next batch is read and placed while this step runs
                 step += 1
                 if probe is not None and step % exp.train.utilisation_every == 0:
-                    metrics = {**metrics, **probe(state)}
+                    metrics = {**metrics, **probe(train_step.state(leaves))}
                 if fewshot is not None and step % exp.train.fewshot_every == 0:
-                    metrics = {**metrics, **fewshot(state)}
+                    metrics = {**metrics, **fewshot(train_step.state(leaves))}
                 if blend is not None and step % exp.train.balance_every == 0:
-                    state, weights = blend.update(state)
+                    blended, weights = blend.update(train_step.state(leaves))
+                    leaves = train_step.leaves(blended)
                     metrics = {**metrics, **weights}
                 evaluated = bool(exp.train.eval_every) and step % exp.train.eval_every == 0
                 if evaluated:
+                    state = train_step.state(leaves)
                     values = evaluate(graphdef, state, exp, watched, mesh, eval_step=eval_step)
                     metrics = {**metrics, **{f"{watched}/{k}": values[k] for k in LOGGED}}
                     if exp.train.keep_best and watch.observe(step, values, exp.train):
@@ -328,6 +332,7 @@ def _train_locked(
                     check_nonfinite(log.take_nonfinite(), exp.train.on_nonfinite, checkpointer)
                     seconds = earlier_seconds + time.perf_counter() - train_started
                     saved = {"train_seconds": seconds, "watch": watch.record()}
+                    state = train_step.state(leaves)
                     checkpointer.save(step, state, position, config, log.last | saved)
                     logger.debug(f"step {step}: checkpoint saved")
                 bar.update(1)
@@ -337,6 +342,7 @@ def _train_locked(
                     )
                 if preempted or watch.stopped:
                     break
+            state = train_step.state(leaves)
             log.flush()
             bar.close()
             train_seconds = earlier_seconds + time.perf_counter() - train_started
