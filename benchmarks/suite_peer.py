@@ -5,7 +5,9 @@
 Protocol: the implementations are timed in interleaved rounds (mmjax, eager, compiled, eager
 under mmjax's heap, mmjax, ...); while one process runs its calls, the others wait idle. A
 round times a few calls of each and takes their median; the ratio mmjax / torch is formed per
-round, and the record gives the median over rounds with its interquartile range.
+round, and the record gives the median over rounds with its interquartile range. The rounds
+are spread over fresh sets of processes (`GENERATIONS`; 2 in a smoke run), whose own median
+ratios the record lists too (`ratio_vs_<peer>_per_generation`).
 Interleaving does not make co-tenant load fair: it stalls PyTorch's OpenMP barriers far more
 than XLA's thread pool (benchmarks/cotenants.py), so each round also records the share of the
 CPU that processes other than the suite's own took (`cotenant_share`), and the ratios come
@@ -21,8 +23,10 @@ settings (`eager_mmjax_heap`, no target): the ratio against it is what the code 
 setting aside.
 """
 
+import dataclasses
 import importlib.util
 import statistics
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +43,12 @@ TARGETS = {"train_step": {"eager": 0.8, "compile": 1.0}, "forward": {}}
 # (benchmarks/cotenants.py); the ratios come from the quiet rounds when there are enough.
 QUIET_SHARE = 0.05
 MIN_QUIET_ROUNDS = 3
+# Each framework's speed is partly a property of its process: fresh processes of the same code
+# on this VM step at different speeds for their whole life (eager PyTorch's BiLSTM: 28.0-35.8
+# ms in six processes). A full run times each peer on GENERATIONS fresh sets of processes,
+# ROUNDS_PER_GENERATION interleaved rounds each, so one slow process cannot set the ratio.
+GENERATIONS = 3
+ROUNDS_PER_GENERATION = 3
 
 
 def _require_torch() -> None:
@@ -85,84 +95,144 @@ def plan(ctx: Context) -> list[Planned]:
 
 def run(ctx: Context) -> None:
     names, batch_size = _names_and_batch(ctx)
-    rounds = 2 if ctx.smoke else 7
+    generations, rounds = (2, 1) if ctx.smoke else (GENERATIONS, ROUNDS_PER_GENERATION)
     peak, peak_source = ctx.peak("float32")
     for name in names:
-        workers = [
-            Worker("mmjax", name, batch_size),
-            Worker("torch", name, batch_size),
-            Worker("torch", name, batch_size, mmjax_heap=True),
-        ]
-        try:
-            _time_peer(ctx, name, batch_size, rounds, *workers, peak, peak_source)
-        finally:
-            for worker in workers:
-                worker.close()
+        timings = {variant: _Timings() for variant in TARGETS}
+        for _ in range(generations):
+            workers = [
+                Worker("mmjax", name, batch_size),
+                Worker("torch", name, batch_size),
+                Worker("torch", name, batch_size, mmjax_heap=True),
+            ]
+            try:
+                for variant, timing in timings.items():
+                    timing.add(_generation(ctx, variant, rounds, *workers), workers)
+            finally:
+                for worker in workers:
+                    worker.close()
+        for variant, timing in timings.items():
+            _record(ctx, name, variant, batch_size, timing, peak, peak_source)
 
 
-def _time_peer(
-    ctx: Context,
-    name: str,
-    batch_size: int,
-    rounds: int,
-    jax_worker: Worker,
-    torch_worker: Worker,
-    same_heap_worker: Worker,
-    peak: float | None,
-    peak_source: str,
-) -> None:
-    """Record peer `name`'s train step and forward pass against both PyTorch variants, and
-    against eager PyTorch under mmjax's malloc settings (`eager_mmjax_heap`, no target)."""
-    impls = {
+def _impls(jax_worker: Worker, torch_worker: Worker, same_heap_worker: Worker) -> Impls:
+    return {
         "mmjax": (jax_worker, "mmjax"),
         "eager": (torch_worker, "eager"),
         "compile": (torch_worker, "compile"),
         "eager_mmjax_heap": (same_heap_worker, "eager"),
     }
-    for variant in TARGETS:
-        first = {label: w.first(variant, impl) for label, (w, impl) in impls.items()}
-        warm = {label: w.first(variant, impl) for label, (w, impl) in impls.items()}
-        calls = 2 if ctx.smoke else max(3, min(20, int(0.3 / max(max(warm.values()), 1e-4))))
-        per_round, others = _rounds(impls, variant, calls, rounds)
-        quiet = [i for i, share in enumerate(others) if share is None or share <= QUIET_SHARE]
-        enough = len(quiet) >= min(MIN_QUIET_ROUNDS, rounds)
-        kept = quiet if enough else list(range(len(others)))
-        per_round = {label: [times[i] for i in kept] for label, times in per_round.items()}
-        ratios = {
-            peer: [j / t for j, t in zip(per_round["mmjax"], per_round[peer])]
-            for peer in ("eager", "compile", "eager_mmjax_heap")
-        }
-        step_s = statistics.median(per_round["mmjax"])
-        fields = {
-            f"{label}_ms": 1000 * statistics.median(times) for label, times in per_round.items()
-        }
-        fields["cotenant_share"] = [None if o is None else round(o, 3) for o in others]
-        fields["quiet_rounds"] = len(quiet)
-        fields["ratio_from"] = "quiet rounds" if enough else "all rounds (machine busy)"
-        for peer, values in ratios.items():
-            p25, p50, p75 = np.percentile(values, [25, 50, 75])
-            fields[f"ratio_vs_{peer}"] = float(p50)
-            fields[f"ratio_vs_{peer}_iqr"] = [float(p25), float(p75)]
-            target = TARGETS[variant].get(peer)
-            if target is not None:
-                fields[f"target_vs_{peer}"] = target
-                # judged on quiet rounds only: a busy machine's ratio is not the code's
-                fields[f"meets_target_vs_{peer}"] = bool(p50 <= target) if enough else None
-        train_flops = jax_worker.info["flops"] if variant == "train_step" else None
-        ctx.record(
-            "peer",
-            model=name,
-            variant=variant,
-            batch=batch_size,
-            dtype="float32",
-            mesh="1",
-            **fields,
-            mmjax_compile_s=jax_worker.info["compile_s"] if variant == "train_step" else None,
-            torch_compile_first_call_s=first["compile"],
-            rounds=len(others),
-            calls_per_round=calls,
-            torch_threads=torch_worker.info["threads"],
-            flops=train_flops,
-            mfu=perf.mfu(train_flops, step_s, peak) if train_flops else None,
-            peak_source=peak_source,
-        )
+
+
+@dataclasses.dataclass
+class _Generation:
+    """One set of processes' timings of one variant: first calls (seconds), rounds asked for,
+    calls per round, {label: median seconds per round}, other processes' CPU share per round."""
+
+    first: dict[str, float]
+    rounds: int
+    calls: int
+    per_round: dict[str, list[float]]
+    others: list[float | None]
+
+
+@dataclasses.dataclass
+class _Timings:
+    """A variant's generations, and what the record needs of the first one's processes."""
+
+    generations: list[_Generation] = dataclasses.field(default_factory=list)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def add(self, generation: _Generation, workers: list[Worker]) -> None:
+        if not self.generations:
+            jax_worker, torch_worker, _ = workers
+            self.info = {
+                "compile_s": jax_worker.info["compile_s"],
+                "flops": jax_worker.info["flops"],
+                "threads": torch_worker.info["threads"],
+            }
+        self.generations.append(generation)
+
+
+def _generation(
+    ctx: Context,
+    variant: str,
+    rounds: int,
+    jax_worker: Worker,
+    torch_worker: Worker,
+    same_heap_worker: Worker,
+) -> _Generation:
+    """`variant` timed on one set of processes: two first calls each, then interleaved rounds."""
+    impls = _impls(jax_worker, torch_worker, same_heap_worker)
+    first = {label: w.first(variant, impl) for label, (w, impl) in impls.items()}
+    warm = {label: w.first(variant, impl) for label, (w, impl) in impls.items()}
+    calls = 2 if ctx.smoke else max(3, min(20, int(0.3 / max(max(warm.values()), 1e-4))))
+    per_round, others = _rounds(impls, variant, calls, rounds)
+    return _Generation(first, rounds, calls, per_round, others)
+
+
+def _record(
+    ctx: Context,
+    name: str,
+    variant: str,
+    batch_size: int,
+    timing: _Timings,
+    peak: float | None,
+    peak_source: str,
+) -> None:
+    """Record peer `name`'s `variant` over every generation's rounds against both PyTorch
+    variants, and against eager PyTorch under mmjax's malloc settings (`eager_mmjax_heap`, no
+    target)."""
+    gens = timing.generations
+    per_round = {
+        label: [t for g in gens for t in g.per_round[label]] for label in gens[0].per_round
+    }
+    others = [share for g in gens for share in g.others]
+    quiet = [i for i, share in enumerate(others) if share is None or share <= QUIET_SHARE]
+    enough = len(quiet) >= min(MIN_QUIET_ROUNDS, sum(g.rounds for g in gens))
+    kept = quiet if enough else list(range(len(others)))
+    per_round = {label: [times[i] for i in kept] for label, times in per_round.items()}
+    ratios = {
+        peer: [j / t for j, t in zip(per_round["mmjax"], per_round[peer])]
+        for peer in ("eager", "compile", "eager_mmjax_heap")
+    }
+    step_s = statistics.median(per_round["mmjax"])
+    fields = {f"{label}_ms": 1000 * statistics.median(times) for label, times in per_round.items()}
+    fields["cotenant_share"] = [None if o is None else round(o, 3) for o in others]
+    fields["quiet_rounds"] = len(quiet)
+    fields["ratio_from"] = "quiet rounds" if enough else "all rounds (machine busy)"
+    for peer, values in ratios.items():
+        p25, p50, p75 = np.percentile(values, [25, 50, 75])
+        fields[f"ratio_vs_{peer}"] = float(p50)
+        fields[f"ratio_vs_{peer}_iqr"] = [float(p25), float(p75)]
+        # each set of processes' own median ratio (all its rounds): the spread between them
+        fields[f"ratio_vs_{peer}_per_generation"] = [
+            round(
+                statistics.median(j / t for j, t in zip(g.per_round["mmjax"], g.per_round[peer])), 4
+            )
+            for g in gens
+        ]
+        target = TARGETS[variant].get(peer)
+        if target is not None:
+            fields[f"target_vs_{peer}"] = target
+            # judged on quiet rounds only: a busy machine's ratio is not the code's
+            fields[f"meets_target_vs_{peer}"] = bool(p50 <= target) if enough else None
+    train_flops = timing.info["flops"] if variant == "train_step" else None
+    ctx.record(
+        "peer",
+        model=name,
+        variant=variant,
+        batch=batch_size,
+        dtype="float32",
+        mesh="1",
+        **fields,
+        mmjax_compile_s=timing.info["compile_s"] if variant == "train_step" else None,
+        torch_compile_first_call_s=gens[0].first["compile"],
+        generations=len(gens),
+        rounds=len(others),
+        calls_per_round=[g.calls for g in gens],
+        torch_threads=timing.info["threads"],
+        flops=train_flops,
+        mfu=perf.mfu(train_flops, step_s, peak) if train_flops else None,
+        peak_source=peak_source,
+    )

@@ -123,9 +123,13 @@ def test_peer_suite_records(tmp_path):
         assert r["mmjax_ms"] > 0 and r["eager_ms"] > 0 and r["compile_ms"] > 0
         assert r["eager_mmjax_heap_ms"] > 0 and "target_vs_eager_mmjax_heap" not in r
         assert r["torch_threads"] >= 1 and r["rounds"] >= 2
+        # a smoke run's rounds come from two sets of processes, one round (or two) each
+        assert r["generations"] == 2 and r["calls_per_round"] == [2, 2]
         for peer in ("eager", "compile", "eager_mmjax_heap"):
             low, high = r[f"ratio_vs_{peer}_iqr"]
             assert 0 < low <= r[f"ratio_vs_{peer}"] <= high
+            assert len(r[f"ratio_vs_{peer}_per_generation"]) == 2
+            assert all(ratio > 0 for ratio in r[f"ratio_vs_{peer}_per_generation"])
     (train,) = (r for r in rows if r["variant"] == "train_step")
     assert train["target_vs_eager"] == 0.8 and train["target_vs_compile"] == 1.0
     # judged only when enough rounds were quiet (CI's other worker may keep the machine busy)
