@@ -15,7 +15,7 @@ from mmjax.experiments import avdigits_config
 from mmjax.parallel import FSDP_AXIS, data_mesh, fsdp_spec, put_batch
 from mmjax.train.checkpoint import Checkpointer
 from mmjax.train.state import abstract_state, init_state, state_shardings
-from mmjax.train.step import make_train_step
+from mmjax.train.step import LeafTrainStep, make_train_step
 from tests.batches import avdigits_batches
 
 BATCH = 8
@@ -78,10 +78,22 @@ def _train(exp, mesh) -> tuple[nnx.State, list[float]]:
     return state, losses
 
 
+def _train_as_the_loop(exp, mesh) -> tuple[nnx.State, list[float]]:
+    """`_train` with the training loop's program, which runs on the state's leaves."""
+    graphdef, state = init_state(exp, mesh)
+    step = LeafTrainStep(graphdef, state_shardings(state, mesh, exp.parallel), mesh)
+    leaves, losses = step.leaves(state), []
+    for batch in avdigits_batches(STEPS, BATCH, 2000):
+        leaves, metrics = step(leaves, put_batch(batch, mesh))
+        losses.append(float(metrics["loss"]))
+    return step.state(leaves), losses
+
+
 @pytest.fixture(scope="module")
 def runs(experiment):
-    """(FSDP state, losses) on a 2 x 2 data x fsdp mesh and (state, losses) replicated."""
-    return _train(experiment, data_mesh(fsdp=2)), _train(experiment, data_mesh())
+    """(FSDP state, losses) on a 2 x 2 data x fsdp mesh, trained as the loop trains, and
+    (state, losses) replicated."""
+    return _train_as_the_loop(experiment, data_mesh(fsdp=2)), _train(experiment, data_mesh())
 
 
 def _values(state: nnx.State) -> list[np.ndarray]:
