@@ -278,6 +278,24 @@ def _jit_train_step(
     )
 
 
+def _run_step(
+    graphdef: nnx.GraphDef,
+    mesh: jax.sharding.Mesh,
+    grad_accum_steps: int,
+    compute_dtype: str,
+    ogm: OGMGE | None,
+) -> Callable[[nnx.State, Batch], tuple[nnx.State, Metrics]]:
+    """`train_step_function` for one run, unjitted: the optimizer's own transformation, `ogm`."""
+    step = train_step_function(
+        graphdef, mesh, grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype
+    )
+
+    def train_step(state: nnx.State, batch: Batch) -> tuple[nnx.State, Metrics]:
+        return step(state, batch, None, ogm)
+
+    return train_step
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     shardings: nnx.State,
@@ -289,14 +307,8 @@ def make_train_step(
 ) -> Callable[[nnx.State, Batch], tuple[nnx.State, Metrics]]:
     """(state, batch [B, ...]) -> (new state, metrics): `train_step_function` with the
     optimizer's own transformation, jitted; the state is donated, the batch sharded."""
-    step = train_step_function(
-        graphdef, mesh, grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype
-    )
-
-    def train_step(state: nnx.State, batch: Batch) -> tuple[nnx.State, Metrics]:
-        return step(state, batch, None, ogm)
-
-    return _jit_train_step(train_step, shardings, mesh)
+    step = _run_step(graphdef, mesh, grad_accum_steps, compute_dtype, ogm)
+    return _jit_train_step(step, shardings, mesh)
 
 
 class LeafTrainStep:
@@ -320,13 +332,11 @@ class LeafTrainStep:
         compute_dtype: str = "float32",
         ogm: OGMGE | None = None,
     ):
-        step = train_step_function(
-            graphdef, mesh, grad_accum_steps=grad_accum_steps, compute_dtype=compute_dtype
-        )
+        step = _run_step(graphdef, mesh, grad_accum_steps, compute_dtype, ogm)
         self.treedef = jax.tree.structure(shardings)
 
         def leaf_step(leaves: list[jax.Array], batch: Batch) -> tuple[list[jax.Array], Metrics]:
-            state, metrics = step(self.state(leaves), batch, None, ogm)
+            state, metrics = step(self.state(leaves), batch)
             return self.leaves(state), metrics
 
         self.jitted = _jit_train_step(leaf_step, jax.tree.leaves(shardings), mesh)
