@@ -189,9 +189,9 @@ def _normalise_max_pool_backward(epsilon, window, residuals, cotangents):
     batch, rows, _, cols, _, channels = grid.shape
     dx = dx.reshape(batch, rows * window, cols * window, channels)
     if dx.shape != x.shape:  # the rows and columns VALID pooling cut get the statistics' terms
-        rest = b * (x.astype(mean.dtype) - mean) + c
-        dx = jnp.concatenate([dx, rest[:, : rows * window, cols * window :]], axis=2)
-        dx = jnp.concatenate([dx, rest[:, rows * window :]], axis=1)
+        cut = lambda part: b * (part.astype(mean.dtype) - mean) + c
+        dx = jnp.concatenate([dx, cut(x[:, : rows * window, cols * window :])], axis=2)
+        dx = jnp.concatenate([dx, cut(x[:, rows * window :])], axis=1)
     dscale, dbias = rstd * sum_g_centred, sum_g
     return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
 
