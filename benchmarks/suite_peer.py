@@ -12,7 +12,12 @@ Interleaving does not make co-tenant load fair: it stalls PyTorch's OpenMP barri
 than XLA's thread pool (benchmarks/cotenants.py), so each round also records the share of the
 CPU that processes other than the suite's own took (`cotenant_share`), and the ratios come
 from the quiet rounds (at most 5 %; up to twice the rounds are run to find them) unless there
-are fewer than 3 (`ratio_from` says which). Both frameworks use every core: XLA's CPU runtime
+are fewer than 3 (`ratio_from` says which). A quiet round can still run on a smaller machine:
+the development VM's host at times puts both of its vCPUs on one physical core, which the guest
+cannot see (benchmarks/core_probe.py). So the machine's parallel speed-up is probed between
+rounds (`parallel_speedup`, one per round), and the ratios come from the quiet rounds at the
+run's full parallel speed when there are 3 of those (`full_speed_rounds`); the quiet rounds
+below it give `ratio_vs_<peer>_below_full_speed`. Both frameworks use every core: XLA's CPU runtime
 does by default, and torch is set to `os.cpu_count()` threads (recorded). The train step is
 forward, backward, global-norm clipping and AdamW in both.
 
@@ -25,11 +30,13 @@ setting aside.
 
 import dataclasses
 import importlib.util
+import itertools
 import statistics
 from typing import Any
 
 import numpy as np
 
+from benchmarks import core_probe
 from benchmarks.cotenants import CpuWatch
 from benchmarks.harness import Context, Planned
 from benchmarks.peer_models import PEERS
@@ -63,21 +70,25 @@ Impls = dict[str, tuple[Worker, str]]  # {label: (process, its implementation)}
 
 def _rounds(
     impls: Impls, variant: str, calls: int, rounds: int
-) -> tuple[dict[str, list[float]], list[float | None]]:
+) -> tuple[dict[str, list[float]], list[float | None], list[float]]:
     """Interleaved rounds ({label: median seconds per round}, other processes' CPU share per
-    round): `rounds` of them, and up to as many again while fewer than `rounds` were quiet."""
+    round, the machine's parallel speed-up around each round): `rounds` of them, and up to as
+    many again while fewer than `rounds` were quiet. The speed-up is probed between rounds,
+    while every worker waits; a round gets the lower of the readings before and after it."""
     per_round: dict[str, list[float]] = {label: [] for label in impls}
     others: list[float | None] = []
+    probes = [core_probe.parallel_speedup()]
     pids = tuple({worker.pid for worker, _ in impls.values()})
     while len(others) < 2 * rounds:
         with CpuWatch(pids) as watch:
             for label, (worker, impl) in impls.items():
                 per_round[label].append(worker.median(variant, impl, calls))
         others.append(watch.others)
+        probes.append(core_probe.parallel_speedup())
         quiet = sum(o is None or o <= QUIET_SHARE for o in others)
         if len(others) >= rounds and quiet >= rounds:
             break
-    return per_round, others
+    return per_round, others, [min(pair) for pair in itertools.pairwise(probes)]
 
 
 def _names_and_batch(ctx: Context) -> tuple[tuple[str, ...], int]:
@@ -97,6 +108,7 @@ def run(ctx: Context) -> None:
     names, batch_size = _names_and_batch(ctx)
     generations, rounds = (2, 1) if ctx.smoke else (GENERATIONS, ROUNDS_PER_GENERATION)
     peak, peak_source = ctx.peak("float32")
+    best_speedup = 0.0  # the run's highest parallel speed-up so far: its machine at full speed
     for name in names:
         timings = {variant: _Timings() for variant in TARGETS}
         for _ in range(generations):
@@ -107,12 +119,14 @@ def run(ctx: Context) -> None:
             ]
             try:
                 for variant, timing in timings.items():
-                    timing.add(_generation(ctx, variant, rounds, *workers), workers)
+                    generation = _generation(ctx, variant, rounds, *workers)
+                    best_speedup = max(best_speedup, *generation.speedups)
+                    timing.add(generation, workers)
             finally:
                 for worker in workers:
                     worker.close()
         for variant, timing in timings.items():
-            _record(ctx, name, variant, batch_size, timing, peak, peak_source)
+            _record(ctx, name, variant, batch_size, timing, best_speedup, peak, peak_source)
 
 
 def _impls(jax_worker: Worker, torch_worker: Worker, same_heap_worker: Worker) -> Impls:
@@ -127,13 +141,15 @@ def _impls(jax_worker: Worker, torch_worker: Worker, same_heap_worker: Worker) -
 @dataclasses.dataclass
 class _Generation:
     """One set of processes' timings of one variant: first calls (seconds), rounds asked for,
-    calls per round, {label: median seconds per round}, other processes' CPU share per round."""
+    calls per round, {label: median seconds per round}, other processes' CPU share per round,
+    the machine's parallel speed-up per round (`core_probe`)."""
 
     first: dict[str, float]
     rounds: int
     calls: int
     per_round: dict[str, list[float]]
     others: list[float | None]
+    speedups: list[float]
 
 
 @dataclasses.dataclass
@@ -167,8 +183,8 @@ def _generation(
     first = {label: w.first(variant, impl) for label, (w, impl) in impls.items()}
     warm = {label: w.first(variant, impl) for label, (w, impl) in impls.items()}
     calls = 2 if ctx.smoke else max(3, min(20, int(0.3 / max(max(warm.values()), 1e-4))))
-    per_round, others = _rounds(impls, variant, calls, rounds)
-    return _Generation(first, rounds, calls, per_round, others)
+    per_round, others, speedups = _rounds(impls, variant, calls, rounds)
+    return _Generation(first, rounds, calls, per_round, others, speedups)
 
 
 def _record(
@@ -177,31 +193,55 @@ def _record(
     variant: str,
     batch_size: int,
     timing: _Timings,
+    best_speedup: float,
     peak: float | None,
     peak_source: str,
 ) -> None:
     """Record peer `name`'s `variant` over every generation's rounds against both PyTorch
     variants, and against eager PyTorch under mmjax's malloc settings (`eager_mmjax_heap`, no
-    target)."""
+    target). The ratios come from the quiet rounds at the run's full parallel speed (at least
+    `core_probe.FULL_SPEED_SHARE` of `best_speedup`) when there are enough, else from the quiet
+    rounds, else from all."""
     gens = timing.generations
-    per_round = {
+    all_rounds = {
         label: [t for g in gens for t in g.per_round[label]] for label in gens[0].per_round
     }
     others = [share for g in gens for share in g.others]
+    speedups = [s for g in gens for s in g.speedups]
     quiet = [i for i, share in enumerate(others) if share is None or share <= QUIET_SHARE]
-    enough = len(quiet) >= min(MIN_QUIET_ROUNDS, sum(g.rounds for g in gens))
-    kept = quiet if enough else list(range(len(others)))
-    per_round = {label: [times[i] for i in kept] for label, times in per_round.items()}
-    ratios = {
-        peer: [j / t for j, t in zip(per_round["mmjax"], per_round[peer])]
-        for peer in ("eager", "compile", "eager_mmjax_heap")
-    }
+    full = core_probe.at_full_speed(speedups, best_speedup)
+    quiet_full = [i for i in quiet if full[i]]
+    needed = min(MIN_QUIET_ROUNDS, sum(g.rounds for g in gens))
+    if len(quiet_full) >= needed:
+        kept, ratio_from = quiet_full, "quiet rounds at full parallel speed"
+    elif len(quiet) >= needed:
+        kept, ratio_from = quiet, "quiet rounds"
+    else:
+        kept, ratio_from = list(range(len(others))), "all rounds (machine busy)"
+    enough = len(quiet) >= needed
+
+    def ratios_over(rounds: list[int]) -> dict[str, list[float]]:
+        return {
+            peer: [all_rounds["mmjax"][i] / all_rounds[peer][i] for i in rounds]
+            for peer in ("eager", "compile", "eager_mmjax_heap")
+        }
+
+    per_round = {label: [times[i] for i in kept] for label, times in all_rounds.items()}
+    ratios = ratios_over(kept)
+    below_full = ratios_over([i for i in quiet if not full[i]])
     step_s = statistics.median(per_round["mmjax"])
     fields = {f"{label}_ms": 1000 * statistics.median(times) for label, times in per_round.items()}
     fields["cotenant_share"] = [None if o is None else round(o, 3) for o in others]
     fields["quiet_rounds"] = len(quiet)
-    fields["ratio_from"] = "quiet rounds" if enough else "all rounds (machine busy)"
+    fields["parallel_speedup"] = [round(s, 2) for s in speedups]
+    fields["full_speed_rounds"] = len(quiet_full)
+    fields["ratio_from"] = ratio_from
     for peer, values in ratios.items():
+        # the quiet rounds the host ran on fewer cores (shared by its other tenants)
+        slower = below_full[peer]
+        fields[f"ratio_vs_{peer}_below_full_speed"] = (
+            float(statistics.median(slower)) if slower else None
+        )
         p25, p50, p75 = np.percentile(values, [25, 50, 75])
         fields[f"ratio_vs_{peer}"] = float(p50)
         fields[f"ratio_vs_{peer}_iqr"] = [float(p25), float(p75)]
