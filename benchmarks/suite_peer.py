@@ -12,14 +12,18 @@ Interleaving does not make co-tenant load fair: it stalls PyTorch's OpenMP barri
 than XLA's thread pool (benchmarks/cotenants.py), so each round also records the share of the
 CPU that processes other than the suite's own took (`cotenant_share`), and the ratios come
 from the quiet rounds (at most 5 %; up to twice the rounds are run to find them) unless there
-are fewer than 3 (`ratio_from` says which). A quiet round can still run on a smaller machine:
-the development VM's host at times puts both of its vCPUs on one physical core, which the guest
-cannot see (benchmarks/core_probe.py). So the machine's parallel speed-up is probed between
-rounds (`parallel_speedup`, one per round), and the ratios come from the quiet rounds at the
-run's full parallel speed when there are 3 of those (`full_speed_rounds`); the quiet rounds
-below it give `ratio_vs_<peer>_below_full_speed`. Both frameworks use every core: XLA's CPU runtime
-does by default, and torch is set to `os.cpu_count()` threads (recorded). The train step is
-forward, backward, global-norm clipping and AdamW in both.
+are fewer than 3 (`ratio_from` says which).
+
+A quiet round can still run on a smaller machine: the development VM's host at times puts both
+of its vCPUs on one physical core, which the guest cannot see (benchmarks/core_probe.py). So the
+machine's parallel speed-up is probed between rounds (`parallel_speedup`, one per round), and
+the ratios come from the quiet rounds at full parallel speed (a speed-up of at least 0.85 per
+core, `full_speed_threshold`) when there are 3 of those (`full_speed_rounds`); the quiet rounds
+below it give `ratio_vs_<peer>_below_full_speed`.
+
+Both frameworks use every core: XLA's CPU runtime does by default, and torch is set to
+`os.cpu_count()` threads (recorded). The train step is forward, backward, global-norm clipping
+and AdamW in both.
 
 PyTorch runs with glibc's malloc settings, as its users run it; the targets are judged against
 that. mmjax sets glibc's malloc on import (`mmjax/host_heap.py`), and that setting alone makes
@@ -108,7 +112,6 @@ def run(ctx: Context) -> None:
     names, batch_size = _names_and_batch(ctx)
     generations, rounds = (2, 1) if ctx.smoke else (GENERATIONS, ROUNDS_PER_GENERATION)
     peak, peak_source = ctx.peak("float32")
-    best_speedup = 0.0  # the run's highest parallel speed-up so far: its machine at full speed
     for name in names:
         timings = {variant: _Timings() for variant in TARGETS}
         for _ in range(generations):
@@ -119,14 +122,12 @@ def run(ctx: Context) -> None:
             ]
             try:
                 for variant, timing in timings.items():
-                    generation = _generation(ctx, variant, rounds, *workers)
-                    best_speedup = max(best_speedup, *generation.speedups)
-                    timing.add(generation, workers)
+                    timing.add(_generation(ctx, variant, rounds, *workers), workers)
             finally:
                 for worker in workers:
                     worker.close()
         for variant, timing in timings.items():
-            _record(ctx, name, variant, batch_size, timing, best_speedup, peak, peak_source)
+            _record(ctx, name, variant, batch_size, timing, peak, peak_source)
 
 
 def _impls(jax_worker: Worker, torch_worker: Worker, same_heap_worker: Worker) -> Impls:
@@ -193,15 +194,13 @@ def _record(
     variant: str,
     batch_size: int,
     timing: _Timings,
-    best_speedup: float,
     peak: float | None,
     peak_source: str,
 ) -> None:
     """Record peer `name`'s `variant` over every generation's rounds against both PyTorch
     variants, and against eager PyTorch under mmjax's malloc settings (`eager_mmjax_heap`, no
-    target). The ratios come from the quiet rounds at the run's full parallel speed (at least
-    `core_probe.FULL_SPEED_SHARE` of `best_speedup`) when there are enough, else from the quiet
-    rounds, else from all."""
+    target). The ratios come from the quiet rounds at full parallel speed when there are
+    enough, else from the quiet rounds, else from all."""
     gens = timing.generations
     all_rounds = {
         label: [t for g in gens for t in g.per_round[label]] for label in gens[0].per_round
@@ -209,7 +208,8 @@ def _record(
     others = [share for g in gens for share in g.others]
     speedups = [s for g in gens for s in g.speedups]
     quiet = [i for i, share in enumerate(others) if share is None or share <= QUIET_SHARE]
-    full = core_probe.at_full_speed(speedups, best_speedup)
+    threshold = core_probe.full_speed_threshold()
+    full = [s >= threshold for s in speedups]
     quiet_full = [i for i in quiet if full[i]]
     needed = min(MIN_QUIET_ROUNDS, sum(g.rounds for g in gens))
     if len(quiet_full) >= needed:
@@ -234,6 +234,7 @@ def _record(
     fields["cotenant_share"] = [None if o is None else round(o, 3) for o in others]
     fields["quiet_rounds"] = len(quiet)
     fields["parallel_speedup"] = [round(s, 2) for s in speedups]
+    fields["full_speed_threshold"] = round(threshold, 2)
     fields["full_speed_rounds"] = len(quiet_full)
     fields["ratio_from"] = ratio_from
     for peer, values in ratios.items():

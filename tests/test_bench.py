@@ -9,6 +9,7 @@ tests/test_peer_torch.py the PyTorch peers.)
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -139,21 +140,19 @@ def test_peer_suite_records(tmp_path):
     # the machine's parallel speed-up, probed around each round; the best reading is full speed
     speedups = train["parallel_speedup"]
     assert len(speedups) == train["rounds"] and all(s > 0 for s in speedups)
+    assert train["full_speed_threshold"] > 0
     assert 0 <= train["full_speed_rounds"] <= train["quiet_rounds"]
     full = train["ratio_from"] == "quiet rounds at full parallel speed"
     assert full == (train["full_speed_rounds"] >= 2)
     assert isinstance(train["meets_target_vs_eager"], bool if quiet else type(None))
 
 
-def test_full_parallel_speed_is_judged_against_the_runs_best_probe():
-    # the development VM's readings: ~1.95 on two cores, ~1.45 on one core's two hyperthreads
-    assert core_probe.at_full_speed([1.95, 1.45, 1.80, 1.75], best=1.95) == [
-        True,
-        False,
-        True,
-        False,
-    ]
+def test_the_parallel_speedup_probe_reads_a_speedup():
+    # a reading only: the suite records it, and speed is never asserted in a test
     assert core_probe.parallel_speedup() > 0
+    cores = os.cpu_count() or 1
+    # full speed: more than one core's work on a multi-core machine, at most every core's
+    assert (1 < core_probe.full_speed_threshold() <= cores) if cores > 1 else True
 
 
 def test_the_mmjax_peer_worker_never_loads_torch():
