@@ -3,11 +3,12 @@
 (benchmarks/peer_worker.py: in one process each slowed the other).
 
 Protocol: the implementations are timed in interleaved rounds (mmjax, eager, compiled, eager
-under mmjax's heap, mmjax, ...); while one process runs its calls, the others wait idle. A
-round times a few calls of each and takes their median; the ratio mmjax / torch is formed per
-round, and the record gives the median over rounds with its interquartile range. The rounds
-are spread over fresh sets of processes (`GENERATIONS`; 2 in a smoke run), whose own median
-ratios the record lists too (`ratio_vs_<peer>_per_generation`).
+under mmjax's heap, mmjax, ...); while one process runs its calls, the others wait idle, and
+each starts once the one before has stopped running (`Worker.wait_idle`). A round times a few
+calls of each and takes their median; the ratio mmjax / torch is formed per round, and the
+record gives the median over rounds with its interquartile range. The rounds are spread over
+fresh sets of processes (`GENERATIONS`; 2 in a smoke run), whose own median ratios the record
+lists too (`ratio_vs_<peer>_per_generation`).
 Interleaving does not make co-tenant load fair: it stalls PyTorch's OpenMP barriers far more
 than XLA's thread pool (benchmarks/cotenants.py), so each round also records the share of the
 CPU that processes other than the suite's own took (`cotenant_share`), and the ratios come
@@ -87,6 +88,7 @@ def _rounds(
         with CpuWatch(pids) as watch:
             for label, (worker, impl) in impls.items():
                 per_round[label].append(worker.median(variant, impl, calls))
+                worker.wait_idle()  # so that the next worker's calls start on an idle machine
         others.append(watch.others)
         probes.append(core_probe.parallel_speedup())
         quiet = sum(o is None or o <= QUIET_SHARE for o in others)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import core_probe, harness, report
+from benchmarks import core_probe, harness, peer_worker, report
 from mmjax.cli import main
 
 TIMING_FIELDS = (
@@ -153,6 +153,12 @@ def test_the_parallel_speedup_probe_reads_a_speedup():
     cores = os.cpu_count() or 1
     # full speed: more than one core's work on a multi-core machine, at most every core's
     assert (1 < core_probe.full_speed_threshold() <= cores) if cores > 1 else True
+
+
+def test_a_processs_cpu_time_counts_every_thread():
+    started = peer_worker.cpu_ns(os.getpid())
+    sum(i * i for i in range(200_000))  # some CPU on this thread
+    assert started is not None and peer_worker.cpu_ns(os.getpid()) > started
 
 
 def test_the_mmjax_peer_worker_never_loads_torch():
