@@ -1,13 +1,14 @@
 """How much of the machine's parallel speed a computation on every core gets right now.
 
-The 2-vCPU development VM's host sometimes runs both vCPUs on the two hyperthreads of one
-physical core. Work on one thread runs as fast as ever, but work on both runs at 1.35-1.55x
-one thread's rate instead of 1.85-2.0x (`parallel_speedup`), in stretches of seconds to
-minutes, and the guest sees neither steal time nor another process, so `CpuWatch` calls such a
-round quiet. mmjax's BiLSTM train step took a median 41.2 ms in the windows where the probe
-read under 1.75 before and after, against 31.4 ms where it read more (benchmarks/NOTES.md,
-eleventh session of issue 16): a ratio from such a round describes a smaller machine. The peer
-suite therefore probes the speed-up between its rounds.
+The 2-vCPU development VM at times gets only one physical core's worth of parallel speed from
+its two vCPUs, as two hyperthreads of one core would give: work on one thread runs as fast as
+ever, but work on both runs at 1.35-1.55x one thread's rate instead of 1.85-2.0x
+(`parallel_speedup`), in stretches of seconds to minutes. The guest sees neither steal time nor
+another process meanwhile, so `CpuWatch` calls such a round quiet. mmjax's BiLSTM train step
+took a median 41.2 ms in the windows where the probe read under 1.75 before and after, against
+31.4 ms where it read more (benchmarks/NOTES.md, eleventh session of issue 16): a ratio from
+such a round describes a smaller machine. The peer suite therefore probes the speed-up between
+its rounds.
 """
 
 import os

@@ -15,12 +15,12 @@ CPU that processes other than the suite's own took (`cotenant_share`), and the r
 from the quiet rounds (at most 5 %; up to twice the rounds are run to find them) unless there
 are fewer than 3 (`ratio_from` says which).
 
-A quiet round can still run on a smaller machine: the development VM's host at times puts both
-of its vCPUs on one physical core, which the guest cannot see (benchmarks/core_probe.py). So the
-machine's parallel speed-up is probed between rounds (`parallel_speedup`, one per round), and
-the ratios come from the quiet rounds at full parallel speed (a speed-up of at least 0.85 per
-core, `full_speed_threshold`) when there are 3 of those (`full_speed_rounds`); the quiet rounds
-below it give `ratio_vs_<peer>_below_full_speed`.
+A quiet round can still run on a smaller machine: the development VM at times gets one physical
+core's worth of parallel speed from its two vCPUs, unseen by the guest
+(benchmarks/core_probe.py). So the machine's parallel speed-up is probed between rounds
+(`parallel_speedup`, one per round), and the ratios come from the quiet rounds at full parallel
+speed (a speed-up of at least 0.85 per core, `full_speed_threshold`) when there are 3 of those
+(`full_speed_rounds`); the quiet rounds below it give `ratio_vs_<peer>_below_full_speed`.
 
 Both frameworks use every core: XLA's CPU runtime does by default, and torch is set to
 `os.cpu_count()` threads (recorded). The train step is forward, backward, global-norm clipping

@@ -137,7 +137,7 @@ def test_peer_suite_records(tmp_path):
     quiet = train["ratio_from"] != "all rounds (machine busy)"
     assert 0 <= train["quiet_rounds"] <= train["rounds"] == len(train["cotenant_share"])
     assert quiet == (train["quiet_rounds"] >= 2)  # a smoke run's 2 rounds
-    # the machine's parallel speed-up, probed around each round; the best reading is full speed
+    # the machine's parallel speed-up, probed around each round; 0.85 per core is full speed
     speedups = train["parallel_speedup"]
     assert len(speedups) == train["rounds"] and all(s > 0 for s in speedups)
     assert train["full_speed_threshold"] > 0
@@ -151,11 +151,11 @@ def test_the_parallel_speedup_probe_reads_a_speedup():
     # a reading only: the suite records it, and speed is never asserted in a test
     assert core_probe.parallel_speedup() > 0
     cores = os.cpu_count() or 1
-    # full speed: more than one core's work on a multi-core machine, at most every core's
-    assert (1 < core_probe.full_speed_threshold() <= cores) if cores > 1 else True
+    if cores > 1:  # full speed: more than one core's work, at most every core's
+        assert 1 < core_probe.full_speed_threshold() <= cores
 
 
-def test_a_processs_cpu_time_counts_every_thread():
+def test_a_processs_cpu_time_grows_as_it_works():
     started = peer_worker.cpu_ns(os.getpid())
     sum(i * i for i in range(200_000))  # some CPU on this thread
     assert started is not None and peer_worker.cpu_ns(os.getpid()) > started
