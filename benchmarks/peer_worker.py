@@ -42,8 +42,8 @@ def _block(out: Any) -> None:
 
 
 def cpu_ns(pid: int) -> int | None:
-    """Nanoseconds of CPU all of process `pid`'s threads have run (Linux `schedstat`), or None
-    without /proc."""
+    """Nanoseconds of CPU process `pid`'s live threads have run (Linux `schedstat`; a thread
+    that ends takes its share with it), or None without /proc."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:

@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -155,10 +156,20 @@ def test_the_parallel_speedup_probe_reads_a_speedup():
         assert 1 < core_probe.full_speed_threshold() <= cores
 
 
-def test_a_processs_cpu_time_grows_as_it_works():
-    started = peer_worker.cpu_ns(os.getpid())
-    sum(i * i for i in range(200_000))  # some CPU on this thread
-    assert started is not None and peer_worker.cpu_ns(os.getpid()) > started
+def test_a_processs_cpu_time_grows_while_it_works_and_stops_while_it_sleeps():
+    # single-threaded children, so that no thread ends between two readings
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.3)  # both past their start-up
+        readings = [(peer_worker.cpu_ns(busy.pid), peer_worker.cpu_ns(idle.pid))]
+        time.sleep(0.1)
+        readings.append((peer_worker.cpu_ns(busy.pid), peer_worker.cpu_ns(idle.pid)))
+    finally:
+        busy.kill()
+        idle.kill()
+    (busy_before, idle_before), (busy_after, idle_after) = readings
+    assert busy_after > busy_before and idle_after == idle_before
 
 
 def test_the_mmjax_peer_worker_never_loads_torch():
