@@ -231,6 +231,9 @@ def _record(
     per_round = {label: [times[i] for i in kept] for label, times in all_rounds.items()}
     ratios = ratios_over(kept)
     below_full = ratios_over([i for i in quiet if not full[i]])
+    # each set of processes' own rounds, all of them: the spread between the sets
+    ends = list(itertools.accumulate((len(g.others) for g in gens), initial=0))
+    per_generation = [ratios_over(list(range(a, b))) for a, b in itertools.pairwise(ends)]
     step_s = statistics.median(per_round["mmjax"])
     fields = {f"{label}_ms": 1000 * statistics.median(times) for label, times in per_round.items()}
     fields["cotenant_share"] = [None if o is None else round(o, 3) for o in others]
@@ -240,7 +243,7 @@ def _record(
     fields["full_speed_rounds"] = len(quiet_full)
     fields["ratio_from"] = ratio_from
     for peer, values in ratios.items():
-        # the quiet rounds the host ran on fewer cores (shared by its other tenants)
+        # the quiet rounds below full parallel speed
         slower = below_full[peer]
         fields[f"ratio_vs_{peer}_below_full_speed"] = (
             float(statistics.median(slower)) if slower else None
@@ -248,12 +251,8 @@ def _record(
         p25, p50, p75 = np.percentile(values, [25, 50, 75])
         fields[f"ratio_vs_{peer}"] = float(p50)
         fields[f"ratio_vs_{peer}_iqr"] = [float(p25), float(p75)]
-        # each set of processes' own median ratio (all its rounds): the spread between them
         fields[f"ratio_vs_{peer}_per_generation"] = [
-            round(
-                statistics.median(j / t for j, t in zip(g.per_round["mmjax"], g.per_round[peer])), 4
-            )
-            for g in gens
+            round(statistics.median(g[peer]), 4) for g in per_generation
         ]
         target = TARGETS[variant].get(peer)
         if target is not None:
