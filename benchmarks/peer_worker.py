@@ -62,6 +62,15 @@ def _timed_call(call: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
+def round_times(call: Callable[[], Any], count: int, warmup_s: float = 0.0) -> list[float]:
+    """Seconds of each of `count` calls of `call` in a row, after untimed calls for `warmup_s`
+    seconds (at least one where `warmup_s` > 0)."""
+    deadline = time.perf_counter() + warmup_s
+    while time.perf_counter() < deadline:
+        _block(call())
+    return [_timed_call(call) for _ in range(count)]
+
+
 def _mmjax_calls(name: str, batch_size: int) -> tuple[Calls, dict[str, Any]]:
     """mmjax's train step and forward pass of peer `name` on one device, and what the record
     needs of them (compile seconds, train-step model FLOPs)."""
@@ -132,15 +141,14 @@ BUILDERS = {"mmjax": _mmjax_calls, "torch": _torch_calls}
 
 
 def _serve(conn: Connection, framework: str, name: str, batch_size: int) -> None:
-    """The child's loop: build, report, then answer ("first"|"median", variant, impl, calls)
-    with seconds until ("stop",)."""
+    """The child's loop: build, report, then answer ("first"|"median", variant, impl, calls,
+    warm-up seconds) with seconds until ("stop",)."""
     try:
         calls, info = BUILDERS[framework](name, batch_size)
         conn.send(("ok", info))
         while (command := conn.recv())[0] != "stop":
-            kind, variant, impl, count = command
-            call = calls[variant][impl]
-            times = [_timed_call(call) for _ in range(count)]
+            kind, variant, impl, count, warmup_s = command
+            times = round_times(calls[variant][impl], count, warmup_s)
             conn.send(("ok", times[0] if kind == "first" else statistics.median(times)))
     except BaseException:  # reported in the parent, with the child's traceback
         conn.send(("error", traceback.format_exc()))
@@ -179,12 +187,12 @@ class Worker:
 
     def first(self, variant: str, impl: str) -> float:
         """Seconds of one call (the first one compiles)."""
-        self._conn.send(("first", variant, impl, 1))
+        self._conn.send(("first", variant, impl, 1, 0.0))
         return self._reply()
 
-    def median(self, variant: str, impl: str, calls: int) -> float:
-        """Median seconds of `calls` calls in a row."""
-        self._conn.send(("median", variant, impl, calls))
+    def median(self, variant: str, impl: str, calls: int, warmup_s: float = 0.0) -> float:
+        """Median seconds of `calls` calls in a row, after untimed calls for `warmup_s` seconds."""
+        self._conn.send(("median", variant, impl, calls, warmup_s))
         return self._reply()
 
     def wait_idle(self, timeout: float = 0.1) -> None:

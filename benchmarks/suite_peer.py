@@ -5,7 +5,8 @@
 Protocol: the implementations are timed in interleaved rounds (mmjax, eager, compiled, eager
 under mmjax's heap, mmjax, ...); while one process runs its calls, the others wait idle, and
 each starts once the one before has stopped running (`Worker.wait_idle`). A round times a few
-calls of each and takes their median; the ratio mmjax / torch is formed per round, and the
+calls of each, after `ROUND_WARMUP_S` of untimed calls, and takes their median; the ratio
+mmjax / torch is formed per round, and the
 record gives the median over rounds with its interquartile range. The rounds are spread over
 fresh sets of processes (`GENERATIONS`; 2 in a smoke run), whose own median ratios the record
 lists too (`ratio_vs_<peer>_per_generation`).
@@ -61,6 +62,12 @@ MIN_QUIET_ROUNDS = 3
 # ROUNDS_PER_GENERATION interleaved rounds each, so one slow process cannot set the ratio.
 GENERATIONS = 3
 ROUNDS_PER_GENERATION = 3
+# Each round starts with this many seconds of untimed calls in each process. Interleaving
+# idles each process for the others' rounds (about 0.3 s), which a training loop never does,
+# and after such a pause mmjax's steps run slower for about 60 ms (the image CNN's first 20
+# calls 2.7-3.7 ms, the later ones 2.2-2.5; of PyTorch's, only the first call is slower).
+# benchmarks/NOTES.md, twelfth session, has the numbers.
+ROUND_WARMUP_S = 0.1
 
 
 def _require_torch() -> None:
@@ -87,7 +94,7 @@ def _rounds(
     while len(others) < 2 * rounds:
         with CpuWatch(pids) as watch:
             for label, (worker, impl) in impls.items():
-                per_round[label].append(worker.median(variant, impl, calls))
+                per_round[label].append(worker.median(variant, impl, calls, ROUND_WARMUP_S))
                 worker.wait_idle()  # so that the next worker's calls start on an idle machine
         others.append(watch.others)
         probes.append(core_probe.parallel_speedup())
@@ -272,6 +279,7 @@ def _record(
         torch_compile_first_call_s=gens[0].first["compile"],
         generations=len(gens),
         rounds=len(others),
+        round_warmup_s=ROUND_WARMUP_S,
         calls_per_round=[g.calls for g in gens],
         torch_threads=timing.info["threads"],
         flops=train_flops,

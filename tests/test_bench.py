@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks import core_probe, harness, peer_worker, report
+from benchmarks import core_probe, harness, peer_worker, report, suite_peer
 from mmjax.cli import main
 
 TIMING_FIELDS = (
@@ -127,6 +127,7 @@ def test_peer_suite_records(tmp_path):
         assert r["torch_threads"] >= 1 and r["rounds"] >= 2
         # a smoke run's rounds come from two sets of processes, one round (or two) each
         assert r["generations"] == 2 and r["calls_per_round"] == [2, 2]
+        assert r["round_warmup_s"] == suite_peer.ROUND_WARMUP_S > 0
         for peer in ("eager", "compile", "eager_mmjax_heap"):
             low, high = r[f"ratio_vs_{peer}_iqr"]
             assert 0 < low <= r[f"ratio_vs_{peer}"] <= high
@@ -154,6 +155,22 @@ def test_the_parallel_speedup_probe_reads_a_speedup():
     cores = os.cpu_count() or 1
     if cores > 1:  # full speed: more than one core's work, at most every core's
         assert 1 < core_probe.full_speed_threshold() <= cores
+
+
+def test_a_round_times_its_calls_after_the_untimed_warm_up():
+    made = []
+
+    def call():
+        made.append(time.perf_counter())
+        time.sleep(0.005)
+
+    started = time.perf_counter()
+    times = peer_worker.round_times(call, 3, warmup_s=0.03)
+    assert len(times) == 3 and all(t >= 0.005 for t in times)
+    # untimed calls until 0.03 s had passed, then the 3 timed ones
+    assert len(made) > 3 and made[-3] - started >= 0.03
+    made.clear()
+    assert len(peer_worker.round_times(call, 2)) == 2 and len(made) == 2  # no warm-up at 0
 
 
 def test_a_processs_cpu_time_grows_while_it_works_and_stops_while_it_sleeps():
