@@ -6,10 +6,10 @@ Protocol: the implementations are timed in interleaved rounds (mmjax, eager, com
 under mmjax's heap, mmjax, ...); while one process runs its calls, the others wait idle, and
 each starts once the one before has stopped running (`Worker.wait_idle`). A round times a few
 calls of each, after `ROUND_WARMUP_S` of untimed calls, and takes their median; the ratio
-mmjax / torch is formed per round, and the
-record gives the median over rounds with its interquartile range. The rounds are spread over
-fresh sets of processes (`GENERATIONS`; 2 in a smoke run), whose own median ratios the record
-lists too (`ratio_vs_<peer>_per_generation`).
+mmjax / torch is formed per round, and the record gives the median over rounds with its
+interquartile range. The rounds are spread over fresh sets of processes (`GENERATIONS`; 2 in
+a smoke run), whose own median ratios the record lists too
+(`ratio_vs_<peer>_per_generation`).
 Interleaving does not make co-tenant load fair: it stalls PyTorch's OpenMP barriers far more
 than XLA's thread pool (benchmarks/cotenants.py), so each round also records the share of the
 CPU that processes other than the suite's own took (`cotenant_share`), and the ratios come
