@@ -182,16 +182,20 @@ def _accumulate(micro_step: MicroStep, k: int, mesh: jax.sharding.Mesh) -> Micro
 def _update(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformation | None
 ) -> Callable[[nnx.State, nnx.State, nnx.State], nnx.State]:
-    """(state, gradients, model state written by the forward pass) -> the state after one
-    optimizer update with those gradients, by the optimizer's own transformation or `tx` (the
-    same transformation with traced hyperparameters: a sweep's learning rate per copy)."""
+    """(state, gradients, model state written by the forward pass, the gradients' global norm)
+    -> the state after one optimizer update with those gradients, by the optimizer's own
+    transformation or `tx` (the same transformation with traced hyperparameters: a sweep's
+    learning rate per copy). The norm goes to the clipping, which would otherwise compute it
+    again (`optim.clip_by_global_norm`)."""
 
-    def update(state: nnx.State, grads: nnx.State, rest: nnx.State) -> nnx.State:
+    def update(
+        state: nnx.State, grads: nnx.State, rest: nnx.State, grad_norm: jax.Array
+    ) -> nnx.State:
         model, optimizer = nnx.merge(graphdef, state)
         nnx.update(model, rest)
         if tx is not None:
             optimizer.tx = tx
-        optimizer.update(model, grads)
+        optimizer.update(model, grads, global_norm=grad_norm)
         return nnx.state((model, optimizer))
 
     return update
@@ -254,7 +258,9 @@ def train_step_function(
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
         update = _update(graphdef, tx)
-        new_state = jax.lax.cond(finite, update, lambda state, *_: state, state, grads, rest)
+        new_state = jax.lax.cond(
+            finite, update, lambda state, *_: state, state, grads, rest, grad_norm
+        )
         metrics = {
             **metrics,
             "grad_norm": grad_norm,
