@@ -181,7 +181,7 @@ def _accumulate(micro_step: MicroStep, k: int, mesh: jax.sharding.Mesh) -> Micro
 
 def _update(
     graphdef: nnx.GraphDef, tx: optax.GradientTransformation | None
-) -> Callable[[nnx.State, nnx.State, nnx.State], nnx.State]:
+) -> Callable[[nnx.State, nnx.State, nnx.State, jax.Array], nnx.State]:
     """(state, gradients, model state written by the forward pass, the gradients' global norm)
     -> the state after one optimizer update with those gradients, by the optimizer's own
     transformation or `tx` (the same transformation with traced hyperparameters: a sweep's
