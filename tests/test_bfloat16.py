@@ -16,18 +16,9 @@ from mmjax.parallel import data_mesh, put_batch
 from mmjax.registry import FUSIONS, MODELS
 from mmjax.train.state import init_state, state_shardings
 from mmjax.train.step import _cast_floats, _compute_in, make_train_step
+from tests.jaxprs import equations
 
 DIMS = {"audio": 5, "image": 7}
-
-
-def _dot_generals(jaxpr: jax.extend.core.Jaxpr) -> list[jax.extend.core.JaxprEqn]:
-    found = []
-    for eqn in jaxpr.eqns:
-        for inner in jax.extend.core.jaxprs_in_params(eqn.params):
-            found += _dot_generals(inner)
-        if eqn.primitive.name == "dot_general":
-            found.append(eqn)
-    return found
 
 
 def float32_matmuls(head: nnx.Module, features: dict[str, Features], masks: dict) -> list[str]:
@@ -44,8 +35,9 @@ def float32_matmuls(head: nnx.Module, features: dict[str, Features], masks: dict
     jaxpr = jax.make_jaxpr(jax.grad(loss))(params).jaxpr
     return [
         f"{eqn.source_info.name_stack}: {', '.join(str(v.aval) for v in eqn.invars)}"
-        for eqn in _dot_generals(jaxpr)
-        if any(v.aval.dtype == jnp.float32 for v in eqn.invars)
+        for eqn in equations(jaxpr)
+        if eqn.primitive.name == "dot_general"
+        and any(v.aval.dtype == jnp.float32 for v in eqn.invars)
     ]
 
 

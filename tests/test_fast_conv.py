@@ -13,6 +13,7 @@ from flax import nnx
 
 from mmjax.models.backend import accelerator_paths, cpu_fast_paths
 from mmjax.models.layers import ConvBNReLU, max_pool, same_conv
+from tests.jaxprs import primitives
 
 # Both branches sum the same float32 products (at most 245 here) in different orders, which
 # moves a sum by about sqrt(n) ulps of its terms: 32 eps of an array's largest magnitude.
@@ -33,15 +34,6 @@ def _conv(c_in: int, c_out: int, kernel: int, stride: int, groups: int = 1) -> n
     )
 
 
-def _primitives(jaxpr: jax.extend.core.Jaxpr) -> set[str]:
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for inner in jax.extend.core.jaxprs_in_params(eqn.params):
-            names |= _primitives(inner)
-    return names
-
-
 def _branches(
     f: Callable[..., jax.Array], args: Sequence, seed: int
 ) -> dict[str, tuple[list[np.ndarray], set[str]]]:
@@ -56,7 +48,7 @@ def _branches(
     def run() -> tuple[list[np.ndarray], set[str]]:
         traced = jax.jit(program).trace(*args)
         values = [np.asarray(x) for x in jax.tree.leaves(traced.lower().compile()(*args))]
-        return values, _primitives(traced.jaxpr.jaxpr)
+        return values, primitives(traced.jaxpr.jaxpr)
 
     cpu = run()
     with accelerator_paths():

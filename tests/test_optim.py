@@ -4,7 +4,6 @@ import jax
 import numpy as np
 import optax
 import pytest
-from jax.extend.core import Jaxpr
 
 from mmjax.config import OptimConfig, experiment_from
 from mmjax.parallel import data_mesh, put_batch
@@ -13,6 +12,8 @@ from mmjax.train.optim import clip_by_global_norm, make_optimizer
 from mmjax.train.state import init_state
 from mmjax.train.step import train_step_function
 from tests.batches import avdigits_batches
+from tests.jaxprs import primitives
+from tests.trees import assert_same_leaves
 
 
 def _tree() -> dict[str, jax.Array]:
@@ -29,8 +30,7 @@ def test_clip_equals_optax_with_or_without_a_given_norm(max_norm):
     assert state == optax.EmptyState()  # optax's state: checkpoints keep their structure
     for given in ({}, {"global_norm": optax.tree.norm(tree)}):
         clipped, _ = clip.update(tree, state, **given)
-        for a, b in zip(jax.tree.leaves(clipped), jax.tree.leaves(expected), strict=True):
-            np.testing.assert_array_equal(a, b)
+        assert_same_leaves(clipped, expected)
 
 
 def test_clip_scales_by_the_norm_it_is_given():
@@ -48,19 +48,6 @@ def test_the_optimizer_accepts_the_norm_with_or_without_clipping(grad_clip):
     assert jax.tree.structure(updates) == jax.tree.structure(tree)
 
 
-def _primitives(jaxpr: Jaxpr) -> set[str]:
-    """Names of the primitives in `jaxpr` and every jaxpr nested in its equations."""
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, tuple | list) else (param,):
-                inner = getattr(sub, "jaxpr", sub)
-                if isinstance(inner, Jaxpr):
-                    names |= _primitives(inner)
-    return names
-
-
 def test_the_steps_update_does_not_compute_the_norm_again():
     """The update runs in the step's lax.cond (skipped on a non-finite loss or norm), where XLA
     does not reuse the norm computed outside it: the step hands the norm to the clipping, so
@@ -72,7 +59,7 @@ def test_the_steps_update_does_not_compute_the_norm_again():
     step = train_step_function(graphdef, mesh)
     jaxpr = jax.make_jaxpr(lambda s, b: step(s, b, None, None))(state, batch).jaxpr
     (cond,) = (eqn for eqn in jaxpr.eqns if eqn.primitive.name == "cond")
-    skip, update = (_primitives(branch.jaxpr) for branch in cond.params["branches"])
-    assert "reduce_sum" in _primitives(jaxpr)  # the norm, outside the cond
+    skip, update = (primitives(branch.jaxpr) for branch in cond.params["branches"])
+    assert "reduce_sum" in primitives(jaxpr)  # the norm, outside the cond
     assert "add" in update and "reduce_sum" not in update
     assert not skip - {"pjit"}  # the skip branch returns the state as it is
