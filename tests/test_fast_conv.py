@@ -1,7 +1,8 @@
 """layers.same_conv and layers.max_pool: the CPU fast paths (depthwise and single-input-channel
 convs as shifted slices, tiny maps as patches times a matrix, max_pool's cheaper gradient)
 equal the GPU/TPU branches, run on CPU inside `backend.accelerator_paths()`, in values and
-gradients; ConvBNReLU.pooled equals pooling after the ReLU."""
+gradients; ConvBNReLU.pooled equals pooling after the ReLU, and in eval mode over one input
+channel pools by the window's taps."""
 
 from collections.abc import Callable, Sequence
 
@@ -84,17 +85,32 @@ def test_tiny_map_equals_direct_conv(kernel, stride, size):
 
 
 @pytest.mark.parametrize(
-    ("window", "stride", "padding", "shape"),
-    [(2, 2, "VALID", (2, 9, 6, 3)), (3, 2, "SAME", (2, 7, 8, 3))],
+    ("window", "stride", "padding", "shape", "taps"),
+    [
+        (2, 2, "VALID", (2, 9, 6, 3), False),
+        (3, 2, "SAME", (2, 7, 8, 3), False),
+        (2, 2, "VALID", (2, 9, 6, 3), True),
+        (3, 3, "VALID", (1, 7, 9, 2), True),
+    ],
 )
-def test_max_pool_equals_select_and_scatter(window, stride, padding, shape):
-    x = jax.random.normal(jax.random.key(3), shape)  # no ties: the gradients agree exactly
-    runs = _branches(lambda x: max_pool(x, window, stride, padding=padding), (x,), 4)
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_equals_select_and_scatter(window, stride, padding, shape, taps, ties):
+    x = jax.random.normal(jax.random.key(3), shape)
+    if ties:  # a few values, so most windows hold their maximum twice or more
+        x = jnp.round(x)
+    pool = lambda x: max_pool(x, window, stride, padding=padding, taps=taps)  # noqa: E731
+    runs = _branches(pool, (x,), 4)
     (cpu, cpu_ops), (accelerator, accelerator_ops) = runs["cpu"], runs["accelerator"]
     assert "select_and_scatter_add" in accelerator_ops  # XLA's own gradient
     assert "select_and_scatter_add" not in cpu_ops
+    assert ("reduce_window_max" in cpu_ops) != taps
     for got, want in zip(cpu, accelerator, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_max_pool_refuses_taps_for_overlapping_windows():
+    with pytest.raises(ValueError, match="taps=True needs stride == window"):
+        max_pool(jnp.ones((1, 4, 4, 1)), 3, 2, taps=True)
 
 
 def test_pooled_block_equals_pooling_after_relu():
@@ -119,6 +135,24 @@ def test_pooled_block_equals_pooling_after_relu():
         assert np.sum(want[0] == 0) > 0  # some windows were all negative
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w, rtol=0, atol=TOLERANCE * np.max(np.abs(w)))
+
+
+def test_eval_pooled_single_channel_block_pools_by_taps():
+    """In eval mode, a block over one input channel (a spectrogram: the conv is a sum of
+    shifted slices) pools as the max of the window's taps on CPU: XLA's reduce-window with
+    that sum fused in ran 10x slower. The same values and gradients as the accelerator branch
+    (a direct conv, BatchNorm, reduce-window)."""
+    graphdef, state = nnx.split(ConvBNReLU(1, 4, rngs=nnx.Rngs(8)))
+    x = jax.random.normal(jax.random.key(9), (2, 9, 7, 1))
+
+    def f(state, x):
+        return nnx.merge(graphdef, state).pooled(x, 2, 2, train=False)
+
+    runs = _branches(f, (state, x), 10)
+    (cpu, cpu_ops), (accelerator, accelerator_ops) = runs["cpu"], runs["accelerator"]
+    assert "reduce_window_max" in accelerator_ops and "reduce_window_max" not in cpu_ops
+    for got, want in zip(cpu, accelerator, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE * np.max(np.abs(want)))
 
 
 def test_accelerator_paths_are_traced_apart():

@@ -21,13 +21,13 @@ the small CNNs' blocks. GPU/TPU, and CPU inside `backend.accelerator_paths()`, c
 """
 
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from mmjax.models.backend import cpu_fast_paths
+from mmjax.models.pooling import window_grid, window_taps
 
 
 def cpu_train_path(norm: nnx.BatchNorm, x: jax.Array, *, train: bool) -> bool:
@@ -129,26 +129,11 @@ def _normalise_backward(epsilon, residuals, cotangents):
 _normalise.defvjp(_normalise_forward, _normalise_backward)
 
 
-def _window_grid(x: jax.Array, window: int) -> jax.Array:
-    """x [B, H, W, C] -> its VALID pooling windows [B, H', window, W', window, C] (H' = H //
-    window; the rows and columns VALID pooling leaves out are cut): a slice and a reshape."""
-    b, h, w, c = x.shape
-    rows, cols = h // window, w // window
-    return x[:, : rows * window, : cols * window].reshape(b, rows, window, cols, window, c)
-
-
-def _taps(grid: jax.Array) -> list[jax.Array]:
-    """The elements at each position of the windows of `_window_grid`, row-major over the
-    window: window^2 strided slices [B, H', W', C]."""
-    window = grid.shape[2]
-    return [grid[:, :, i, :, j] for i, j in itertools.product(range(window), range(window))]
-
-
 def _normalise_max_pool_forward(x, scale, bias, epsilon, window):
     mean, var = _statistics(x)[1:]
     rstd = jax.lax.rsqrt(var + epsilon)
     a = rstd * scale
-    taps = _taps(_window_grid(x, window))
+    taps = window_taps(window_grid(x, window))
     largest, smallest = functools.reduce(jnp.maximum, taps), functools.reduce(jnp.minimum, taps)
     chosen = jnp.where(a >= 0, largest, smallest)
     y = (chosen.astype(mean.dtype) - mean) * a + bias
@@ -178,9 +163,9 @@ def _normalise_max_pool_backward(epsilon, window, residuals, cotangents):
     b = 2 * dvar / n - scale * rstd**3 * sum_g_centred / n
     c = dmean / n - a * sum_g / n
     # Which element of each window gets a * g: the first (row-major) equal to the chosen one.
-    grid = _window_grid(x, window)
+    grid = window_grid(x, window)
     first = jnp.full(chosen.shape, window * window, jnp.int32)
-    for position, tap in reversed(list(enumerate(_taps(grid)))):
+    for position, tap in reversed(list(enumerate(window_taps(grid)))):
         first = jnp.where(tap == chosen, position, first)
     # dx over the windows, elementwise on the grid (per-window values broadcast over it)
     order = jnp.arange(window * window).reshape(window, 1, window, 1)

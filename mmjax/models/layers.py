@@ -12,6 +12,7 @@ from flax.nnx.nn.dtypes import promote_dtype
 
 from mmjax.models.backend import cpu_fast_paths
 from mmjax.models.batch_norm import batch_norm, batch_norm_max_pool, cpu_train_path
+from mmjax.models.pooling import window_max
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
@@ -97,11 +98,14 @@ class ConvBNReLU(nnx.Module):
         gradient run over the pooled map (a quarter of the elements at 2 x 2). Non-overlapping
         windows in train mode on the CPU pool before BatchNorm normalises
         (`batch_norm_max_pool`)."""
+        tap_sum = x.shape[-1] == 1  # same_conv computes a single-channel conv as shifted slices
         x = same_conv(self.conv, x)
-        if window == stride and padding == "VALID" and cpu_train_path(self.norm, x, train=train):
+        disjoint = window == stride and padding == "VALID"
+        if disjoint and cpu_train_path(self.norm, x, train=train):
             x = batch_norm_max_pool(self.norm, x, window)
         else:
-            x = max_pool(batch_norm(self.norm, x, train=train), window, stride, padding=padding)
+            x = batch_norm(self.norm, x, train=train)
+            x = max_pool(x, window, stride, padding=padding, taps=disjoint and tap_sum)
         return nnx.relu(x) if self.relu else x
 
 
@@ -193,16 +197,22 @@ def _single_channel_conv_backward(strides, padding, residuals, grad):
 _single_channel_conv.defvjp(_single_channel_conv_forward, _single_channel_conv_backward)
 
 
-def max_pool(x: jax.Array, window: int, stride: int, *, padding: str = "VALID") -> jax.Array:
+def max_pool(
+    x: jax.Array, window: int, stride: int, *, padding: str = "VALID", taps: bool = False
+) -> jax.Array:
     """`nnx.max_pool` over `window` x `window` patches of NHWC `x` [B, H, W, C], with a
     cheaper gradient on CPU (benchmarks/NOTES.md): XLA's select-and-scatter, the usual
     gradient, runs 3-10x slower there than this one, which stacks the window's strided
     slices, picks the first maximum of each (as select-and-scatter does) and sends the
-    output's gradient to it. GPU/TPU, and CPU inside `backend.accelerator_paths()`, keep
-    XLA's own gradient."""
+    output's gradient to it. `taps` (stride = window, VALID only) pools on CPU as the
+    elementwise max of the window's taps (`pooling.window_max`), for an `x` computed as a sum
+    of shifted slices. GPU/TPU, and CPU inside `backend.accelerator_paths()`, keep XLA's own
+    pooling and gradient."""
+    if taps and (stride != window or padding != "VALID"):
+        raise ValueError("max_pool: taps=True needs stride == window and VALID padding")
     if not cpu_fast_paths():
         return nnx.max_pool(x, (window, window), (stride, stride), padding=padding)
-    return _max_pool(x, window, stride, padding)
+    return _max_pool(x, window, stride, padding, taps)
 
 
 def _window_stack(x: jax.Array, window: int, stride: int, padding: str) -> jax.Array:
@@ -225,16 +235,18 @@ def _window_stack(x: jax.Array, window: int, stride: int, padding: str) -> jax.A
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x: jax.Array, window: int, stride: int, padding: str) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _max_pool(x: jax.Array, window: int, stride: int, padding: str, taps: bool) -> jax.Array:
+    if taps:
+        return window_max(x, window)
     return nnx.max_pool(x, (window, window), (stride, stride), padding=padding)
 
 
-def _max_pool_forward(x, window, stride, padding):
-    return _max_pool(x, window, stride, padding), x
+def _max_pool_forward(x, window, stride, padding, taps):
+    return _max_pool(x, window, stride, padding, taps), x
 
 
-def _max_pool_backward(window, stride, padding, x, grad):
+def _max_pool_backward(window, stride, padding, taps, x, grad):
     windows, scatter_back = jax.vjp(lambda x: _window_stack(x, window, stride, padding), x)
     chosen = jnp.arange(window * window) == jnp.argmax(windows, axis=-1)[..., None]
     return scatter_back(jnp.where(chosen, grad[..., None], 0.0))
