@@ -98,7 +98,7 @@ def test_max_pool_equals_select_and_scatter(window, stride, padding, shape, taps
     x = jax.random.normal(jax.random.key(3), shape)
     if ties:  # a few values, so most windows hold their maximum twice or more
         x = jnp.round(x)
-    pool = lambda x: max_pool(x, window, stride, padding=padding, taps=taps)  # noqa: E731
+    pool = lambda x: max_pool(x, window, stride, padding=padding, taps=taps)
     runs = _branches(pool, (x,), 4)
     (cpu, cpu_ops), (accelerator, accelerator_ops) = runs["cpu"], runs["accelerator"]
     assert "select_and_scatter_add" in accelerator_ops  # XLA's own gradient
