@@ -97,7 +97,8 @@ class ConvBNReLU(nnx.Module):
         max commutes with ReLU, so values and gradients are the same, and the ReLU and its
         gradient run over the pooled map (a quarter of the elements at 2 x 2). Non-overlapping
         windows in train mode on the CPU pool before BatchNorm normalises
-        (`batch_norm_max_pool`)."""
+        (`batch_norm_max_pool`); otherwise, after a single-channel conv, they pool as the max
+        of the window's taps (`pooling.window_max`)."""
         tap_sum = x.shape[-1] == 1  # same_conv computes a single-channel conv as shifted slices
         x = same_conv(self.conv, x)
         disjoint = window == stride and padding == "VALID"
