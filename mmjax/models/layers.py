@@ -99,7 +99,7 @@ class ConvBNReLU(nnx.Module):
         windows in train mode on the CPU pool before BatchNorm normalises
         (`batch_norm_max_pool`); otherwise, after a single-channel conv, they pool as the max
         of the window's taps (`pooling.window_max`)."""
-        tap_sum = x.shape[-1] == 1  # same_conv computes a single-channel conv as shifted slices
+        tap_sum = conv_as_single_channel_slices(self.conv, x)
         x = same_conv(self.conv, x)
         disjoint = window == stride and padding == "VALID"
         if disjoint and cpu_train_path(self.norm, x, train=train):
@@ -117,6 +117,19 @@ def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+def _runs_as_given(conv: nnx.Conv) -> bool:
+    """Whether `same_conv` hands `conv` to `conv(x)` whatever its input: a padding, bias or
+    dilation its fast paths do not cover, or the GPU/TPU branch."""
+    plain = conv.padding != "SAME" or conv.use_bias or conv.kernel_dilation not in (1, None)
+    return plain or not cpu_fast_paths()
+
+
+def conv_as_single_channel_slices(conv: nnx.Conv, x: jax.Array) -> bool:
+    """Whether `same_conv(conv, x)` computes a conv over one input channel as a sum of
+    shifted slices (`_single_channel_conv`)."""
+    return not _runs_as_given(conv) and conv.feature_group_count == x.shape[-1] == 1
+
+
 def same_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     """`conv(x)` for a bias-free, "SAME"-padded 2-D `nnx.Conv` over NHWC `x`, in the form XLA
     runs fastest (benchmarks/NOTES.md): on maps smaller than the kernel (ResNet's last stages
@@ -130,8 +143,7 @@ def same_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     rounding (tests/test_fast_conv.py)."""
     kernel = conv.kernel[...]
     (kh, kw), (sh, sw) = conv.kernel_size, conv.strides or (1, 1)
-    plain = conv.padding != "SAME" or conv.use_bias or conv.kernel_dilation not in (1, None)
-    if plain or not cpu_fast_paths():
+    if _runs_as_given(conv):
         return conv(x)
     (h_lo, h_hi), (w_lo, w_hi) = (
         _same_padding(x.shape[1], kh, sh),
@@ -140,7 +152,7 @@ def same_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     channels, padding = x.shape[-1], ((h_lo, h_hi), (w_lo, w_hi))
     if conv.feature_group_count == channels == kernel.shape[-1] and channels > 1:
         return _tap_sum(x, kernel, (sh, sw), padding)
-    if conv.feature_group_count == channels == 1:
+    if conv_as_single_channel_slices(conv, x):
         x, kernel = promote_dtype((x, kernel), dtype=conv.dtype)
         return _single_channel_conv(x, kernel, (sh, sw), padding)
     if conv.feature_group_count == 1 and (x.shape[1] < kh or x.shape[2] < kw):
